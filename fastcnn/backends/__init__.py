@@ -1,0 +1,184 @@
+"""The backend registry: which implementation of an op runs.
+
+Each backend is a module (or package) in this folder that calls :func:`register`
+for the ops it implements when it is imported. A backend whose import fails is
+recorded as unavailable together with the reason, which ``show_config()`` prints.
+
+Kernels receive validated, C-contiguous inputs, preallocated outputs and a
+geometry object of plain ints (see ``fastcnn._shapes``); they never re-check.
+
+Selection, first rule that applies:
+
+1. the ``backend=`` keyword of a functional call;
+2. ``with fastcnn.use_backend(name):``;
+3. the ``FASTCNN_BACKEND`` environment variable;
+4. the array type: NumPy -> the fastest CPU backend that has the op, CuPy -> ``cuda``.
+
+A backend named by rules 1-3 never falls back silently: if it lacks the op, the
+call raises.
+
+Kernel signatures (inputs, then preallocated outputs, then plain parameters; every
+array C-contiguous, all float arrays of one dtype, float32 or float64; ``g`` is a
+``ConvGeometry`` or ``PoolGeometry`` from ``fastcnn._shapes``; outputs start with
+garbage and every element must be written; a ``None`` output is not wanted)::
+
+    conv2d(x, weight, bias | None, y, g)
+    conv2d_backward(grad_y, x, weight, grad_x, grad_weight, grad_bias | None, g)
+    max_pool2d(x, y, indices | None, g)          # indices: int64, flat over H*W
+    max_pool2d_backward(grad_y, x, indices | None, grad_x, g)
+    avg_pool2d(x, y, g)
+    avg_pool2d_backward(grad_y, grad_x, g)
+    relu(x, y)                                   # elementwise ops get 1-D arrays
+    relu_backward(grad_y, x, grad_x)
+    leaky_relu(x, y, negative_slope)
+    leaky_relu_backward(grad_y, x, grad_x, negative_slope)
+    sigmoid(x, y);  sigmoid_backward(grad_y, y, grad_x)
+    tanh(x, y);     tanh_backward(grad_y, y, grad_x)
+    linear(x, weight, bias | None, y)            # x (M, in), weight (out, in), y (M, out)
+    linear_backward(grad_y, x, weight, grad_x, grad_weight, grad_bias | None)
+    softmax(x, y);  log_softmax(x, y)            # (M, C), over the last axis
+    cross_entropy(logits, labels, losses)        # (M, C), int64 (M,), (M,) per-row losses
+    cross_entropy_backward(logits, labels, row_scale, grad_logits)
+                                                 # grad = (softmax - onehot) * row_scale[:, None]
+
+Kernels are called only with a non-empty batch (N, M >= 1).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import importlib
+import os
+import threading
+from collections.abc import Callable, Iterator
+
+#: Every backend fastcnn knows, in the order show_config() lists them.
+BACKENDS = ("reference", "numba", "cpp", "cuda")
+#: CPU backends, fastest first: the order in which NumPy calls fall back.
+CPU_BACKENDS = ("numba", "cpp", "reference")
+#: What to install when a backend is missing.
+INSTALL_HINTS = {
+    "reference": "it needs only NumPy",
+    "numba": "pip install numba",
+    "cpp": "reinstall fastcnn with a C++ compiler and CMake present: pip install --no-cache-dir .",
+    "cuda": "pip install 'fastcnn[cuda]' (CuPy) on a machine with an NVIDIA GPU",
+}
+
+_kernels: dict[tuple[str, str], Callable] = {}
+_status: dict[str, tuple[bool, str]] = {}
+_load_lock = threading.RLock()
+_context_backend: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "fastcnn_backend", default=None
+)
+
+
+class BackendUnavailableError(RuntimeError):
+    """A known backend cannot run here (its library or device is missing)."""
+
+
+def register(op: str, backend: str) -> Callable[[Callable], Callable]:
+    """Decorator: make ``fn`` the implementation of ``op`` on ``backend``."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
+
+    def decorate(fn: Callable) -> Callable:
+        _kernels[(op, backend)] = fn
+        return fn
+
+    return decorate
+
+
+def _load(backend: str) -> tuple[bool, str]:
+    """Import a backend's module once; remember whether it worked and why not."""
+    with _load_lock:
+        if backend not in _status:
+            try:
+                module = importlib.import_module(f"fastcnn.backends.{backend}")
+                reason = getattr(module, "UNAVAILABLE_REASON", None)
+                _status[backend] = (reason is None, reason or "ok")
+            except Exception as error:  # any import failure makes the backend unavailable
+                _status[backend] = (False, f"{type(error).__name__}: {error}")
+        return _status[backend]
+
+
+def backend_status() -> dict[str, tuple[bool, str]]:
+    """``{name: (available, reason)}`` for every known backend."""
+    return {name: _load(name) for name in BACKENDS}
+
+
+def available_backends() -> list[str]:
+    """Names of the backends that can run here, in :data:`BACKENDS` order."""
+    return [name for name in BACKENDS if _load(name)[0]]
+
+
+def ops_of(backend: str) -> list[str]:
+    """The ops a backend implements (empty when it is unavailable)."""
+    if not _load(backend)[0]:
+        return []
+    return sorted(op for op, name in _kernels if name == backend)
+
+
+def has_op(op: str, backend: str) -> bool:
+    return _load(backend)[0] and (op, backend) in _kernels
+
+
+def check_backend_name(name: str) -> str:
+    """Return ``name`` if it is a usable backend, else raise saying what to do."""
+    if not isinstance(name, str) or name not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
+    available, reason = _load(name)
+    if not available:
+        raise BackendUnavailableError(
+            f"backend {name!r} is not available ({reason}); to get it: {INSTALL_HINTS[name]}"
+        )
+    return name
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """Run the calls inside the block on backend ``name`` (per thread and task).
+
+    >>> import numpy as np, fastcnn
+    >>> with fastcnn.use_backend("reference"):
+    ...     y = fastcnn.functional.relu(np.ones(3, np.float32))
+    """
+    token = _context_backend.set(check_backend_name(name))
+    try:
+        yield
+    finally:
+        _context_backend.reset(token)
+
+
+def requested_backend(keyword: str | None) -> str | None:
+    """The backend named by the keyword, the context or the environment, if any."""
+    if keyword is not None:
+        return keyword
+    name = _context_backend.get()
+    if name is not None:
+        return name
+    return os.environ.get("FASTCNN_BACKEND") or None
+
+
+def select(op: str, on_gpu: bool, keyword: str | None = None) -> tuple[str, Callable]:
+    """Pick the implementation of ``op`` by the rules in this module's docstring."""
+    name = requested_backend(keyword)
+    if name is not None:
+        check_backend_name(name)
+        if (name == "cuda") != on_gpu:
+            expected = "CuPy" if name == "cuda" else "NumPy"
+            got = "CuPy" if on_gpu else "NumPy"
+            raise TypeError(f"backend {name!r} takes {expected} arrays, got {got} arrays")
+        kernel = _kernels.get((op, name))
+        if kernel is None:
+            raise NotImplementedError(
+                f"backend {name!r} does not implement {op!r}; it implements {ops_of(name)}"
+            )
+        return name, kernel
+    candidates = ("cuda",) if on_gpu else CPU_BACKENDS
+    for name in candidates:
+        if _load(name)[0] and (op, name) in _kernels:
+            return name, _kernels[(op, name)]
+    if on_gpu:
+        check_backend_name("cuda")
+    raise NotImplementedError(f"no available backend implements {op!r}")

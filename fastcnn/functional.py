@@ -1,0 +1,483 @@
+"""The functional API: PyTorch's semantics, NumPy (or CuPy) arrays in and out.
+
+Every function follows the same four steps: check the arguments and compute the
+output shape (``fastcnn._shapes``), pick the backend (``fastcnn.backends.select``),
+allocate the outputs, run the kernel. Layout is NCHW; dtypes are float32 and
+float64 and the output has the input's dtype. Every function takes a keyword-only
+``backend=`` (``"reference"``, ``"numba"``, ``"cpp"`` or ``"cuda"``); single-output
+functions also take ``out=``, an array of the output's shape and dtype to write into.
+
+>>> import numpy as np
+>>> import fastcnn.functional as F
+>>> x = np.random.default_rng(0).standard_normal((2, 3, 8, 8), dtype=np.float32)
+>>> w = np.ones((4, 3, 3, 3), np.float32)
+>>> F.max_pool2d(F.relu(F.conv2d(x, w, padding=1)), 2).shape
+(2, 4, 4, 4)
+"""
+
+from __future__ import annotations
+
+import numbers
+from types import ModuleType
+
+import numpy as np
+
+from fastcnn import _shapes
+from fastcnn._arrays import array_module, contiguous, empty, float_dtype, integer_labels
+from fastcnn.backends import select
+
+__all__ = [
+    "avg_pool2d",
+    "avg_pool2d_backward",
+    "conv2d",
+    "conv2d_backward",
+    "cross_entropy",
+    "cross_entropy_backward",
+    "leaky_relu",
+    "leaky_relu_backward",
+    "linear",
+    "linear_backward",
+    "log_softmax",
+    "max_pool2d",
+    "max_pool2d_backward",
+    "relu",
+    "relu_backward",
+    "sigmoid",
+    "sigmoid_backward",
+    "softmax",
+    "tanh",
+    "tanh_backward",
+]
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def _kernel(op: str, xp: ModuleType, backend: str | None):
+    if backend is not None and not isinstance(backend, str):
+        raise TypeError(f"backend must be a str or None, got {backend!r}")
+    return select(op, on_gpu=xp is not np, keyword=backend)[1]
+
+
+def _output(xp: ModuleType, shape, dtype, out, inputs=()):
+    """A fresh output, or ``out`` after checking that the kernel may write into it."""
+    if out is None:
+        return empty(xp, shape, dtype)
+    if not isinstance(out, xp.ndarray):
+        raise TypeError(f"out must be a {xp.__name__}.ndarray, got {type(out).__name__}")
+    if out.shape != tuple(shape) or out.dtype != dtype:
+        raise ValueError(f"out must have shape {tuple(shape)} and dtype {dtype}, "
+                         f"got {out.shape} and {out.dtype}")
+    if not out.flags.c_contiguous or not out.flags.writeable:
+        raise ValueError("out must be C-contiguous and writeable")
+    for name, array in inputs:
+        if array is not None and xp.may_share_memory(out, array):
+            raise ValueError(f"out must not overlap {name}")
+    return out
+
+
+def _slope(negative_slope) -> float:
+    if not isinstance(negative_slope, numbers.Real) or isinstance(negative_slope, bool):
+        raise TypeError(f"negative_slope must be a real number, got {negative_slope!r}")
+    return float(negative_slope)
+
+
+def _bias_flag(bias) -> bool:
+    if not isinstance(bias, bool):
+        raise TypeError(f"bias must be a bool (whether to return grad_bias), got {bias!r}")
+    return bias
+
+
+def _check_grad(grad_y, expected_shape) -> None:
+    if grad_y.shape != tuple(expected_shape):
+        raise ValueError(f"grad_y must have the forward output's shape {tuple(expected_shape)}, "
+                         f"got {grad_y.shape}")
+
+
+# ---------------------------------------------------------------------------- convolution
+
+
+def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
+           out=None, backend: str | None = None):
+    """2-D convolution (cross-correlation, as PyTorch), NCHW.
+
+    Parameters
+    ----------
+    x : (N, C, H, W) array
+    weight : (K, C/groups, R, S) array
+    bias : (K,) array or None
+    stride, dilation : int or pair of ints
+    padding : int, pair of ints, ``"valid"`` or ``"same"`` (TensorFlow's rule, so
+        ``"same"`` also works with stride > 1: output size ``ceil(H / stride)``)
+    groups : int dividing C and K; ``groups == C`` is a depthwise convolution
+
+    Returns
+    -------
+    (N, K, P, Q) array
+
+    Examples
+    --------
+    >>> x = np.ones((1, 2, 5, 5), np.float32); w = np.ones((3, 2, 3, 3), np.float32)
+    >>> conv2d(x, w, padding="same", stride=2).shape
+    (1, 3, 3, 3)
+    """
+    xp = array_module(x=x, weight=weight, bias=bias)
+    dtype = float_dtype(x=x, weight=weight, bias=bias)
+    geometry = _shapes.conv2d_geometry(x.shape, weight.shape, None if bias is None else bias.shape,
+                                       stride, padding, dilation, groups)
+    kernel = _kernel("conv2d", xp, backend)
+    y = _output(xp, geometry.output_shape, dtype, out, [("x", x), ("weight", weight)])
+    if y.size:
+        kernel(contiguous(xp, x), contiguous(xp, weight), contiguous(xp, bias), y, geometry)
+    return y
+
+
+def conv2d_backward(grad_y, x, weight, stride=1, padding=0, dilation=1, groups=1, *,
+                    bias: bool = True, backend: str | None = None):
+    """Gradients of :func:`conv2d`: ``(grad_x, grad_weight, grad_bias or None)``.
+
+    ``bias=False`` skips grad_bias. The other arguments are the forward call's.
+    """
+    xp = array_module(grad_y=grad_y, x=x, weight=weight)
+    dtype = float_dtype(grad_y=grad_y, x=x, weight=weight)
+    geometry = _shapes.conv2d_geometry(x.shape, weight.shape, None, stride, padding, dilation,
+                                       groups)
+    _check_grad(grad_y, geometry.output_shape)
+    with_bias = _bias_flag(bias)
+    kernel = _kernel("conv2d_backward", xp, backend)
+    grad_x = empty(xp, x.shape, dtype)
+    grad_weight = empty(xp, weight.shape, dtype)
+    grad_bias = empty(xp, (geometry.K,), dtype) if with_bias else None
+    if geometry.N == 0:
+        grad_weight.fill(0)
+        if grad_bias is not None:
+            grad_bias.fill(0)
+    else:
+        kernel(contiguous(xp, grad_y), contiguous(xp, x), contiguous(xp, weight),
+               grad_x, grad_weight, grad_bias, geometry)
+    return grad_x, grad_weight, grad_bias
+
+
+# ---------------------------------------------------------------------------- pooling
+
+
+def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
+               return_indices=False, *, out=None, backend: str | None = None):
+    """2-D max pooling, NCHW. A window holding a NaN gives NaN.
+
+    With ``return_indices=True`` also returns the int64 position of each maximum,
+    flattened over (H, W) of its plane, as PyTorch does.
+
+    >>> x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
+    >>> max_pool2d(x, 2)[0, 0]
+    array([[ 5.,  7.],
+           [13., 15.]], dtype=float32)
+    """
+    xp = array_module(x=x)
+    dtype = float_dtype(x=x)
+    geometry = _shapes.pool2d_geometry(x.shape, kernel_size, stride, padding, dilation, ceil_mode)
+    if not isinstance(return_indices, bool):
+        raise TypeError(f"return_indices must be a bool, got {return_indices!r}")
+    kernel = _kernel("max_pool2d", xp, backend)
+    y = _output(xp, geometry.output_shape, dtype, out, [("x", x)])
+    indices = empty(xp, geometry.output_shape, xp.int64) if return_indices else None
+    if y.size:
+        kernel(contiguous(xp, x), y, indices, geometry)
+    return (y, indices) if return_indices else y
+
+
+def max_pool2d_backward(grad_y, x, kernel_size, stride=None, padding=0, dilation=1,
+                        ceil_mode=False, *, indices=None, backend: str | None = None):
+    """Gradient of :func:`max_pool2d` with respect to x.
+
+    Each output's gradient goes to its window's maximum; pass the forward's
+    ``indices`` to skip finding the maxima again.
+    """
+    xp = array_module(grad_y=grad_y, x=x, indices=indices)
+    dtype = float_dtype(grad_y=grad_y, x=x)
+    geometry = _shapes.pool2d_geometry(x.shape, kernel_size, stride, padding, dilation, ceil_mode)
+    _check_grad(grad_y, geometry.output_shape)
+    if indices is not None:
+        if indices.shape != geometry.output_shape:
+            raise ValueError(f"indices must have shape {geometry.output_shape}, "
+                             f"got {indices.shape}")
+        indices = integer_labels("indices", indices, geometry.H * geometry.W, xp)
+    kernel = _kernel("max_pool2d_backward", xp, backend)
+    grad_x = empty(xp, x.shape, dtype)
+    if grad_x.size:
+        kernel(contiguous(xp, grad_y), contiguous(xp, x), indices, grad_x, geometry)
+    return grad_x
+
+
+def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+               *, out=None, backend: str | None = None):
+    """2-D average pooling, NCHW, with PyTorch's divisor rules.
+
+    >>> avg_pool2d(np.ones((1, 1, 3, 3), np.float32), 2, padding=1,
+    ...            count_include_pad=False)[0, 0]
+    array([[1., 1.],
+           [1., 1.]], dtype=float32)
+    """
+    xp = array_module(x=x)
+    dtype = float_dtype(x=x)
+    geometry = _shapes.pool2d_geometry(x.shape, kernel_size, stride, padding, 1, ceil_mode,
+                                       count_include_pad)
+    kernel = _kernel("avg_pool2d", xp, backend)
+    y = _output(xp, geometry.output_shape, dtype, out, [("x", x)])
+    if y.size:
+        kernel(contiguous(xp, x), y, geometry)
+    return y
+
+
+def avg_pool2d_backward(grad_y, x, kernel_size, stride=None, padding=0, ceil_mode=False,
+                        count_include_pad=True, *, backend: str | None = None):
+    """Gradient of :func:`avg_pool2d` with respect to x (x supplies the shape and dtype)."""
+    xp = array_module(grad_y=grad_y, x=x)
+    dtype = float_dtype(grad_y=grad_y, x=x)
+    geometry = _shapes.pool2d_geometry(x.shape, kernel_size, stride, padding, 1, ceil_mode,
+                                       count_include_pad)
+    _check_grad(grad_y, geometry.output_shape)
+    kernel = _kernel("avg_pool2d_backward", xp, backend)
+    grad_x = empty(xp, x.shape, dtype)
+    if grad_x.size:
+        kernel(contiguous(xp, grad_y), grad_x, geometry)
+    return grad_x
+
+
+# ---------------------------------------------------------------------------- activations
+# Kernels see flat, contiguous arrays: the shape does not matter to an elementwise op.
+
+
+def _elementwise(op: str, x, out, backend, *scalars):
+    xp = array_module(x=x)
+    dtype = float_dtype(x=x)
+    kernel = _kernel(op, xp, backend)
+    y = _output(xp, x.shape, dtype, out)
+    if y.size:
+        kernel(contiguous(xp, x).reshape(-1), y.reshape(-1), *scalars)
+    return y
+
+
+def _elementwise_backward(op: str, grad_y, saved, saved_name: str, backend, *scalars):
+    xp = array_module(grad_y=grad_y, **{saved_name: saved})
+    dtype = float_dtype(grad_y=grad_y, **{saved_name: saved})
+    if grad_y.shape != saved.shape:
+        raise ValueError(f"grad_y must have {saved_name}'s shape {saved.shape}, "
+                         f"got {grad_y.shape}")
+    kernel = _kernel(op, xp, backend)
+    grad_x = empty(xp, saved.shape, dtype)
+    if grad_x.size:
+        kernel(contiguous(xp, grad_y).reshape(-1), contiguous(xp, saved).reshape(-1),
+               grad_x.reshape(-1), *scalars)
+    return grad_x
+
+
+def relu(x, *, out=None, backend: str | None = None):
+    """max(x, 0) elementwise; relu(NaN) is NaN. ``out=x`` works in place.
+
+    >>> relu(np.array([-1.0, 2.0]))
+    array([0., 2.])
+    """
+    return _elementwise("relu", x, out, backend)
+
+
+def relu_backward(grad_y, x, *, backend: str | None = None):
+    """grad_y where x > 0, else 0."""
+    return _elementwise_backward("relu_backward", grad_y, x, "x", backend)
+
+
+def leaky_relu(x, negative_slope=0.01, *, out=None, backend: str | None = None):
+    """x where x > 0, else negative_slope * x.
+
+    >>> leaky_relu(np.array([-1.0, 2.0]), 0.1)
+    array([-0.1,  2. ])
+    """
+    return _elementwise("leaky_relu", x, out, backend, _slope(negative_slope))
+
+
+def leaky_relu_backward(grad_y, x, negative_slope=0.01, *, backend: str | None = None):
+    """grad_y where x > 0, else negative_slope * grad_y."""
+    return _elementwise_backward("leaky_relu_backward", grad_y, x, "x", backend,
+                                 _slope(negative_slope))
+
+
+def sigmoid(x, *, out=None, backend: str | None = None):
+    """1 / (1 + exp(-x)), without overflow for large |x|.
+
+    >>> sigmoid(np.array([0.0]))
+    array([0.5])
+    """
+    return _elementwise("sigmoid", x, out, backend)
+
+
+def sigmoid_backward(grad_y, y, *, backend: str | None = None):
+    """grad_y * y * (1 - y), where y is sigmoid's output."""
+    return _elementwise_backward("sigmoid_backward", grad_y, y, "y", backend)
+
+
+def tanh(x, *, out=None, backend: str | None = None):
+    """Hyperbolic tangent elementwise.
+
+    >>> tanh(np.array([0.0]))
+    array([0.])
+    """
+    return _elementwise("tanh", x, out, backend)
+
+
+def tanh_backward(grad_y, y, *, backend: str | None = None):
+    """grad_y * (1 - y**2), where y is tanh's output."""
+    return _elementwise_backward("tanh_backward", grad_y, y, "y", backend)
+
+
+# ---------------------------------------------------------------------------- linear
+
+
+def linear(x, weight, bias=None, *, out=None, backend: str | None = None):
+    """x @ weight.T + bias over x's last axis; weight is (out_features, in_features).
+
+    >>> linear(np.ones((2, 3)), np.ones((4, 3)), np.zeros(4)).shape
+    (2, 4)
+    """
+    xp = array_module(x=x, weight=weight, bias=bias)
+    dtype = float_dtype(x=x, weight=weight, bias=bias)
+    rows, in_features, out_features = _shapes.linear_shapes(
+        x.shape, weight.shape, None if bias is None else bias.shape)
+    kernel = _kernel("linear", xp, backend)
+    y = _output(xp, (*x.shape[:-1], out_features), dtype, out, [("x", x), ("weight", weight)])
+    if rows:
+        kernel(contiguous(xp, x).reshape(rows, in_features), contiguous(xp, weight),
+               contiguous(xp, bias), y.reshape(rows, out_features))
+    return y
+
+
+def linear_backward(grad_y, x, weight, *, bias: bool = True, backend: str | None = None):
+    """Gradients of :func:`linear`: ``(grad_x, grad_weight, grad_bias or None)``."""
+    xp = array_module(grad_y=grad_y, x=x, weight=weight)
+    dtype = float_dtype(grad_y=grad_y, x=x, weight=weight)
+    rows, in_features, out_features = _shapes.linear_shapes(x.shape, weight.shape, None)
+    _check_grad(grad_y, (*x.shape[:-1], out_features))
+    with_bias = _bias_flag(bias)
+    kernel = _kernel("linear_backward", xp, backend)
+    grad_x = empty(xp, x.shape, dtype)
+    grad_weight = empty(xp, weight.shape, dtype)
+    grad_bias = empty(xp, (out_features,), dtype) if with_bias else None
+    if rows == 0:
+        grad_weight.fill(0)
+        if grad_bias is not None:
+            grad_bias.fill(0)
+    else:
+        kernel(contiguous(xp, grad_y).reshape(rows, out_features),
+               contiguous(xp, x).reshape(rows, in_features), contiguous(xp, weight),
+               grad_x.reshape(rows, in_features), grad_weight, grad_bias)
+    return grad_x, grad_weight, grad_bias
+
+
+# ---------------------------------------------------------------------------- softmax and loss
+# Kernels see (rows, classes) and reduce over the last axis; the axis moves here.
+
+
+def _rows_last(xp, x, axis: int):
+    """x with ``axis`` moved last, contiguous, as (rows, classes)."""
+    moved = xp.moveaxis(x, axis, -1)
+    return xp.ascontiguousarray(moved).reshape(-1, x.shape[axis]), moved.shape
+
+
+def _softmax_family(op: str, x, axis, out, backend):
+    xp = array_module(x=x)
+    dtype = float_dtype(x=x)
+    axis = _shapes.normalize_axis(axis, x.ndim)
+    kernel = _kernel(op, xp, backend)
+    rows, moved_shape = _rows_last(xp, x, axis)
+    if axis == x.ndim - 1:
+        y = _output(xp, x.shape, dtype, out, [("x", x)])
+        y_rows = y.reshape(rows.shape)
+    else:
+        y, y_rows = None, empty(xp, rows.shape, dtype)
+    if rows.size:
+        kernel(rows, y_rows)
+    if y is None:
+        y = _output(xp, x.shape, dtype, out, [("x", x)])
+        y[...] = xp.moveaxis(y_rows.reshape(moved_shape), -1, axis)
+    return y
+
+
+def softmax(x, axis: int = -1, *, out=None, backend: str | None = None):
+    """exp(x) / sum(exp(x)) along ``axis``, stable for any magnitude of x.
+
+    >>> softmax(np.array([[1e8, 1e8]]))
+    array([[0.5, 0.5]])
+    """
+    return _softmax_family("softmax", x, axis, out, backend)
+
+
+def log_softmax(x, axis: int = -1, *, out=None, backend: str | None = None):
+    """x - logsumexp(x) along ``axis``, stable for any magnitude of x."""
+    return _softmax_family("log_softmax", x, axis, out, backend)
+
+
+def _cross_entropy_args(logits, labels, reduction):
+    xp = array_module(logits=logits, labels=labels)
+    dtype = float_dtype(logits=logits)
+    rows, classes = _shapes.cross_entropy_shapes(logits.shape, labels.shape, reduction)
+    labels = integer_labels("labels", labels, classes, xp).reshape(rows)
+    logit_rows, moved_shape = _rows_last(xp, logits, 1)
+    return xp, dtype, logit_rows, labels, moved_shape
+
+
+def cross_entropy(logits, labels, reduction: str = "mean", *, backend: str | None = None):
+    """Softmax cross-entropy of integer class labels, as ``torch.nn.functional.cross_entropy``.
+
+    logits are (N, C) or (N, C, d1, ...), labels (N,) or (N, d1, ...) with values in
+    [0, C). ``reduction`` is "mean" (a 0-d array; NaN for an empty batch, as PyTorch),
+    "sum", or "none" (one loss per label).
+
+    >>> float(cross_entropy(np.array([[0.0, 0.0]]), np.array([1])))  # log 2
+    0.6931471805599453
+    """
+    xp, dtype, logit_rows, labels, _ = _cross_entropy_args(logits, labels, reduction)
+    kernel = _kernel("cross_entropy", xp, backend)
+    losses = empty(xp, labels.shape, dtype)
+    if losses.size:
+        kernel(logit_rows, labels, losses)
+    if reduction == "none":
+        return losses.reshape(logits.shape[:1] + logits.shape[2:])
+    total = losses.sum(dtype=xp.float64)
+    if reduction == "mean":
+        total = total / losses.size if losses.size else xp.float64(np.nan)
+    return xp.asarray(total, dtype=dtype)
+
+
+def cross_entropy_backward(logits, labels, reduction: str = "mean", *, grad_output=None,
+                           backend: str | None = None):
+    """Gradient of :func:`cross_entropy` with respect to the logits.
+
+    ``grad_output`` is the gradient of the loss (a scalar for "mean" and "sum",
+    labels' shape for "none"); it defaults to ones.
+    """
+    xp, dtype, logit_rows, labels, moved_shape = _cross_entropy_args(logits, labels, reduction)
+    rows = labels.size
+    if reduction == "none":
+        if grad_output is None:
+            row_scale = xp.ones(rows, dtype)
+        else:
+            array_module(grad_output=grad_output, logits=logits)
+            float_dtype(grad_output=grad_output, logits=logits)
+            if grad_output.shape != logits.shape[:1] + logits.shape[2:]:
+                raise ValueError(f"grad_output must have the labels' shape "
+                                 f"{logits.shape[:1] + logits.shape[2:]}, "
+                                 f"got {grad_output.shape}")
+            row_scale = xp.ascontiguousarray(grad_output).reshape(rows)
+    else:
+        scale = 1.0
+        if grad_output is not None:
+            if not isinstance(grad_output, numbers.Real) and getattr(grad_output, "size", 0) != 1:
+                raise ValueError(f"grad_output must be a scalar for reduction={reduction!r}")
+            scale = float(grad_output)
+        if reduction == "mean" and rows:
+            scale /= rows
+        row_scale = xp.full(rows, scale, dtype)
+    kernel = _kernel("cross_entropy_backward", xp, backend)
+    grad_rows = empty(xp, logit_rows.shape, dtype)
+    if grad_rows.size:
+        kernel(logit_rows, labels, row_scale, grad_rows)
+    return xp.ascontiguousarray(xp.moveaxis(grad_rows.reshape(moved_shape), -1, 1))

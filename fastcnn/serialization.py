@@ -1,0 +1,1 @@
+"""save / load of state dicts as .npz (never pickles)."""
