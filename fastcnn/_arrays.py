@@ -75,9 +75,7 @@ def integer_labels(name: str, labels, classes: int, xp: ModuleType):
     if labels.size:
         low, high = int(labels.min()), int(labels.max())
         if low < 0 or high >= classes:
-            raise ValueError(
-                f"{name} must lie in [0, {classes}), got values in [{low}, {high}]"
-            )
+            raise ValueError(f"{name} must lie in [0, {classes}), got values in [{low}, {high}]")
     return xp.ascontiguousarray(labels, dtype=xp.int64)
 
 

@@ -9,8 +9,21 @@ import sys
 
 from fastcnn.backends import INSTALL_HINTS, backend_status, ops_of
 
-_CPU_FEATURES = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
-                 "avx512_bf16", "amx_tile", "neon", "asimd", "sve")
+_CPU_FEATURES = (
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512_vnni",
+    "avx512_bf16",
+    "amx_tile",
+    "neon",
+    "asimd",
+    "sve",
+)
 
 
 def _version(package: str) -> str:
@@ -54,8 +67,11 @@ def thread_info() -> dict[str, object]:
     try:
         from threadpoolctl import threadpool_info
 
-        info["blas"] = [f"{p['internal_api']} {p.get('version')} ({p['num_threads']} threads)"
-                        for p in threadpool_info() if p.get("user_api") == "blas"]
+        info["blas"] = [
+            f"{p['internal_api']} {p.get('version')} ({p['num_threads']} threads)"
+            for p in threadpool_info()
+            if p.get("user_api") == "blas"
+        ]
     except ImportError:
         pass
     return info
@@ -90,8 +106,8 @@ def config_text() -> str:
     lines = [
         f"fastcnn {__version__}",
         f"python {sys.version.split()[0]} ({platform.platform()})",
-        "packages: " + ", ".join(f"{p} {_version(p)}" for p in
-                                 ("numpy", "numba", "scipy", "cupy", "torch")),
+        "packages: "
+        + ", ".join(f"{p} {_version(p)}" for p in ("numpy", "numba", "scipy", "cupy", "torch")),
         "backends:",
     ]
     for name, (available, reason) in backend_status().items():

@@ -43,13 +43,17 @@ class ConvGeometry:
 
     @property
     def pad_bottom(self) -> int:
-        return max(0, (self.P - 1) * self.stride_h + (self.R - 1) * self.dilation_h + 1
-                   - self.H - self.pad_h)
+        return max(
+            0,
+            (self.P - 1) * self.stride_h + (self.R - 1) * self.dilation_h + 1 - self.H - self.pad_h,
+        )
 
     @property
     def pad_right(self) -> int:
-        return max(0, (self.Q - 1) * self.stride_w + (self.S - 1) * self.dilation_w + 1
-                   - self.W - self.pad_w)
+        return max(
+            0,
+            (self.Q - 1) * self.stride_w + (self.S - 1) * self.dilation_w + 1 - self.W - self.pad_w,
+        )
 
     @property
     def flops(self) -> int:
@@ -94,8 +98,7 @@ def pair(name: str, value: object, *, minimum: int) -> tuple[int, int]:
     """An int or a pair of ints, each ``>= minimum``, as a pair."""
     if _is_int(value):
         values = (int(value), int(value))
-    elif (isinstance(value, (tuple, list)) and len(value) == 2
-          and all(_is_int(v) for v in value)):
+    elif isinstance(value, (tuple, list)) and len(value) == 2 and all(_is_int(v) for v in value):
         values = (int(value[0]), int(value[1]))
     else:
         raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
@@ -130,9 +133,10 @@ def _same_padding(size: int, kernel: int, stride: int, dilation: int) -> tuple[i
     return total // 2, total - total // 2
 
 
-def conv2d_geometry(x_shape, weight_shape, bias_shape, stride, padding, dilation,
-                    groups) -> ConvGeometry:
-    """Check a conv2d call and compute its geometry (PyTorch's rules, plus "same" for stride > 1)."""
+def conv2d_geometry(
+    x_shape, weight_shape, bias_shape, stride, padding, dilation, groups
+) -> ConvGeometry:
+    """Check a conv2d call and compute its geometry (PyTorch's rules; "same" also for stride > 1)."""
     check_ndim("x", x_shape, 4, "(N, C, H, W)")
     check_ndim("weight", weight_shape, 4, "(K, C/groups, R, S)")
     N, C, H, W = x_shape
@@ -151,8 +155,9 @@ def conv2d_geometry(x_shape, weight_shape, bias_shape, stride, padding, dilation
     if R < 1 or S < 1:
         raise ValueError(f"weight's kernel size must be positive, got {R}x{S}")
     if bias_shape is not None and tuple(bias_shape) != (K,):
-        raise ValueError(f"bias must have shape ({K},) (one per output channel), "
-                         f"got {tuple(bias_shape)}")
+        raise ValueError(
+            f"bias must have shape ({K},) (one per output channel), got {tuple(bias_shape)}"
+        )
 
     if isinstance(padding, str):
         if padding == "valid":
@@ -175,12 +180,14 @@ def conv2d_geometry(x_shape, weight_shape, bias_shape, stride, padding, dilation
         )
     P = (H + top + bottom - extent_h) // stride_h + 1
     Q = (W + left + right - extent_w) // stride_w + 1
-    return ConvGeometry(N, C, H, W, K, R, S, P, Q, stride_h, stride_w, top, left,
-                        dilation_h, dilation_w, groups)
+    return ConvGeometry(
+        N, C, H, W, K, R, S, P, Q, stride_h, stride_w, top, left, dilation_h, dilation_w, groups
+    )
 
 
-def _pool_output_size(size: int, kernel: int, pad: int, stride: int, dilation: int,
-                      ceil_mode: bool) -> int:
+def _pool_output_size(
+    size: int, kernel: int, pad: int, stride: int, dilation: int, ceil_mode: bool
+) -> int:
     """PyTorch's pooling_output_shape: a ceil-mode window must start inside input or left pad."""
     numerator = size + 2 * pad - dilation * (kernel - 1) - 1 + (stride - 1 if ceil_mode else 0)
     output = math.floor(numerator / stride) + 1
@@ -189,8 +196,9 @@ def _pool_output_size(size: int, kernel: int, pad: int, stride: int, dilation: i
     return output
 
 
-def pool2d_geometry(x_shape, kernel_size, stride, padding, dilation, ceil_mode,
-                    count_include_pad=True) -> PoolGeometry:
+def pool2d_geometry(
+    x_shape, kernel_size, stride, padding, dilation, ceil_mode, count_include_pad=True
+) -> PoolGeometry:
     """Check a pooling call and compute its geometry (PyTorch's rules and errors)."""
     check_ndim("x", x_shape, 4, "(N, C, H, W)")
     N, C, H, W = x_shape
@@ -217,8 +225,23 @@ def pool2d_geometry(x_shape, kernel_size, stride, padding, dilation, ceil_mode,
             f"kernel_size ({R}, {S}) with dilation ({dilation_h}, {dilation_w}) is larger than "
             f"the padded input ({H + 2 * pad_h}, {W + 2 * pad_w}): the output would be {P}x{Q}"
         )
-    return PoolGeometry(N, C, H, W, R, S, P, Q, stride_h, stride_w, pad_h, pad_w,
-                        dilation_h, dilation_w, count_include_pad)
+    return PoolGeometry(
+        N,
+        C,
+        H,
+        W,
+        R,
+        S,
+        P,
+        Q,
+        stride_h,
+        stride_w,
+        pad_h,
+        pad_w,
+        dilation_h,
+        dilation_w,
+        count_include_pad,
+    )
 
 
 def linear_shapes(x_shape, weight_shape, bias_shape) -> tuple[int, int, int]:

@@ -66,8 +66,9 @@ def _output(xp: ModuleType, shape, dtype, out, inputs=()):
     if not isinstance(out, xp.ndarray):
         raise TypeError(f"out must be a {xp.__name__}.ndarray, got {type(out).__name__}")
     if out.shape != tuple(shape) or out.dtype != dtype:
-        raise ValueError(f"out must have shape {tuple(shape)} and dtype {dtype}, "
-                         f"got {out.shape} and {out.dtype}")
+        raise ValueError(
+            f"out must have shape {tuple(shape)} and dtype {dtype}, got {out.shape} and {out.dtype}"
+        )
     if not out.flags.c_contiguous or not out.flags.writeable:
         raise ValueError("out must be C-contiguous and writeable")
     for name, array in inputs:
@@ -90,15 +91,27 @@ def _bias_flag(bias) -> bool:
 
 def _check_grad(grad_y, expected_shape) -> None:
     if grad_y.shape != tuple(expected_shape):
-        raise ValueError(f"grad_y must have the forward output's shape {tuple(expected_shape)}, "
-                         f"got {grad_y.shape}")
+        raise ValueError(
+            f"grad_y must have the forward output's shape {tuple(expected_shape)}, "
+            f"got {grad_y.shape}"
+        )
 
 
 # ---------------------------------------------------------------------------- convolution
 
 
-def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
-           out=None, backend: str | None = None):
+def conv2d(
+    x,
+    weight,
+    bias=None,
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups=1,
+    *,
+    out=None,
+    backend: str | None = None,
+):
     """2-D convolution (cross-correlation, as PyTorch), NCHW.
 
     Parameters
@@ -123,8 +136,15 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
     """
     xp = array_module(x=x, weight=weight, bias=bias)
     dtype = float_dtype(x=x, weight=weight, bias=bias)
-    geometry = _shapes.conv2d_geometry(x.shape, weight.shape, None if bias is None else bias.shape,
-                                       stride, padding, dilation, groups)
+    geometry = _shapes.conv2d_geometry(
+        x.shape,
+        weight.shape,
+        None if bias is None else bias.shape,
+        stride,
+        padding,
+        dilation,
+        groups,
+    )
     kernel = _kernel("conv2d", xp, backend)
     y = _output(xp, geometry.output_shape, dtype, out, [("x", x), ("weight", weight)])
     if y.size:
@@ -132,16 +152,27 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
     return y
 
 
-def conv2d_backward(grad_y, x, weight, stride=1, padding=0, dilation=1, groups=1, *,
-                    bias: bool = True, backend: str | None = None):
+def conv2d_backward(
+    grad_y,
+    x,
+    weight,
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups=1,
+    *,
+    bias: bool = True,
+    backend: str | None = None,
+):
     """Gradients of :func:`conv2d`: ``(grad_x, grad_weight, grad_bias or None)``.
 
     ``bias=False`` skips grad_bias. The other arguments are the forward call's.
     """
     xp = array_module(grad_y=grad_y, x=x, weight=weight)
     dtype = float_dtype(grad_y=grad_y, x=x, weight=weight)
-    geometry = _shapes.conv2d_geometry(x.shape, weight.shape, None, stride, padding, dilation,
-                                       groups)
+    geometry = _shapes.conv2d_geometry(
+        x.shape, weight.shape, None, stride, padding, dilation, groups
+    )
     _check_grad(grad_y, geometry.output_shape)
     with_bias = _bias_flag(bias)
     kernel = _kernel("conv2d_backward", xp, backend)
@@ -153,16 +184,33 @@ def conv2d_backward(grad_y, x, weight, stride=1, padding=0, dilation=1, groups=1
         if grad_bias is not None:
             grad_bias.fill(0)
     else:
-        kernel(contiguous(xp, grad_y), contiguous(xp, x), contiguous(xp, weight),
-               grad_x, grad_weight, grad_bias, geometry)
+        kernel(
+            contiguous(xp, grad_y),
+            contiguous(xp, x),
+            contiguous(xp, weight),
+            grad_x,
+            grad_weight,
+            grad_bias,
+            geometry,
+        )
     return grad_x, grad_weight, grad_bias
 
 
 # ---------------------------------------------------------------------------- pooling
 
 
-def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
-               return_indices=False, *, out=None, backend: str | None = None):
+def max_pool2d(
+    x,
+    kernel_size,
+    stride=None,
+    padding=0,
+    dilation=1,
+    ceil_mode=False,
+    return_indices=False,
+    *,
+    out=None,
+    backend: str | None = None,
+):
     """2-D max pooling, NCHW. A window holding a NaN gives NaN.
 
     With ``return_indices=True`` also returns the int64 position of each maximum,
@@ -186,8 +234,18 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
     return (y, indices) if return_indices else y
 
 
-def max_pool2d_backward(grad_y, x, kernel_size, stride=None, padding=0, dilation=1,
-                        ceil_mode=False, *, indices=None, backend: str | None = None):
+def max_pool2d_backward(
+    grad_y,
+    x,
+    kernel_size,
+    stride=None,
+    padding=0,
+    dilation=1,
+    ceil_mode=False,
+    *,
+    indices=None,
+    backend: str | None = None,
+):
     """Gradient of :func:`max_pool2d` with respect to x.
 
     Each output's gradient goes to its window's maximum; pass the forward's
@@ -199,8 +257,9 @@ def max_pool2d_backward(grad_y, x, kernel_size, stride=None, padding=0, dilation
     _check_grad(grad_y, geometry.output_shape)
     if indices is not None:
         if indices.shape != geometry.output_shape:
-            raise ValueError(f"indices must have shape {geometry.output_shape}, "
-                             f"got {indices.shape}")
+            raise ValueError(
+                f"indices must have shape {geometry.output_shape}, got {indices.shape}"
+            )
         indices = integer_labels("indices", indices, geometry.H * geometry.W, xp)
     kernel = _kernel("max_pool2d_backward", xp, backend)
     grad_x = empty(xp, x.shape, dtype)
@@ -209,8 +268,17 @@ def max_pool2d_backward(grad_y, x, kernel_size, stride=None, padding=0, dilation
     return grad_x
 
 
-def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
-               *, out=None, backend: str | None = None):
+def avg_pool2d(
+    x,
+    kernel_size,
+    stride=None,
+    padding=0,
+    ceil_mode=False,
+    count_include_pad=True,
+    *,
+    out=None,
+    backend: str | None = None,
+):
     """2-D average pooling, NCHW, with PyTorch's divisor rules.
 
     >>> avg_pool2d(np.ones((1, 1, 3, 3), np.float32), 2, padding=1,
@@ -220,8 +288,9 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_in
     """
     xp = array_module(x=x)
     dtype = float_dtype(x=x)
-    geometry = _shapes.pool2d_geometry(x.shape, kernel_size, stride, padding, 1, ceil_mode,
-                                       count_include_pad)
+    geometry = _shapes.pool2d_geometry(
+        x.shape, kernel_size, stride, padding, 1, ceil_mode, count_include_pad
+    )
     kernel = _kernel("avg_pool2d", xp, backend)
     y = _output(xp, geometry.output_shape, dtype, out, [("x", x)])
     if y.size:
@@ -229,13 +298,23 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_in
     return y
 
 
-def avg_pool2d_backward(grad_y, x, kernel_size, stride=None, padding=0, ceil_mode=False,
-                        count_include_pad=True, *, backend: str | None = None):
+def avg_pool2d_backward(
+    grad_y,
+    x,
+    kernel_size,
+    stride=None,
+    padding=0,
+    ceil_mode=False,
+    count_include_pad=True,
+    *,
+    backend: str | None = None,
+):
     """Gradient of :func:`avg_pool2d` with respect to x (x supplies the shape and dtype)."""
     xp = array_module(grad_y=grad_y, x=x)
     dtype = float_dtype(grad_y=grad_y, x=x)
-    geometry = _shapes.pool2d_geometry(x.shape, kernel_size, stride, padding, 1, ceil_mode,
-                                       count_include_pad)
+    geometry = _shapes.pool2d_geometry(
+        x.shape, kernel_size, stride, padding, 1, ceil_mode, count_include_pad
+    )
     _check_grad(grad_y, geometry.output_shape)
     kernel = _kernel("avg_pool2d_backward", xp, backend)
     grad_x = empty(xp, x.shape, dtype)
@@ -262,13 +341,16 @@ def _elementwise_backward(op: str, grad_y, saved, saved_name: str, backend, *sca
     xp = array_module(grad_y=grad_y, **{saved_name: saved})
     dtype = float_dtype(grad_y=grad_y, **{saved_name: saved})
     if grad_y.shape != saved.shape:
-        raise ValueError(f"grad_y must have {saved_name}'s shape {saved.shape}, "
-                         f"got {grad_y.shape}")
+        raise ValueError(f"grad_y must have {saved_name}'s shape {saved.shape}, got {grad_y.shape}")
     kernel = _kernel(op, xp, backend)
     grad_x = empty(xp, saved.shape, dtype)
     if grad_x.size:
-        kernel(contiguous(xp, grad_y).reshape(-1), contiguous(xp, saved).reshape(-1),
-               grad_x.reshape(-1), *scalars)
+        kernel(
+            contiguous(xp, grad_y).reshape(-1),
+            contiguous(xp, saved).reshape(-1),
+            grad_x.reshape(-1),
+            *scalars,
+        )
     return grad_x
 
 
@@ -297,8 +379,9 @@ def leaky_relu(x, negative_slope=0.01, *, out=None, backend: str | None = None):
 
 def leaky_relu_backward(grad_y, x, negative_slope=0.01, *, backend: str | None = None):
     """grad_y where x > 0, else negative_slope * grad_y."""
-    return _elementwise_backward("leaky_relu_backward", grad_y, x, "x", backend,
-                                 _slope(negative_slope))
+    return _elementwise_backward(
+        "leaky_relu_backward", grad_y, x, "x", backend, _slope(negative_slope)
+    )
 
 
 def sigmoid(x, *, out=None, backend: str | None = None):
@@ -341,12 +424,17 @@ def linear(x, weight, bias=None, *, out=None, backend: str | None = None):
     xp = array_module(x=x, weight=weight, bias=bias)
     dtype = float_dtype(x=x, weight=weight, bias=bias)
     rows, in_features, out_features = _shapes.linear_shapes(
-        x.shape, weight.shape, None if bias is None else bias.shape)
+        x.shape, weight.shape, None if bias is None else bias.shape
+    )
     kernel = _kernel("linear", xp, backend)
     y = _output(xp, (*x.shape[:-1], out_features), dtype, out, [("x", x), ("weight", weight)])
     if rows:
-        kernel(contiguous(xp, x).reshape(rows, in_features), contiguous(xp, weight),
-               contiguous(xp, bias), y.reshape(rows, out_features))
+        kernel(
+            contiguous(xp, x).reshape(rows, in_features),
+            contiguous(xp, weight),
+            contiguous(xp, bias),
+            y.reshape(rows, out_features),
+        )
     return y
 
 
@@ -366,9 +454,14 @@ def linear_backward(grad_y, x, weight, *, bias: bool = True, backend: str | None
         if grad_bias is not None:
             grad_bias.fill(0)
     else:
-        kernel(contiguous(xp, grad_y).reshape(rows, out_features),
-               contiguous(xp, x).reshape(rows, in_features), contiguous(xp, weight),
-               grad_x.reshape(rows, in_features), grad_weight, grad_bias)
+        kernel(
+            contiguous(xp, grad_y).reshape(rows, out_features),
+            contiguous(xp, x).reshape(rows, in_features),
+            contiguous(xp, weight),
+            grad_x.reshape(rows, in_features),
+            grad_weight,
+            grad_bias,
+        )
     return grad_x, grad_weight, grad_bias
 
 
@@ -447,8 +540,9 @@ def cross_entropy(logits, labels, reduction: str = "mean", *, backend: str | Non
     return xp.asarray(total, dtype=dtype)
 
 
-def cross_entropy_backward(logits, labels, reduction: str = "mean", *, grad_output=None,
-                           backend: str | None = None):
+def cross_entropy_backward(
+    logits, labels, reduction: str = "mean", *, grad_output=None, backend: str | None = None
+):
     """Gradient of :func:`cross_entropy` with respect to the logits.
 
     ``grad_output`` is the gradient of the loss (a scalar for "mean" and "sum",
@@ -463,9 +557,11 @@ def cross_entropy_backward(logits, labels, reduction: str = "mean", *, grad_outp
             array_module(grad_output=grad_output, logits=logits)
             float_dtype(grad_output=grad_output, logits=logits)
             if grad_output.shape != logits.shape[:1] + logits.shape[2:]:
-                raise ValueError(f"grad_output must have the labels' shape "
-                                 f"{logits.shape[:1] + logits.shape[2:]}, "
-                                 f"got {grad_output.shape}")
+                raise ValueError(
+                    f"grad_output must have the labels' shape "
+                    f"{logits.shape[:1] + logits.shape[2:]}, "
+                    f"got {grad_output.shape}"
+                )
             row_scale = xp.ascontiguousarray(grad_output).reshape(rows)
     else:
         scale = 1.0

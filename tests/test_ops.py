@@ -1,0 +1,105 @@
+"""Every op of the spec table on every available backend against the float64 reference:
+forward and every gradient, float32 and float64, fresh random inputs, poisoned outputs,
+contiguous, strided and negative-stride inputs, NaN propagation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fastcnn.backends import available_backends, has_op
+from fastcnn.testing import assert_close, float64_inputs, poison_outputs, relayout
+from fastcnn.testing.compare import LAYOUTS
+from fastcnn.testing.specs import SPECS
+
+DTYPES = ("float32", "float64")
+# The reference is the truth itself; it is checked against PyTorch and finite
+# differences in test_reference.py.
+BACKENDS = [name for name in available_backends() if name not in ("reference", "cuda")]
+
+
+def _expand(direction: str):
+    for spec in SPECS:
+        op = spec.ops[0] if direction == "forward" else spec.ops[1]
+        if op is None:
+            continue
+        for backend in BACKENDS:
+            if not has_op(op, backend):
+                continue
+            for case in spec.cases:
+                yield pytest.param(
+                    spec, case, backend, id=f"{spec.name}-{case.name}-{backend}".replace(" ", "_")
+                )
+
+
+def _copies(inputs: dict) -> dict:
+    return {k: v.copy() for k, v in inputs.items()}
+
+
+def _assert_unchanged(inputs: dict, originals: dict) -> None:
+    for name, original in originals.items():
+        np.testing.assert_array_equal(inputs[name], original, err_msg=f"{name} was modified")
+
+
+def _relayout_all(inputs: dict, layout: str) -> dict:
+    return {k: relayout(v, layout) for k, v in inputs.items()}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("spec", "case", "backend"), _expand("forward"))
+def test_forward(spec, case, backend, dtype, layout):
+    rng = np.random.default_rng()
+    inputs = _relayout_all(spec.make_inputs(case, dtype, rng), layout)
+    originals = _copies(inputs)
+    expected = spec.forward(float64_inputs(inputs), case.params, "reference")
+    with poison_outputs():
+        actual = spec.forward(inputs, case.params, backend)
+    _assert_unchanged(inputs, originals)
+    assert actual.dtype == np.dtype(dtype)
+    assert_close(actual, expected, spec.tolerance[dtype], f"{spec.name} [{case.name}]")
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("spec", "case", "backend"), _expand("backward"))
+def test_backward(spec, case, backend, dtype, layout):
+    rng = np.random.default_rng()
+    inputs = spec.make_inputs(case, dtype, rng)
+    wide = float64_inputs(inputs)
+    y = spec.forward(wide, case.params, "reference")
+    grad_y = rng.standard_normal(y.shape)
+    expected = spec.backward(wide, case.params, grad_y, y, "reference")
+
+    inputs = _relayout_all(inputs, layout)
+    grad_y = relayout(grad_y.astype(dtype), layout)
+    y = relayout(y.astype(dtype), layout)
+    originals = _copies({**inputs, "grad_y": grad_y, "y": y})
+    with poison_outputs():
+        actual = spec.backward(inputs, case.params, grad_y, y, backend)
+    _assert_unchanged({**inputs, "grad_y": grad_y, "y": y}, originals)
+    assert actual.keys() == expected.keys()
+    for name, gradient in actual.items():
+        assert gradient.dtype == np.dtype(dtype), name
+        assert_close(
+            gradient,
+            expected[name],
+            spec.tolerance[dtype],
+            f"grad of {name}, {spec.name} [{case.name}]",
+        )
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("spec", "case", "backend"), _expand("forward"))
+def test_nan_propagates_as_in_reference(spec, case, backend, dtype):
+    rng = np.random.default_rng()
+    inputs = spec.make_inputs(case, dtype, rng)
+    first = inputs[spec.inputs[0]]
+    if first.size == 0:
+        pytest.skip("no element to make NaN")
+    first.flat[rng.integers(first.size)] = np.nan
+    expected = spec.forward(float64_inputs(inputs), case.params, "reference")
+    with poison_outputs():
+        actual = spec.forward(inputs, case.params, backend)
+    np.testing.assert_array_equal(np.isnan(actual), np.isnan(expected))
+    assert_close(actual, expected, spec.tolerance[dtype], f"{spec.name} [{case.name}] with NaN")

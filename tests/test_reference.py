@@ -1,0 +1,105 @@
+"""The reference backend is the truth the other backends are held to, so it is held to
+two independent ones: PyTorch (same semantics, when installed) and finite differences
+(its gradients)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import fastcnn.functional as F
+from fastcnn.testing import assert_close
+from fastcnn.testing.specs import SPECS
+
+
+def _cases(with_backward: bool = False):
+    for spec in SPECS:
+        if with_backward and spec.backward is None:
+            continue
+        for case in spec.cases:
+            yield pytest.param(spec, case, id=f"{spec.name}-{case.name}".replace(" ", "_"))
+
+
+def _torch_params(params: dict) -> dict:
+    return {k: v for k, v in params.items() if k not in ("use_indices", "return_indices")}
+
+
+@pytest.mark.parametrize(("spec", "case"), _cases())
+def test_reference_matches_pytorch(spec, case):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng()
+    inputs = spec.make_inputs(case, np.float64, rng)
+    tensors = {k: torch.from_numpy(v.copy()) for k, v in inputs.items()}
+    for name in spec.differentiable:
+        if name in tensors:
+            tensors[name].requires_grad_(True)
+    expected = spec.torch_forward(torch.nn.functional, tensors, _torch_params(case.params))
+    actual = spec.forward(inputs, case.params, "reference")
+    assert_close(actual, expected.detach().numpy(), 1e-12, f"{spec.name} forward")
+    if spec.backward is None or expected.numel() == 0:
+        return
+    grad_y = rng.standard_normal(actual.shape)
+    expected.backward(torch.from_numpy(grad_y))
+    gradients = spec.backward(inputs, case.params, grad_y, actual, "reference")
+    for name, gradient in gradients.items():
+        assert_close(gradient, tensors[name].grad.numpy(), 1e-12, f"grad of {name}")
+
+
+def test_max_pool_indices_match_pytorch():
+    torch = pytest.importorskip("torch")
+    x = np.random.default_rng().standard_normal((2, 3, 10, 9))
+    x[0, 0, 1, 1] = x[0, 0, 1, 2] = 9.0  # a tie: the first maximum wins
+    x[1, 2, 4, 4] = np.nan
+    for params in (
+        {"kernel_size": 3, "stride": 2, "padding": 1},
+        {"kernel_size": 2, "dilation": 2, "ceil_mode": True, "stride": 2},
+    ):
+        y, indices = F.max_pool2d(x, **params, return_indices=True, backend="reference")
+        y_torch, indices_torch = torch.nn.functional.max_pool2d(
+            torch.from_numpy(x), **params, return_indices=True
+        )
+        np.testing.assert_array_equal(y, y_torch.numpy())
+        np.testing.assert_array_equal(indices, indices_torch.numpy())
+
+
+def _numeric_gradient(loss, array, index, step=1e-6):
+    original = array[index]
+    array[index] = original + step
+    up = loss()
+    array[index] = original - step
+    down = loss()
+    array[index] = original
+    return (up - down) / (2 * step)
+
+
+@pytest.mark.parametrize(("spec", "case"), _cases(with_backward=True))
+def test_reference_gradients_match_finite_differences(spec, case):
+    """d/dinput of sum(forward(inputs) * grad_y), on a random sample of elements."""
+    rng = np.random.default_rng()
+    inputs = spec.make_inputs(case, np.float64, rng)
+    y = spec.forward(inputs, case.params, "reference")
+    grad_y = rng.standard_normal(y.shape)
+    gradients = spec.backward(inputs, case.params, grad_y, y, "reference")
+
+    def loss() -> float:
+        return float(np.sum(spec.forward(inputs, case.params, "reference") * grad_y))
+
+    checked = 0
+    for name in spec.differentiable:
+        if name not in inputs or inputs[name].size == 0:
+            continue
+        flat_positions = rng.choice(
+            inputs[name].size, size=min(12, inputs[name].size), replace=False
+        )
+        for flat in flat_positions:
+            index = np.unravel_index(flat, inputs[name].shape)
+            numeric = _numeric_gradient(loss, inputs[name], index, step=1e-6 * max(1, case.scale))
+            analytic = gradients[name][index]
+            assert math.isclose(numeric, analytic, rel_tol=1e-5, abs_tol=1e-6 * case.scale), (
+                f"grad of {name}{index}: finite difference {numeric}, backward {analytic}"
+            )
+            checked += 1
+    if all(inputs[name].size for name in spec.differentiable if name in inputs):
+        assert checked > 0
