@@ -136,7 +136,7 @@ def _same_padding(size: int, kernel: int, stride: int, dilation: int) -> tuple[i
 def conv2d_geometry(
     x_shape, weight_shape, bias_shape, stride, padding, dilation, groups
 ) -> ConvGeometry:
-    """Check a conv2d call and compute its geometry (PyTorch's rules; "same" also for stride > 1)."""
+    """Check a conv2d call; compute its geometry (PyTorch rules; "same" also for stride > 1)."""
     check_ndim("x", x_shape, 4, "(N, C, H, W)")
     check_ndim("weight", weight_shape, 4, "(K, C/groups, R, S)")
     N, C, H, W = x_shape
