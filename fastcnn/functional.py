@@ -24,7 +24,7 @@ import numpy as np
 
 from fastcnn import _shapes
 from fastcnn._arrays import array_module, contiguous, empty, float_dtype, integer_labels
-from fastcnn.backends import select
+from fastcnn.backends import algorithms, select
 
 __all__ = [
     "avg_pool2d",
@@ -59,6 +59,22 @@ def _kernel(op: str, xp: ModuleType, backend: str | None):
     return select(op, on_gpu=xp is not np, keyword=backend)[1]
 
 
+def _algorithm_kernel(op: str, xp: ModuleType, backend: str | None, algo: str):
+    """The kernel for ``op`` and the arguments that pass it ``algo``.
+
+    ``"auto"`` lets the backend choose; any other name must be one the backend offers.
+    """
+    if not isinstance(algo, str):
+        raise TypeError(f"algo must be a str, got {algo!r}")
+    name, kernel = select(op, on_gpu=xp is not np, keyword=backend)
+    offered = algorithms(op, name)
+    if algo != "auto" and algo not in offered:
+        raise ValueError(
+            f"algo must be 'auto' or one of {offered} on backend {name!r}, got {algo!r}"
+        )
+    return kernel, ((algo,) if offered else ())
+
+
 def _output(xp: ModuleType, shape, dtype, out, inputs=()):
     """A fresh output, or ``out`` after checking that the kernel may write into it."""
     if out is None:
@@ -75,6 +91,21 @@ def _output(xp: ModuleType, shape, dtype, out, inputs=()):
         if array is not None and xp.may_share_memory(out, array):
             raise ValueError(f"out must not overlap {name}")
     return out
+
+
+def _outputs(xp: ModuleType, dtype, out, shapes, inputs):
+    """Several outputs (``None`` shapes are not wanted): fresh, or checked from ``out``."""
+    if out is None:
+        return [None if shape is None else empty(xp, shape, dtype) for shape in shapes]
+    if not isinstance(out, (tuple, list)) or len(out) != len(shapes):
+        raise TypeError(f"out must be a tuple of {len(shapes)} arrays (or None), got {out!r}")
+    outputs = []
+    for shape, array in zip(shapes, out, strict=True):
+        if shape is None:
+            outputs.append(None)
+        else:
+            outputs.append(_output(xp, shape, dtype, array, inputs))
+    return outputs
 
 
 def _slope(negative_slope) -> float:
@@ -109,6 +140,7 @@ def conv2d(
     dilation=1,
     groups=1,
     *,
+    algo: str = "auto",
     out=None,
     backend: str | None = None,
 ):
@@ -123,6 +155,8 @@ def conv2d(
     padding : int, pair of ints, ``"valid"`` or ``"same"`` (TensorFlow's rule, so
         ``"same"`` also works with stride > 1: output size ``ceil(H / stride)``)
     groups : int dividing C and K; ``groups == C`` is a depthwise convolution
+    algo : ``"auto"`` (the backend chooses; see ``fastcnn.autotune``) or the name of
+        one of the backend's algorithms, e.g. ``"direct"``, ``"im2col"``, ``"winograd"``
 
     Returns
     -------
@@ -145,10 +179,17 @@ def conv2d(
         dilation,
         groups,
     )
-    kernel = _kernel("conv2d", xp, backend)
+    kernel, algo_args = _algorithm_kernel("conv2d", xp, backend, algo)
     y = _output(xp, geometry.output_shape, dtype, out, [("x", x), ("weight", weight)])
     if y.size:
-        kernel(contiguous(xp, x), contiguous(xp, weight), contiguous(xp, bias), y, geometry)
+        kernel(
+            contiguous(xp, x),
+            contiguous(xp, weight),
+            contiguous(xp, bias),
+            y,
+            geometry,
+            *algo_args,
+        )
     return y
 
 
@@ -162,11 +203,15 @@ def conv2d_backward(
     groups=1,
     *,
     bias: bool = True,
+    algo: str = "auto",
+    out=None,
     backend: str | None = None,
 ):
     """Gradients of :func:`conv2d`: ``(grad_x, grad_weight, grad_bias or None)``.
 
-    ``bias=False`` skips grad_bias. The other arguments are the forward call's.
+    ``bias=False`` skips grad_bias. ``out`` is an optional tuple of arrays to write
+    the gradients into (``None`` in place of grad_bias when ``bias=False``). The
+    other arguments are the forward call's.
     """
     xp = array_module(grad_y=grad_y, x=x, weight=weight)
     dtype = float_dtype(grad_y=grad_y, x=x, weight=weight)
@@ -175,10 +220,14 @@ def conv2d_backward(
     )
     _check_grad(grad_y, geometry.output_shape)
     with_bias = _bias_flag(bias)
-    kernel = _kernel("conv2d_backward", xp, backend)
-    grad_x = empty(xp, x.shape, dtype)
-    grad_weight = empty(xp, weight.shape, dtype)
-    grad_bias = empty(xp, (geometry.K,), dtype) if with_bias else None
+    kernel, algo_args = _algorithm_kernel("conv2d_backward", xp, backend, algo)
+    grad_x, grad_weight, grad_bias = _outputs(
+        xp,
+        dtype,
+        out,
+        [x.shape, weight.shape, (geometry.K,) if with_bias else None],
+        [("grad_y", grad_y), ("x", x), ("weight", weight)],
+    )
     if geometry.N == 0:
         grad_weight.fill(0)
         if grad_bias is not None:
@@ -192,6 +241,7 @@ def conv2d_backward(
             grad_weight,
             grad_bias,
             geometry,
+            *algo_args,
         )
     return grad_x, grad_weight, grad_bias
 
@@ -244,6 +294,7 @@ def max_pool2d_backward(
     ceil_mode=False,
     *,
     indices=None,
+    out=None,
     backend: str | None = None,
 ):
     """Gradient of :func:`max_pool2d` with respect to x.
@@ -262,7 +313,7 @@ def max_pool2d_backward(
             )
         indices = integer_labels("indices", indices, geometry.H * geometry.W, xp)
     kernel = _kernel("max_pool2d_backward", xp, backend)
-    grad_x = empty(xp, x.shape, dtype)
+    grad_x = _output(xp, x.shape, dtype, out, [("grad_y", grad_y), ("x", x)])
     if grad_x.size:
         kernel(contiguous(xp, grad_y), contiguous(xp, x), indices, grad_x, geometry)
     return grad_x
@@ -307,6 +358,7 @@ def avg_pool2d_backward(
     ceil_mode=False,
     count_include_pad=True,
     *,
+    out=None,
     backend: str | None = None,
 ):
     """Gradient of :func:`avg_pool2d` with respect to x (x supplies the shape and dtype)."""
@@ -317,7 +369,7 @@ def avg_pool2d_backward(
     )
     _check_grad(grad_y, geometry.output_shape)
     kernel = _kernel("avg_pool2d_backward", xp, backend)
-    grad_x = empty(xp, x.shape, dtype)
+    grad_x = _output(xp, x.shape, dtype, out, [("grad_y", grad_y)])
     if grad_x.size:
         kernel(contiguous(xp, grad_y), grad_x, geometry)
     return grad_x
@@ -337,13 +389,13 @@ def _elementwise(op: str, x, out, backend, *scalars):
     return y
 
 
-def _elementwise_backward(op: str, grad_y, saved, saved_name: str, backend, *scalars):
+def _elementwise_backward(op: str, grad_y, saved, saved_name: str, out, backend, *scalars):
     xp = array_module(grad_y=grad_y, **{saved_name: saved})
     dtype = float_dtype(grad_y=grad_y, **{saved_name: saved})
     if grad_y.shape != saved.shape:
         raise ValueError(f"grad_y must have {saved_name}'s shape {saved.shape}, got {grad_y.shape}")
     kernel = _kernel(op, xp, backend)
-    grad_x = empty(xp, saved.shape, dtype)
+    grad_x = _output(xp, saved.shape, dtype, out)
     if grad_x.size:
         kernel(
             contiguous(xp, grad_y).reshape(-1),
@@ -363,9 +415,9 @@ def relu(x, *, out=None, backend: str | None = None):
     return _elementwise("relu", x, out, backend)
 
 
-def relu_backward(grad_y, x, *, backend: str | None = None):
+def relu_backward(grad_y, x, *, out=None, backend: str | None = None):
     """grad_y where x > 0, else 0."""
-    return _elementwise_backward("relu_backward", grad_y, x, "x", backend)
+    return _elementwise_backward("relu_backward", grad_y, x, "x", out, backend)
 
 
 def leaky_relu(x, negative_slope=0.01, *, out=None, backend: str | None = None):
@@ -377,10 +429,10 @@ def leaky_relu(x, negative_slope=0.01, *, out=None, backend: str | None = None):
     return _elementwise("leaky_relu", x, out, backend, _slope(negative_slope))
 
 
-def leaky_relu_backward(grad_y, x, negative_slope=0.01, *, backend: str | None = None):
+def leaky_relu_backward(grad_y, x, negative_slope=0.01, *, out=None, backend: str | None = None):
     """grad_y where x > 0, else negative_slope * grad_y."""
     return _elementwise_backward(
-        "leaky_relu_backward", grad_y, x, "x", backend, _slope(negative_slope)
+        "leaky_relu_backward", grad_y, x, "x", out, backend, _slope(negative_slope)
     )
 
 
@@ -393,9 +445,9 @@ def sigmoid(x, *, out=None, backend: str | None = None):
     return _elementwise("sigmoid", x, out, backend)
 
 
-def sigmoid_backward(grad_y, y, *, backend: str | None = None):
+def sigmoid_backward(grad_y, y, *, out=None, backend: str | None = None):
     """grad_y * y * (1 - y), where y is sigmoid's output."""
-    return _elementwise_backward("sigmoid_backward", grad_y, y, "y", backend)
+    return _elementwise_backward("sigmoid_backward", grad_y, y, "y", out, backend)
 
 
 def tanh(x, *, out=None, backend: str | None = None):
@@ -407,9 +459,9 @@ def tanh(x, *, out=None, backend: str | None = None):
     return _elementwise("tanh", x, out, backend)
 
 
-def tanh_backward(grad_y, y, *, backend: str | None = None):
+def tanh_backward(grad_y, y, *, out=None, backend: str | None = None):
     """grad_y * (1 - y**2), where y is tanh's output."""
-    return _elementwise_backward("tanh_backward", grad_y, y, "y", backend)
+    return _elementwise_backward("tanh_backward", grad_y, y, "y", out, backend)
 
 
 # ---------------------------------------------------------------------------- linear
@@ -438,17 +490,24 @@ def linear(x, weight, bias=None, *, out=None, backend: str | None = None):
     return y
 
 
-def linear_backward(grad_y, x, weight, *, bias: bool = True, backend: str | None = None):
-    """Gradients of :func:`linear`: ``(grad_x, grad_weight, grad_bias or None)``."""
+def linear_backward(grad_y, x, weight, *, bias: bool = True, out=None, backend: str | None = None):
+    """Gradients of :func:`linear`: ``(grad_x, grad_weight, grad_bias or None)``.
+
+    ``out`` is an optional tuple of arrays to write the gradients into.
+    """
     xp = array_module(grad_y=grad_y, x=x, weight=weight)
     dtype = float_dtype(grad_y=grad_y, x=x, weight=weight)
     rows, in_features, out_features = _shapes.linear_shapes(x.shape, weight.shape, None)
     _check_grad(grad_y, (*x.shape[:-1], out_features))
     with_bias = _bias_flag(bias)
     kernel = _kernel("linear_backward", xp, backend)
-    grad_x = empty(xp, x.shape, dtype)
-    grad_weight = empty(xp, weight.shape, dtype)
-    grad_bias = empty(xp, (out_features,), dtype) if with_bias else None
+    grad_x, grad_weight, grad_bias = _outputs(
+        xp,
+        dtype,
+        out,
+        [x.shape, weight.shape, (out_features,) if with_bias else None],
+        [("grad_y", grad_y), ("x", x), ("weight", weight)],
+    )
     if rows == 0:
         grad_weight.fill(0)
         if grad_bias is not None:
@@ -517,31 +576,44 @@ def _cross_entropy_args(logits, labels, reduction):
     return xp, dtype, logit_rows, labels, moved_shape
 
 
-def cross_entropy(logits, labels, reduction: str = "mean", *, backend: str | None = None):
+def cross_entropy(logits, labels, reduction: str = "mean", *, out=None, backend: str | None = None):
     """Softmax cross-entropy of integer class labels, as ``torch.nn.functional.cross_entropy``.
 
     logits are (N, C) or (N, C, d1, ...), labels (N,) or (N, d1, ...) with values in
     [0, C). ``reduction`` is "mean" (a 0-d array; NaN for an empty batch, as PyTorch),
-    "sum", or "none" (one loss per label).
+    "sum", or "none" (one loss per label). ``out`` receives the result: the
+    labels' shape for "none", a 0-d array otherwise.
 
     >>> float(cross_entropy(np.array([[0.0, 0.0]]), np.array([1])))  # log 2
     0.6931471805599453
     """
     xp, dtype, logit_rows, labels, _ = _cross_entropy_args(logits, labels, reduction)
     kernel = _kernel("cross_entropy", xp, backend)
-    losses = empty(xp, labels.shape, dtype)
+    label_shape = logits.shape[:1] + logits.shape[2:]
+    if reduction == "none":
+        result = _output(xp, label_shape, dtype, out, [("logits", logits)])
+        losses = result.reshape(labels.shape)
+    else:
+        result = _output(xp, (), dtype, out, [("logits", logits)])
+        losses = empty(xp, labels.shape, dtype)
     if losses.size:
         kernel(logit_rows, labels, losses)
-    if reduction == "none":
-        return losses.reshape(logits.shape[:1] + logits.shape[2:])
-    total = losses.sum(dtype=xp.float64)
-    if reduction == "mean":
-        total = total / losses.size if losses.size else xp.float64(np.nan)
-    return xp.asarray(total, dtype=dtype)
+    if reduction != "none":
+        total = losses.sum(dtype=xp.float64)
+        if reduction == "mean":
+            total = total / losses.size if losses.size else xp.float64(np.nan)
+        result[...] = total
+    return result
 
 
 def cross_entropy_backward(
-    logits, labels, reduction: str = "mean", *, grad_output=None, backend: str | None = None
+    logits,
+    labels,
+    reduction: str = "mean",
+    *,
+    grad_output=None,
+    out=None,
+    backend: str | None = None,
 ):
     """Gradient of :func:`cross_entropy` with respect to the logits.
 
@@ -573,7 +645,15 @@ def cross_entropy_backward(
             scale /= rows
         row_scale = xp.full(rows, scale, dtype)
     kernel = _kernel("cross_entropy_backward", xp, backend)
-    grad_rows = empty(xp, logit_rows.shape, dtype)
+    if logits.ndim == 2:  # rows are the logits' own layout: write straight into the result
+        grad_logits = _output(xp, logits.shape, dtype, out, [("logits", logits)])
+        grad_rows = grad_logits
+    else:
+        grad_logits = None
+        grad_rows = empty(xp, logit_rows.shape, dtype)
     if grad_rows.size:
         kernel(logit_rows, labels, row_scale, grad_rows)
-    return xp.ascontiguousarray(xp.moveaxis(grad_rows.reshape(moved_shape), -1, 1))
+    if grad_logits is None:
+        grad_logits = _output(xp, logits.shape, dtype, out, [("logits", logits)])
+        grad_logits[...] = xp.moveaxis(grad_rows.reshape(moved_shape), -1, 1)
+    return grad_logits

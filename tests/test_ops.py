@@ -4,10 +4,12 @@ contiguous, strided and negative-stride inputs, NaN propagation."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
-from fastcnn.backends import available_backends, has_op
+from fastcnn.backends import algorithms, available_backends, has_op
 from fastcnn.testing import assert_close, float64_inputs, poison_outputs, relayout
 from fastcnn.testing.compare import LAYOUTS
 from fastcnn.testing.specs import SPECS
@@ -26,10 +28,22 @@ def _expand(direction: str):
         for backend in BACKENDS:
             if not has_op(op, backend):
                 continue
-            for case in spec.cases:
-                yield pytest.param(
-                    spec, case, backend, id=f"{spec.name}-{case.name}-{backend}".replace(" ", "_")
-                )
+            # A backend offering several algorithms (conv2d) is tested on each of them.
+            for algo in ("auto", *algorithms(op, backend)) if algorithms(op, backend) else [None]:
+                label = backend if algo is None else f"{backend}:{algo}"
+                for case in spec.cases:
+                    params = case.params if algo is None else {**case.params, "algo": algo}
+                    yield pytest.param(
+                        spec,
+                        replace(case, params=params),
+                        backend,
+                        id=f"{spec.name}-{case.name}-{label}".replace(" ", "_"),
+                    )
+
+
+def _truth(params: dict) -> dict:
+    """The parameters for the reference: every backend's algorithm has the same truth."""
+    return {k: v for k, v in params.items() if k != "algo"}
 
 
 def _copies(inputs: dict) -> dict:
@@ -52,7 +66,7 @@ def test_forward(spec, case, backend, dtype, layout):
     rng = np.random.default_rng()
     inputs = _relayout_all(spec.make_inputs(case, dtype, rng), layout)
     originals = _copies(inputs)
-    expected = spec.forward(float64_inputs(inputs), case.params, "reference")
+    expected = spec.forward(float64_inputs(inputs), _truth(case.params), "reference")
     with poison_outputs():
         actual = spec.forward(inputs, case.params, backend)
     _assert_unchanged(inputs, originals)
@@ -67,9 +81,9 @@ def test_backward(spec, case, backend, dtype, layout):
     rng = np.random.default_rng()
     inputs = spec.make_inputs(case, dtype, rng)
     wide = float64_inputs(inputs)
-    y = spec.forward(wide, case.params, "reference")
+    y = spec.forward(wide, _truth(case.params), "reference")
     grad_y = rng.standard_normal(y.shape)
-    expected = spec.backward(wide, case.params, grad_y, y, "reference")
+    expected = spec.backward(wide, _truth(case.params), grad_y, y, "reference")
 
     inputs = _relayout_all(inputs, layout)
     grad_y = relayout(grad_y.astype(dtype), layout)
@@ -98,8 +112,18 @@ def test_nan_propagates_as_in_reference(spec, case, backend, dtype):
     if first.size == 0:
         pytest.skip("no element to make NaN")
     first.flat[rng.integers(first.size)] = np.nan
-    expected = spec.forward(float64_inputs(inputs), case.params, "reference")
+    expected = spec.forward(float64_inputs(inputs), _truth(case.params), "reference")
     with poison_outputs():
         actual = spec.forward(inputs, case.params, backend)
     np.testing.assert_array_equal(np.isnan(actual), np.isnan(expected))
     assert_close(actual, expected, spec.tolerance[dtype], f"{spec.name} [{case.name}] with NaN")
+
+
+@pytest.mark.parametrize(("spec", "case", "backend"), _expand("forward"))
+def test_forward_into_out(spec, case, backend):
+    inputs = spec.make_inputs(case, np.float32, np.random.default_rng())
+    expected = spec.forward(float64_inputs(inputs), _truth(case.params), "reference")
+    out = np.full(expected.shape, np.nan, np.float32)
+    actual = spec.forward(inputs, {**case.params, "out": out}, backend)
+    assert actual is out
+    assert_close(out, expected, spec.tolerance["float32"], f"{spec.name} [{case.name}] out=")

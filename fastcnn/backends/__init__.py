@@ -66,6 +66,7 @@ INSTALL_HINTS = {
 }
 
 _kernels: dict[tuple[str, str], Callable] = {}
+_algorithms: dict[tuple[str, str], tuple[str, ...]] = {}
 _status: dict[str, tuple[bool, str]] = {}
 _load_lock = threading.RLock()
 _context_backend: contextvars.ContextVar[str | None] = contextvars.ContextVar(
@@ -77,16 +78,28 @@ class BackendUnavailableError(RuntimeError):
     """A known backend cannot run here (its library or device is missing)."""
 
 
-def register(op: str, backend: str) -> Callable[[Callable], Callable]:
-    """Decorator: make ``fn`` the implementation of ``op`` on ``backend``."""
+def register(
+    op: str, backend: str, algorithms: tuple[str, ...] = ()
+) -> Callable[[Callable], Callable]:
+    """Decorator: make ``fn`` the implementation of ``op`` on ``backend``.
+
+    ``algorithms`` names the algorithms the kernel offers for ``algo=`` (conv2d);
+    such a kernel takes the chosen name, or ``"auto"``, as its last argument.
+    """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
 
     def decorate(fn: Callable) -> Callable:
         _kernels[(op, backend)] = fn
+        _algorithms[(op, backend)] = tuple(algorithms)
         return fn
 
     return decorate
+
+
+def algorithms(op: str, backend: str) -> tuple[str, ...]:
+    """The algorithms ``backend`` offers for ``op`` besides ``"auto"`` (may be empty)."""
+    return _algorithms.get((op, backend), ())
 
 
 def _load(backend: str) -> tuple[bool, str]:
