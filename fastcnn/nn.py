@@ -1,0 +1,801 @@
+"""Layers with PyTorch's constructors and state_dict keys, and a hand-written backward pass.
+
+There is no autograd: every layer keeps in ``forward`` what its ``backward`` needs
+(its latest call only), and ``backward(grad)`` returns the gradient with respect to
+the layer's input while adding (``+=``, as PyTorch) the gradients of its parameters
+into ``Parameter.grad``. ``Sequential.backward`` runs its children in reverse.
+Layers call :mod:`fastcnn.functional`, so the backend is whatever the dispatch picks
+(``fastcnn.use_backend``, ``FASTCNN_BACKEND`` or the array type).
+
+>>> import numpy as np, fastcnn
+>>> from fastcnn import nn
+>>> _ = fastcnn.manual_seed(0)
+>>> model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+...                       nn.Flatten(), nn.Linear(4 * 4 * 4, 10))
+>>> criterion = nn.CrossEntropyLoss()
+>>> x = np.ones((2, 1, 8, 8), np.float32)
+>>> loss = criterion(model(x), np.array([3, 7]))
+>>> grad_x = model.backward(criterion.backward())
+>>> [name for name, _ in model.named_parameters()]
+['0.weight', '0.bias', '4.weight', '4.bias']
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping
+from typing import Any, NamedTuple
+
+import numpy as np
+from numpy.typing import DTypeLike
+
+from fastcnn import _shapes
+from fastcnn import functional as F
+from fastcnn._arrays import FLOAT_DTYPES, array_module
+from fastcnn._random import generator
+from fastcnn.backends import BackendUnavailableError
+
+__all__ = [
+    "AvgPool2d",
+    "Conv2d",
+    "CrossEntropyLoss",
+    "Flatten",
+    "LeakyReLU",
+    "Linear",
+    "MaxPool2d",
+    "Module",
+    "Parameter",
+    "ReLU",
+    "Sequential",
+    "Sigmoid",
+    "Tanh",
+]
+
+
+# ---------------------------------------------------------------------------- parameters
+
+
+class Parameter:
+    """A trainable array: ``data`` (NumPy or CuPy) and its gradient ``grad``.
+
+    ``grad`` is ``None`` until the first ``backward`` that reaches the parameter;
+    later backward calls add to it, so call ``zero_grad()`` between steps.
+
+    >>> p = Parameter(np.zeros(3, np.float32))
+    >>> p.shape, p.grad is None
+    ((3,), True)
+    """
+
+    __slots__ = ("data", "grad")
+
+    def __init__(self, data) -> None:
+        array_module(data=data)  # a NumPy or CuPy array, nothing else
+        self.data = data
+        self.grad = None
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.data.shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.data.dtype
+
+    def accumulate_grad(self, grad) -> None:
+        """Add ``grad`` to ``self.grad`` (which it becomes when ``grad`` is None)."""
+        if self.grad is None:
+            self.grad = grad
+        else:
+            self.grad += grad
+
+    def __repr__(self) -> str:
+        return f"Parameter(shape={self.shape}, dtype={self.dtype})"
+
+
+class LoadResult(NamedTuple):
+    """What :meth:`Module.load_state_dict` could not match (always empty when strict)."""
+
+    missing_keys: list[str]
+    unexpected_keys: list[str]
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def _float_dtype(dtype: DTypeLike) -> np.dtype:
+    dtype = np.dtype(dtype)
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(f"dtype must be float32 or float64, got {dtype}")
+    return dtype
+
+
+def _default_uniform(shape: tuple[int, ...], fan_in: int, dtype: np.dtype) -> Parameter:
+    """uniform(-1/sqrt(fan_in), 1/sqrt(fan_in)), PyTorch's default for weights and biases.
+
+    For weights PyTorch calls kaiming_uniform_(a=sqrt(5)): bound = gain * sqrt(3 / fan_in)
+    with gain = sqrt(2 / (1 + a**2)) = sqrt(1/3), which is the same 1/sqrt(fan_in).
+    """
+    bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+    values = generator().uniform(-bound, bound, size=shape)
+    return Parameter(values.astype(dtype))
+
+
+def _cupy_for_device():
+    """CuPy, when it is installed and finds a GPU; otherwise a clear error."""
+    try:
+        import cupy
+    except ImportError as error:
+        raise BackendUnavailableError(
+            "to('cuda') needs CuPy: pip install 'fastcnn[cuda]' on a machine with an NVIDIA GPU"
+        ) from error
+    if not cupy.is_available():
+        raise BackendUnavailableError("to('cuda'): CuPy is installed but finds no CUDA GPU")
+    return cupy
+
+
+def _as_array_like(value, like):
+    """``value`` (NumPy, CuPy, or anything np.asarray takes) on ``like``'s device and dtype."""
+    xp = array_module(like=like)
+    if xp is np and not isinstance(value, np.ndarray) and hasattr(value, "get"):
+        value = value.get()  # a CuPy array: copy it to the host
+    return xp.asarray(value, dtype=like.dtype)
+
+
+# ---------------------------------------------------------------------------- Module
+
+
+class Module:
+    """Base class of layers: registers parameters and children, and walks them.
+
+    Assigning a :class:`Parameter` or a :class:`Module` to an attribute registers it,
+    in assignment order, which fixes the order of ``named_parameters()`` and the keys
+    of ``state_dict()`` (``"child.weight"``), as in PyTorch.
+
+    Subclasses implement ``forward`` and ``backward``.
+
+    >>> class Affine(Module):
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.scale = Parameter(np.ones(1))
+    ...     def forward(self, x):
+    ...         self._saved = x
+    ...         return x * self.scale.data
+    ...     def backward(self, grad):
+    ...         self.scale.accumulate_grad((grad * self._saved).sum(keepdims=True).reshape(1))
+    ...         return grad * self.scale.data
+    >>> layer = Affine()
+    >>> layer(np.array([2.0])), layer.backward(np.array([1.0])), layer.scale.grad
+    (array([2.]), array([1.]), array([2.]))
+    """
+
+    training: bool
+
+    def __init__(self) -> None:
+        object.__setattr__(self, "_parameters", OrderedDict())
+        object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "training", True)
+        # What backward needs from the latest forward; None until the first forward.
+        object.__setattr__(self, "_saved", None)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        parameters = self.__dict__.get("_parameters")
+        if parameters is None:
+            if isinstance(value, (Parameter, Module)):
+                raise AttributeError(
+                    f"call super().__init__() in {type(self).__name__}.__init__ before "
+                    f"assigning parameters or submodules"
+                )
+        else:
+            # Replacing keeps the registration order; a plain value unregisters the name.
+            if isinstance(value, Parameter):
+                self._modules.pop(name, None)
+                parameters[name] = value
+            elif isinstance(value, Module):
+                parameters.pop(name, None)
+                self._modules[name] = value
+            else:
+                parameters.pop(name, None)
+                self._modules.pop(name, None)
+        object.__setattr__(self, name, value)
+
+    # -- running
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.forward(*args, **kwargs)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} does not implement forward")
+
+    def backward(self, grad: Any) -> Any:
+        """Gradient with respect to the latest forward's input; adds into ``Parameter.grad``."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement backward")
+
+    def _saved_for_backward(self) -> Any:
+        if self._saved is None:
+            raise RuntimeError(f"{type(self).__name__}.backward called before forward")
+        return self._saved
+
+    # -- walking the tree
+
+    def children(self) -> Iterator[Module]:
+        """The direct submodules, in registration order."""
+        yield from self._modules.values()
+
+    def named_modules(self, prefix: str = "") -> Iterator[tuple[str, Module]]:
+        """This module and every descendant, depth first, with dotted names."""
+        yield prefix, self
+        for name, child in self._modules.items():
+            yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
+
+    def modules(self) -> Iterator[Module]:
+        for _, module in self.named_modules():
+            yield module
+
+    def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Parameter]]:
+        """``(dotted name, Parameter)`` pairs: each module's own first, then its children's.
+
+        A parameter shared by two layers is listed once, as in PyTorch.
+
+        >>> [name for name, _ in Sequential(Linear(2, 3), ReLU(), Linear(3, 1)).named_parameters()]
+        ['0.weight', '0.bias', '2.weight', '2.bias']
+        """
+        seen: set[int] = set()
+        for module_name, module in self.named_modules(prefix):
+            for name, parameter in module._parameters.items():
+                if id(parameter) in seen:
+                    continue
+                seen.add(id(parameter))
+                yield (f"{module_name}.{name}" if module_name else name), parameter
+
+    def parameters(self) -> Iterator[Parameter]:
+        for _, parameter in self.named_parameters():
+            yield parameter
+
+    # -- modes and gradients
+
+    def train(self, mode: bool = True) -> Module:
+        """Set training mode on this module and its descendants; returns self.
+
+        No layer here behaves differently in the two modes (there is no dropout or
+        batch norm yet); the flag is kept so models read as they do in PyTorch.
+        """
+        if not isinstance(mode, bool):
+            raise TypeError(f"mode must be a bool, got {mode!r}")
+        for module in self.modules():
+            object.__setattr__(module, "training", mode)
+        return self
+
+    def eval(self) -> Module:
+        """``train(False)``; returns self."""
+        return self.train(False)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Reset the gradients: to ``None`` (the default, as PyTorch 2), or to zeros in place.
+
+        ``None`` frees the memory and lets the next backward write instead of add.
+        """
+        for parameter in self.parameters():
+            if set_to_none:
+                parameter.grad = None
+            elif parameter.grad is not None:
+                parameter.grad.fill(0)
+
+    # -- state
+
+    def state_dict(self) -> OrderedDict[str, Any]:
+        """Copies of every parameter, keyed like PyTorch (``"0.weight"``, ``"0.bias"``, ...).
+
+        The values are copies, so later training does not change a saved state.
+
+        >>> list(Sequential(Linear(2, 3)).state_dict())
+        ['0.weight', '0.bias']
+        """
+        state: OrderedDict[str, Any] = OrderedDict()
+        for module_name, module in self.named_modules():
+            for name, parameter in module._parameters.items():
+                key = f"{module_name}.{name}" if module_name else name
+                state[key] = parameter.data.copy()
+        return state
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True) -> LoadResult:
+        """Copy ``state_dict``'s values into the parameters, keeping their dtype and device.
+
+        Values may be NumPy or CuPy arrays (a PyTorch state dict loads after
+        ``{k: v.numpy() for k, v in sd.items()}``). As in PyTorch, missing or unexpected
+        keys raise ``RuntimeError`` when ``strict`` (the default), a wrong shape always
+        does, and one message lists every problem. Nothing changes when it raises.
+
+        >>> model = Linear(2, 1)
+        >>> model.load_state_dict({"weight": np.ones((1, 2)), "bias": np.zeros(1)})
+        LoadResult(missing_keys=[], unexpected_keys=[])
+        >>> model.weight.data
+        array([[1., 1.]], dtype=float32)
+        """
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"state_dict must be a mapping, got {type(state_dict).__name__}")
+        own = OrderedDict(
+            (f"{module_name}.{name}" if module_name else name, parameter)
+            for module_name, module in self.named_modules()
+            for name, parameter in module._parameters.items()
+        )
+        missing = [key for key in own if key not in state_dict]
+        unexpected = [key for key in state_dict if key not in own]
+        problems = []
+        if strict and missing:
+            problems.append(f"missing keys {missing}")
+        if strict and unexpected:
+            problems.append(f"unexpected keys {unexpected}")
+        problems += [
+            f"wrong shape for {key!r}: the model has {own[key].shape}, "
+            f"the state dict {tuple(np.shape(value))}"
+            for key, value in state_dict.items()
+            if key in own and tuple(np.shape(value)) != own[key].shape
+        ]
+        if problems:
+            raise RuntimeError(
+                f"cannot load the state dict into {type(self).__name__}: " + "; ".join(problems)
+            )
+        # Convert everything first, so a value that cannot be converted changes nothing.
+        converted = {
+            key: _as_array_like(state_dict[key], own[key].data) for key in own if key in state_dict
+        }
+        for key, value in converted.items():
+            own[key].data[...] = value
+        return LoadResult(missing, unexpected)
+
+    def to(self, device: str) -> Module:
+        """Move parameters (and gradients) to ``"cpu"`` (NumPy) or ``"cuda"`` (CuPy); returns self.
+
+        Raises ``BackendUnavailableError`` when CuPy or a GPU is missing. What forward
+        saved for backward is dropped. Create optimizers after moving the model, since
+        their state stays where it was created.
+        """
+        if device == "cuda":
+            convert = _cupy_for_device().asarray
+        elif device == "cpu":
+
+            def convert(array):
+                return array if isinstance(array, np.ndarray) else array.get()
+
+        else:
+            raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+        for module in self.modules():
+            object.__setattr__(module, "_saved", None)
+        for parameter in self.parameters():
+            parameter.data = convert(parameter.data)
+            if parameter.grad is not None:
+                parameter.grad = convert(parameter.grad)
+        return self
+
+    # -- printing
+
+    def extra_repr(self) -> str:
+        return ""
+
+    def __repr__(self) -> str:
+        if not self._modules:
+            return f"{type(self).__name__}({self.extra_repr()})"
+        lines = [f"{type(self).__name__}("]
+        for name, child in self._modules.items():
+            child_lines = repr(child).replace("\n", "\n  ")
+            lines.append(f"  ({name}): {child_lines}")
+        lines.append(")")
+        return "\n".join(lines)
+
+
+class Sequential(Module):
+    """Children run in order; ``backward`` runs them in reverse. Children are named "0", "1", ...
+
+    >>> model = Sequential(Linear(3, 2), Tanh())
+    >>> model(np.ones((4, 3), np.float32)).shape
+    (4, 2)
+    >>> model.backward(np.ones((4, 2), np.float32)).shape
+    (4, 3)
+    """
+
+    def __init__(self, *modules: Module) -> None:
+        super().__init__()
+        if len(modules) == 1 and isinstance(modules[0], Mapping):
+            named = list(modules[0].items())
+        else:
+            named = [(str(index), module) for index, module in enumerate(modules)]
+        for name, module in named:
+            if not isinstance(module, Module):
+                raise TypeError(f"Sequential takes Modules, got {type(module).__name__}")
+            setattr(self, name, module)
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+    def __iter__(self) -> Iterator[Module]:
+        return iter(self._modules.values())
+
+    def __getitem__(self, index: int) -> Module:
+        return list(self._modules.values())[index]
+
+    def append(self, module: Module) -> Sequential:
+        if not isinstance(module, Module):
+            raise TypeError(f"Sequential takes Modules, got {type(module).__name__}")
+        setattr(self, str(len(self)), module)
+        return self
+
+    def forward(self, x):
+        for module in self._modules.values():
+            x = module(x)
+        return x
+
+    def backward(self, grad):
+        for module in reversed(self._modules.values()):
+            grad = module.backward(grad)
+        return grad
+
+
+# ------------------------------------------------------------------ layers with parameters
+
+
+class Conv2d(Module):
+    """2-D convolution over NCHW input, with PyTorch's arguments and parameter shapes.
+
+    ``weight`` is (out_channels, in_channels / groups, kH, kW) and ``bias``
+    (out_channels,), both uniform(-1/sqrt(fan_in), 1/sqrt(fan_in)) with
+    fan_in = in_channels / groups * kH * kW, as PyTorch. ``padding`` may also be
+    ``"same"`` or ``"valid"``; only ``padding_mode="zeros"`` is supported.
+
+    >>> conv = Conv2d(3, 8, kernel_size=3, padding=1)
+    >>> conv.weight.shape, conv(np.ones((2, 3, 5, 5), np.float32)).shape
+    ((8, 3, 3, 3), (2, 8, 5, 5))
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] | str = 0,
+        dilation: int | tuple[int, int] = 1,
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        *,
+        dtype: DTypeLike = np.float32,
+    ) -> None:
+        super().__init__()
+        self.in_channels = _shapes.positive_int("in_channels", in_channels)
+        self.out_channels = _shapes.positive_int("out_channels", out_channels)
+        self.groups = _shapes.positive_int("groups", groups)
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(
+                f"in_channels ({in_channels}) and out_channels ({out_channels}) must be "
+                f"divisible by groups ({groups})"
+            )
+        self.kernel_size = _shapes.pair("kernel_size", kernel_size, minimum=1)
+        self.stride = _shapes.pair("stride", stride, minimum=1)
+        self.padding = (
+            padding if isinstance(padding, str) else _shapes.pair("padding", padding, minimum=0)
+        )
+        self.dilation = _shapes.pair("dilation", dilation, minimum=1)
+        if padding_mode != "zeros":
+            raise NotImplementedError(f"padding_mode {padding_mode!r}: only 'zeros' is supported")
+        self.padding_mode = padding_mode
+        dtype = _float_dtype(dtype)
+        fan_in = in_channels // groups * self.kernel_size[0] * self.kernel_size[1]
+        self.weight = _default_uniform(
+            (out_channels, in_channels // groups, *self.kernel_size), fan_in, dtype
+        )
+        self.bias = _default_uniform((out_channels,), fan_in, dtype) if bias else None
+
+    def _geometry(self) -> tuple:
+        return self.stride, self.padding, self.dilation, self.groups
+
+    def forward(self, x):
+        self._saved = x
+        bias = None if self.bias is None else self.bias.data
+        return F.conv2d(x, self.weight.data, bias, *self._geometry())
+
+    def backward(self, grad):
+        x = self._saved_for_backward()
+        grad_x, grad_weight, grad_bias = F.conv2d_backward(
+            grad, x, self.weight.data, *self._geometry(), bias=self.bias is not None
+        )
+        self.weight.accumulate_grad(grad_weight)
+        if self.bias is not None:
+            self.bias.accumulate_grad(grad_bias)
+        return grad_x
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}, "
+            f"groups={self.groups}, bias={self.bias is not None}, dtype={self.weight.dtype}"
+        )
+
+
+class Linear(Module):
+    """y = x @ weight.T + bias, weight (out_features, in_features), PyTorch's initialisation.
+
+    >>> Linear(4, 2)(np.ones((3, 4), np.float32)).shape
+    (3, 2)
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        *,
+        dtype: DTypeLike = np.float32,
+    ) -> None:
+        super().__init__()
+        self.in_features = _shapes.positive_int("in_features", in_features)
+        self.out_features = _shapes.positive_int("out_features", out_features)
+        dtype = _float_dtype(dtype)
+        self.weight = _default_uniform((out_features, in_features), in_features, dtype)
+        self.bias = _default_uniform((out_features,), in_features, dtype) if bias else None
+
+    def forward(self, x):
+        self._saved = x
+        return F.linear(x, self.weight.data, None if self.bias is None else self.bias.data)
+
+    def backward(self, grad):
+        x = self._saved_for_backward()
+        grad_x, grad_weight, grad_bias = F.linear_backward(
+            grad, x, self.weight.data, bias=self.bias is not None
+        )
+        self.weight.accumulate_grad(grad_weight)
+        if self.bias is not None:
+            self.bias.accumulate_grad(grad_bias)
+        return grad_x
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"bias={self.bias is not None}, dtype={self.weight.dtype}"
+        )
+
+
+# ---------------------------------------------------------------------------- pooling
+
+
+class MaxPool2d(Module):
+    """2-D max pooling with PyTorch's arguments.
+
+    Forward always records where each maximum is, so backward does not search again;
+    with ``return_indices=True`` forward also returns those indices, as PyTorch.
+
+    >>> MaxPool2d(2)(np.arange(16.0).reshape(1, 1, 4, 4))[0, 0]
+    array([[ 5.,  7.],
+           [13., 15.]])
+    """
+
+    def __init__(
+        self,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] | None = None,
+        padding: int | tuple[int, int] = 0,
+        dilation: int | tuple[int, int] = 1,
+        return_indices: bool = False,
+        ceil_mode: bool = False,
+    ) -> None:
+        super().__init__()
+        self.kernel_size = kernel_size
+        self.stride = stride
+        self.padding = padding
+        self.dilation = dilation
+        self.return_indices = return_indices
+        self.ceil_mode = ceil_mode
+
+    def _geometry(self) -> tuple:
+        return self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode
+
+    def forward(self, x):
+        y, indices = F.max_pool2d(x, *self._geometry(), return_indices=True)
+        self._saved = (x, indices)
+        return (y, indices) if self.return_indices else y
+
+    def backward(self, grad):
+        x, indices = self._saved_for_backward()
+        return F.max_pool2d_backward(grad, x, *self._geometry(), indices=indices)
+
+    def extra_repr(self) -> str:
+        return (
+            f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
+            f"dilation={self.dilation}, ceil_mode={self.ceil_mode}"
+        )
+
+
+class AvgPool2d(Module):
+    """2-D average pooling with PyTorch's arguments (``divisor_override`` is not supported).
+
+    >>> AvgPool2d(2)(np.ones((1, 1, 4, 4), np.float32)).shape
+    (1, 1, 2, 2)
+    """
+
+    def __init__(
+        self,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] | None = None,
+        padding: int | tuple[int, int] = 0,
+        ceil_mode: bool = False,
+        count_include_pad: bool = True,
+        divisor_override: int | None = None,
+    ) -> None:
+        super().__init__()
+        if divisor_override is not None:
+            raise NotImplementedError("AvgPool2d: divisor_override is not supported")
+        self.kernel_size = kernel_size
+        self.stride = stride
+        self.padding = padding
+        self.ceil_mode = ceil_mode
+        self.count_include_pad = count_include_pad
+        self.divisor_override = divisor_override
+
+    def _geometry(self) -> tuple:
+        return self.kernel_size, self.stride, self.padding, self.ceil_mode, self.count_include_pad
+
+    def forward(self, x):
+        # Only the shape and dtype of x are needed later; keeping x itself costs nothing extra.
+        self._saved = x
+        return F.avg_pool2d(x, *self._geometry())
+
+    def backward(self, grad):
+        return F.avg_pool2d_backward(grad, self._saved_for_backward(), *self._geometry())
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+
+# ---------------------------------------------------------------------------- activations
+
+
+class ReLU(Module):
+    """max(x, 0). Backward uses the output (y > 0 exactly where x > 0), so ``inplace`` is safe.
+
+    >>> ReLU()(np.array([-1.0, 2.0]))
+    array([0., 2.])
+    """
+
+    def __init__(self, inplace: bool = False) -> None:
+        super().__init__()
+        self.inplace = inplace
+
+    def forward(self, x):
+        y = F.relu(x, out=x if self.inplace else None)
+        self._saved = y
+        return y
+
+    def backward(self, grad):
+        return F.relu_backward(grad, self._saved_for_backward())
+
+    def extra_repr(self) -> str:
+        return "inplace=True" if self.inplace else ""
+
+
+class LeakyReLU(Module):
+    """x where x > 0, else negative_slope * x.
+
+    With ``inplace=True`` backward reads the output, whose sign equals the input's
+    only when negative_slope >= 0; a negative slope in place is therefore refused.
+
+    >>> LeakyReLU(0.1)(np.array([-1.0, 2.0]))
+    array([-0.1,  2. ])
+    """
+
+    def __init__(self, negative_slope: float = 0.01, inplace: bool = False) -> None:
+        super().__init__()
+        if inplace and negative_slope < 0:
+            raise ValueError("LeakyReLU(inplace=True) needs negative_slope >= 0")
+        self.negative_slope = negative_slope
+        self.inplace = inplace
+
+    def forward(self, x):
+        y = F.leaky_relu(x, self.negative_slope, out=x if self.inplace else None)
+        self._saved = y if self.inplace else x
+        return y
+
+    def backward(self, grad):
+        return F.leaky_relu_backward(grad, self._saved_for_backward(), self.negative_slope)
+
+    def extra_repr(self) -> str:
+        return f"negative_slope={self.negative_slope}" + (", inplace=True" if self.inplace else "")
+
+
+class Sigmoid(Module):
+    """1 / (1 + exp(-x)); backward uses the output.
+
+    >>> Sigmoid()(np.array([0.0]))
+    array([0.5])
+    """
+
+    def forward(self, x):
+        self._saved = F.sigmoid(x)
+        return self._saved
+
+    def backward(self, grad):
+        return F.sigmoid_backward(grad, self._saved_for_backward())
+
+
+class Tanh(Module):
+    """Hyperbolic tangent; backward uses the output.
+
+    >>> Tanh()(np.array([0.0]))
+    array([0.])
+    """
+
+    def forward(self, x):
+        self._saved = F.tanh(x)
+        return self._saved
+
+    def backward(self, grad):
+        return F.tanh_backward(grad, self._saved_for_backward())
+
+
+# ---------------------------------------------------------------------------- reshaping
+
+
+class Flatten(Module):
+    """Merge dims ``start_dim`` .. ``end_dim`` (inclusive) into one, as ``torch.nn.Flatten``.
+
+    >>> Flatten()(np.ones((2, 3, 4, 5))).shape
+    (2, 60)
+    """
+
+    def __init__(self, start_dim: int = 1, end_dim: int = -1) -> None:
+        super().__init__()
+        self.start_dim = start_dim
+        self.end_dim = end_dim
+
+    def forward(self, x):
+        array_module(x=x)
+        start = _shapes.normalize_axis(self.start_dim, x.ndim)
+        end = _shapes.normalize_axis(self.end_dim, x.ndim)
+        if start > end:
+            raise ValueError(
+                f"Flatten: start_dim {self.start_dim} comes after end_dim "
+                f"{self.end_dim} for a {x.ndim}-D input"
+            )
+        self._saved = x.shape
+        merged = math.prod(x.shape[start : end + 1])
+        return x.reshape(*x.shape[:start], merged, *x.shape[end + 1 :])
+
+    def backward(self, grad):
+        return grad.reshape(self._saved_for_backward())
+
+    def extra_repr(self) -> str:
+        return f"start_dim={self.start_dim}, end_dim={self.end_dim}"
+
+
+# ---------------------------------------------------------------------------- loss
+
+
+class CrossEntropyLoss(Module):
+    """Softmax cross-entropy of integer labels: ``loss = criterion(logits, labels)``.
+
+    ``backward()`` returns the gradient of the loss with respect to the logits
+    (``grad_output`` scales it; it defaults to 1, or to ones for ``reduction="none"``).
+
+    >>> criterion = CrossEntropyLoss()
+    >>> float(criterion(np.zeros((2, 4)), np.array([0, 3])))  # log 4
+    1.3862943611198906
+    >>> criterion.backward()[0]
+    array([-0.375,  0.125,  0.125,  0.125])
+    """
+
+    def __init__(self, reduction: str = "mean") -> None:
+        super().__init__()
+        if reduction not in ("mean", "sum", "none"):
+            raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+        self.reduction = reduction
+
+    def forward(self, logits, labels):
+        loss = F.cross_entropy(logits, labels, self.reduction)
+        self._saved = (logits, labels)
+        return loss
+
+    def backward(self, grad_output=None):
+        logits, labels = self._saved_for_backward()
+        return F.cross_entropy_backward(logits, labels, self.reduction, grad_output=grad_output)
+
+    def extra_repr(self) -> str:
+        return f"reduction={self.reduction!r}"

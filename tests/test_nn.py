@@ -1,0 +1,392 @@
+"""fastcnn.nn layers and fastcnn.save / load: PyTorch parity, state dicts, initialisation.
+
+The layers only orchestrate functional calls, so these tests run on the reference
+backend (fast, no compilation); the ops themselves are tested per backend elsewhere.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import fastcnn
+from fastcnn import nn
+
+TOLERANCE = {np.float64: 1e-10, np.float32: 1e-4}
+
+
+@pytest.fixture(autouse=True)
+def reference_backend():
+    with fastcnn.use_backend("reference"):
+        yield
+
+
+def assert_close(actual, expected, dtype) -> None:
+    """Relative to the expected values' scale: conv and linear sum many terms."""
+    expected = np.asarray(expected, dtype=np.float64)
+    tolerance = TOLERANCE[dtype]
+    scale = max(float(np.abs(expected).max(initial=0.0)), 1.0)
+    np.testing.assert_allclose(actual, expected, rtol=tolerance, atol=tolerance * scale)
+
+
+def small_lenet(layers, dtype):
+    """The same small LeNet in fastcnn.nn or torch.nn: their constructors take the same arguments.
+
+    Input (N, 2, 10, 10): every layer kind, a grouped convolution and a strided-1 pool.
+    """
+    return layers.Sequential(
+        layers.Conv2d(2, 4, 3, padding=1, dtype=dtype),
+        layers.ReLU(),
+        layers.MaxPool2d(2),  # 10x10 -> 5x5
+        layers.Conv2d(4, 6, 3, groups=2, dtype=dtype),  # -> 3x3
+        layers.Tanh(),
+        layers.AvgPool2d(2, stride=1),  # -> 2x2
+        layers.Flatten(),
+        layers.Linear(24, 10, dtype=dtype),
+        layers.Sigmoid(),
+        layers.Linear(10, 8, dtype=dtype),
+        layers.LeakyReLU(0.1),
+        layers.Linear(8, 5, dtype=dtype),
+    )
+
+
+def torch_dtype(dtype):
+    torch = pytest.importorskip("torch")
+    return {np.float32: torch.float32, np.float64: torch.float64}[dtype]
+
+
+def run_both(ours, theirs, x, labels, dtype):
+    """Forward, loss and backward in both models; compare logits, loss and every gradient."""
+    torch = pytest.importorskip("torch")
+    criterion = nn.CrossEntropyLoss()
+    logits = ours(x)
+    loss = criterion(logits, labels)
+    grad_x = ours.backward(criterion.backward())
+
+    x_torch = torch.from_numpy(x.copy()).requires_grad_()
+    logits_torch = theirs(x_torch)
+    loss_torch = torch.nn.functional.cross_entropy(logits_torch, torch.from_numpy(labels))
+    loss_torch.backward()
+
+    assert logits.dtype == dtype and grad_x.dtype == dtype
+    assert_close(logits, logits_torch.detach().numpy(), dtype)
+    assert_close(loss, loss_torch.item(), dtype)
+    assert_close(grad_x, x_torch.grad.numpy(), dtype)
+    torch_parameters = dict(theirs.named_parameters())
+    assert [name for name, _ in ours.named_parameters()] == list(torch_parameters)
+    for name, parameter in ours.named_parameters():
+        assert parameter.grad.dtype == dtype
+        assert_close(parameter.grad, torch_parameters[name].grad.numpy(), dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_torch_weights_load_and_match(dtype):
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    theirs = small_lenet(torch.nn, torch_dtype(dtype))
+    ours = small_lenet(nn, dtype)
+    ours.load_state_dict({k: v.detach().numpy() for k, v in theirs.state_dict().items()})
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 2, 10, 10)).astype(dtype)
+    labels = rng.integers(0, 5, size=3)
+    run_both(ours, theirs, x, labels, dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_fastcnn_weights_load_into_torch_and_match(dtype):
+    torch = pytest.importorskip("torch")
+    fastcnn.manual_seed(1)
+    ours = small_lenet(nn, dtype)
+    theirs = small_lenet(torch.nn, torch_dtype(dtype))
+    theirs.load_state_dict({k: torch.from_numpy(v) for k, v in ours.state_dict().items()})
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((4, 2, 10, 10)).astype(dtype)
+    labels = rng.integers(0, 5, size=4)
+    run_both(ours, theirs, x, labels, dtype)
+
+
+@pytest.mark.parametrize(
+    "make_layer, shape",
+    [
+        (
+            lambda m: m.Conv2d(
+                3, 4, (3, 2), stride=2, padding=(1, 2), dilation=2, bias=False, dtype=m.float64
+            ),
+            (2, 3, 9, 8),
+        ),
+        (lambda m: m.MaxPool2d(3, stride=2, padding=1, ceil_mode=True), (2, 3, 8, 7)),
+        (lambda m: m.AvgPool2d(3, 2, 1, ceil_mode=True, count_include_pad=False), (2, 3, 8, 7)),
+        (lambda m: m.Flatten(0, 2), (2, 3, 4, 5)),
+        (lambda m: m.Linear(5, 3, bias=False, dtype=m.float64), (2, 4, 5)),
+    ],
+    ids=["conv2d", "max_pool2d", "avg_pool2d", "flatten", "linear"],
+)
+def test_single_layer_matches_torch(make_layer, shape):
+    torch = pytest.importorskip("torch")
+
+    class Torch:  # torch.nn with the dtype name the lambdas use
+        def __getattr__(self, name):
+            return torch.float64 if name == "float64" else getattr(torch.nn, name)
+
+    class Ours:
+        def __getattr__(self, name):
+            return np.float64 if name == "float64" else getattr(nn, name)
+
+    torch.manual_seed(0)
+    theirs, ours = make_layer(Torch()), make_layer(Ours())
+    ours.load_state_dict({k: v.detach().numpy() for k, v in theirs.state_dict().items()})
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal(shape)
+    x_torch = torch.from_numpy(x.copy()).requires_grad_()
+    y_torch = theirs(x_torch)
+    grad_y = rng.standard_normal(tuple(y_torch.shape))
+    y_torch.backward(torch.from_numpy(grad_y))
+    assert_close(ours(x), y_torch.detach().numpy(), np.float64)
+    assert_close(ours.backward(grad_y), x_torch.grad.numpy(), np.float64)
+    for name, parameter in ours.named_parameters():
+        assert_close(parameter.grad, dict(theirs.named_parameters())[name].grad.numpy(), np.float64)
+
+
+def test_max_pool_return_indices_match_torch():
+    torch = pytest.importorskip("torch")
+    x = np.random.default_rng(3).standard_normal((1, 2, 6, 6))
+    y, indices = nn.MaxPool2d(2, return_indices=True)(x)
+    y_torch, indices_torch = torch.nn.MaxPool2d(2, return_indices=True)(torch.from_numpy(x))
+    np.testing.assert_array_equal(y, y_torch.numpy())
+    np.testing.assert_array_equal(indices, indices_torch.numpy())
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_cross_entropy_loss_matches_torch(reduction):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(4)
+    logits = rng.standard_normal((5, 4))
+    labels = rng.integers(0, 4, size=5)
+    grad_output = rng.standard_normal(5) if reduction == "none" else 0.7
+    criterion = nn.CrossEntropyLoss(reduction)
+    loss = criterion(logits, labels)
+    grad_logits = criterion.backward(grad_output)
+
+    logits_torch = torch.from_numpy(logits.copy()).requires_grad_()
+    loss_torch = torch.nn.CrossEntropyLoss(reduction=reduction)(
+        logits_torch, torch.from_numpy(labels)
+    )
+    loss_torch.backward(torch.as_tensor(grad_output, dtype=torch.float64))
+    assert_close(loss, loss_torch.detach().numpy(), np.float64)
+    assert_close(grad_logits, logits_torch.grad.numpy(), np.float64)
+
+
+# ---------------------------------------------------------------------------- module behaviour
+
+
+def nested_model() -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(1, 2, 3),
+        nn.Sequential(nn.ReLU(), nn.Conv2d(2, 3, 1, bias=False)),
+        nn.Flatten(),
+        nn.Linear(12, 2),
+    )
+
+
+def test_named_parameters_and_state_dict_keys_follow_torch_order():
+    torch = pytest.importorskip("torch")
+    expected = ["0.weight", "0.bias", "1.1.weight", "3.weight", "3.bias"]
+    model = nested_model()
+    assert [name for name, _ in model.named_parameters()] == expected
+    assert list(model.state_dict()) == expected
+    theirs = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 2, 3),
+        torch.nn.Sequential(torch.nn.ReLU(), torch.nn.Conv2d(2, 3, 1, bias=False)),
+        torch.nn.Flatten(),
+        torch.nn.Linear(12, 2),
+    )
+    assert {k: tuple(v.shape) for k, v in theirs.state_dict().items()} == {
+        k: v.shape for k, v in model.state_dict().items()
+    }
+    assert list(model.parameters()) == [p for _, p in model.named_parameters()]
+
+
+def test_shared_parameter_is_listed_once():
+    first, second = nn.Linear(2, 2), nn.Linear(2, 2)
+    second.weight = first.weight
+    model = nn.Sequential(first, second)
+    assert [name for name, _ in model.named_parameters()] == ["0.weight", "0.bias", "1.bias"]
+
+
+def test_gradients_accumulate_until_zero_grad():
+    model = nested_model()
+    x = np.random.default_rng(5).standard_normal((2, 1, 4, 4)).astype(np.float32)
+    assert all(p.grad is None for p in model.parameters())
+    grad_y = np.ones((2, 2), np.float32)
+    model(x)
+    model.backward(grad_y)
+    first = [p.grad.copy() for p in model.parameters()]
+    model(x)
+    model.backward(grad_y)
+    for parameter, once in zip(model.parameters(), first, strict=True):
+        np.testing.assert_allclose(parameter.grad, 2 * once, rtol=1e-6)
+    model.zero_grad(set_to_none=False)
+    assert all(p.grad is not None and not p.grad.any() for p in model.parameters())
+    model.zero_grad()
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_backward_before_forward_raises():
+    with pytest.raises(RuntimeError, match="before forward"):
+        nn.Linear(2, 3).backward(np.ones((1, 3), np.float32))
+
+
+def test_train_and_eval_set_every_module():
+    model = nested_model()
+    assert model.eval() is model
+    assert not any(module.training for module in model.modules())
+    model.train()
+    assert all(module.training for module in model.modules())
+
+
+def test_relu_inplace_overwrites_input_and_still_backpropagates():
+    x = np.array([-1.0, 0.5, 2.0])
+    layer = nn.ReLU(inplace=True)
+    assert layer(x) is x
+    np.testing.assert_array_equal(layer.backward(np.ones(3)), [0.0, 1.0, 1.0])
+
+
+def test_state_dict_values_are_copies():
+    model = nn.Linear(2, 2)
+    state = model.state_dict()
+    state["weight"][...] = 7.0
+    assert not (model.weight.data == 7.0).any()
+
+
+def test_load_state_dict_copies_values_and_keeps_dtype():
+    model = nn.Linear(3, 2)  # float32
+    source = {"weight": np.arange(6.0).reshape(2, 3), "bias": np.array([1.0, 2.0])}
+    assert model.load_state_dict(source) == ([], [])
+    source["weight"][...] = -1.0
+    assert model.weight.dtype == np.float32
+    np.testing.assert_array_equal(model.weight.data, np.arange(6.0).reshape(2, 3))
+
+
+def test_load_state_dict_reports_missing_unexpected_and_wrong_shapes():
+    model = nn.Sequential(nn.Linear(3, 2))
+    good = {"0.weight": np.ones((2, 3)), "0.bias": np.ones(2)}
+    with pytest.raises(RuntimeError, match=r"missing keys \['0.bias'\]"):
+        model.load_state_dict({"0.weight": good["0.weight"]})
+    with pytest.raises(RuntimeError, match=r"unexpected keys \['1.weight'\]"):
+        model.load_state_dict({**good, "1.weight": np.ones(1)})
+    with pytest.raises(RuntimeError, match=r"wrong shape for '0.weight'.*\(2, 3\).*\(3, 2\)"):
+        model.load_state_dict({**good, "0.weight": np.ones((3, 2))})
+    with pytest.raises(RuntimeError, match="wrong shape"):  # even when not strict, as PyTorch
+        model.load_state_dict({"0.weight": np.ones((3, 2))}, strict=False)
+    assert not (model[0].weight.data == 1.0).all()  # nothing was loaded by the failed calls
+    result = model.load_state_dict(
+        {"0.weight": good["0.weight"], "extra": np.ones(1)}, strict=False
+    )
+    assert result.missing_keys == ["0.bias"] and result.unexpected_keys == ["extra"]
+    np.testing.assert_array_equal(model[0].weight.data, 1.0)
+
+
+def test_to_checks_the_device():
+    model = nn.Linear(2, 2)
+    with pytest.raises(ValueError, match="'cpu' or 'cuda'"):
+        model.to("tpu")
+    assert model.to("cpu") is model and isinstance(model.weight.data, np.ndarray)
+    try:
+        import cupy
+
+        gpu = cupy.is_available()
+    except ImportError:
+        gpu = False
+    if not gpu:
+        with pytest.raises(fastcnn.BackendUnavailableError, match=r"CuPy|GPU"):
+            model.to("cuda")
+
+
+def test_layer_arguments_are_validated():
+    with pytest.raises(ValueError, match="divisible by groups"):
+        nn.Conv2d(3, 4, 3, groups=2)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        nn.Linear(2, 2, dtype=np.int32)
+    with pytest.raises(TypeError, match="Modules"):
+        nn.Sequential(nn.ReLU(), "relu")
+    with pytest.raises(ValueError, match="reduction"):
+        nn.CrossEntropyLoss("average")
+
+
+# ---------------------------------------------------------------------------- initialisation
+
+
+def test_manual_seed_makes_initialisation_reproducible():
+    fastcnn.manual_seed(123)
+    first = nested_model().state_dict()
+    fastcnn.manual_seed(123)
+    again = nested_model().state_dict()
+    fastcnn.manual_seed(124)
+    other = nested_model().state_dict()
+    for key in first:
+        np.testing.assert_array_equal(first[key], again[key])
+        assert not np.array_equal(first[key], other[key])
+
+
+@pytest.mark.parametrize(
+    "layer, fan_in",
+    [
+        (lambda: nn.Conv2d(6, 16, 5), 6 * 5 * 5),
+        (lambda: nn.Conv2d(8, 8, 3, groups=4), 2 * 3 * 3),
+        (lambda: nn.Linear(400, 120, dtype=np.float64), 400),
+    ],
+    ids=["conv2d", "grouped-conv2d", "linear"],
+)
+def test_default_initialisation_is_uniform_within_one_over_sqrt_fan_in(layer, fan_in):
+    fastcnn.manual_seed(0)
+    module = layer()
+    bound = 1 / math.sqrt(fan_in)
+    for parameter in (module.weight, module.bias):
+        values = parameter.data
+        assert np.abs(values).max() <= bound
+        # Uniform on [-b, b]: the extremes come close to b and the spread is b / sqrt(3).
+        assert np.abs(values).max() > 0.8 * bound
+        if values.size >= 100:
+            assert values.std() == pytest.approx(bound / math.sqrt(3), rel=0.1)
+    assert module.weight.dtype == module.bias.dtype
+
+
+# ---------------------------------------------------------------------------- save / load
+
+
+def test_save_load_round_trip(tmp_path):
+    fastcnn.manual_seed(7)
+    model = nested_model()
+    path = tmp_path / "model.weights"  # written at exactly this path, no suffix added
+    fastcnn.save(model.state_dict(), path)
+    loaded = fastcnn.load(path)
+    assert list(loaded) == list(model.state_dict())
+    for key, value in model.state_dict().items():
+        assert loaded[key].dtype == value.dtype
+        np.testing.assert_array_equal(loaded[key], value)
+    fastcnn.manual_seed(8)
+    restored = nested_model()
+    restored.load_state_dict(loaded)
+    x = np.random.default_rng(6).standard_normal((2, 1, 4, 4)).astype(np.float32)
+    np.testing.assert_array_equal(restored(x), model(x))
+
+
+def test_save_accepts_any_key_name(tmp_path):
+    state = {"file": np.ones(2), "allow_pickle": np.zeros(1, np.int64)}
+    fastcnn.save(state, tmp_path / "odd.npz")
+    assert {k: v.tolist() for k, v in fastcnn.load(tmp_path / "odd.npz").items()} == {
+        "file": [1.0, 1.0],
+        "allow_pickle": [0],
+    }
+
+
+def test_object_arrays_are_refused(tmp_path):
+    objects = np.array([{"not": "numbers"}, None], dtype=object)
+    with pytest.raises(ValueError, match="object array"):
+        fastcnn.save({"weight": objects}, tmp_path / "refused.npz")
+    pickled = tmp_path / "pickled.npz"
+    np.savez(pickled, weight=objects, allow_pickle=True)  # a file that needs pickle to read
+    with pytest.raises(ValueError, match="allow_pickle"):
+        fastcnn.load(pickled)
