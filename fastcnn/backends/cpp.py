@@ -7,6 +7,7 @@ the wrappers here pick by dtype. The sources are in ``kernels/cpp``.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
@@ -15,8 +16,10 @@ from fastcnn.backends import register
 try:
     import fastcnn._cpp as _cpp
 except ModuleNotFoundError as error:  # absent; an extension that fails to load says why itself
+    # The folder helps when a source checkout shadows the installed package.
     raise ImportError(
-        "fastcnn._cpp is not built: the C++ build failed or was skipped when fastcnn was installed"
+        "fastcnn._cpp is not built: the C++ build failed or was skipped when fastcnn was "
+        f"installed (fastcnn imported from {Path(__file__).parents[1]})"
     ) from error
 
 
