@@ -1,0 +1,231 @@
+"""Turning a bench document into text: the results table, the ceilings, the GPU
+section and the comparison with an earlier run (``--compare``)."""
+
+from __future__ import annotations
+
+from fastcnn.bench.cases import PEER
+
+#: A change smaller than this (or inside both runs' interquartile ranges) is noise.
+COMPARE_THRESHOLD = 0.10
+
+TABLE_COLUMNS = (
+    "case",
+    "dir",
+    "backend",
+    "median ms",
+    "± IQR",
+    "1st call ms",
+    "rate",
+    "% roof",
+    "torch ms",
+    "torch/ours",
+)
+
+
+def _ms(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    milliseconds = seconds * 1e3
+    return f"{milliseconds:.3g}" if milliseconds < 100 else f"{milliseconds:.0f}"
+
+
+def _rate(result: dict) -> str:
+    """GFLOP/s for a compute-bound case, GB/s for a memory-bound one."""
+    if "bound" not in result:
+        return "—"
+    if result["bound"] == "compute":
+        return f"{result['flops_per_s'] / 1e9:.1f} GFLOP/s"
+    return f"{result['bytes_per_s'] / 1e9:.1f} GB/s"
+
+
+def table_rows(document: dict) -> list[tuple[str, ...]]:
+    """One row per result: fastcnn variants with the peer's time beside them, then the peer."""
+    peer = {
+        r["case_key"]: r
+        for r in document["results"]
+        if r["library"] == PEER and r["status"] == "ok"
+    }
+    rows = []
+    for result in document["results"]:
+        case = f"{result['op']} {result['case']}"
+        if document["settings"].get("batch") is not None:
+            case += f" N={result['batch']}"
+        head = (case, result["direction"], result["variant"])
+        if result["status"] != "ok":
+            rows.append((*head, "error: " + result.get("error", "")[:90], *[""] * 6))
+            continue
+        spread = (result["q3_s"] - result["q1_s"]) / 2 / result["median_s"]
+        theirs = peer.get(result["case_key"]) if result["library"] != PEER else None
+        ratio = result.get("speedup_vs_peer")
+        rows.append(
+            (
+                *head,
+                _ms(result["median_s"]),
+                f"{spread:.0%}",
+                _ms(result["first_call_s"]),
+                _rate(result),
+                f"{result['roofline_fraction']:.0%}" if "roofline_fraction" in result else "—",
+                _ms(theirs["median_s"]) if theirs else "—",
+                f"{ratio:.2f}" if ratio is not None else "—",
+            )
+        )
+    return rows
+
+
+def format_table(
+    columns: tuple[str, ...], rows: list[tuple[str, ...]], markdown: bool = False
+) -> str:
+    """Aligned plain text, or a GitHub-flavoured Markdown table."""
+    if markdown:
+        lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
+        return "\n".join(lines)
+    widths = [max(len(str(row[i])) for row in (columns, *rows)) for i in range(len(columns))]
+    numeric = [i for i, name in enumerate(columns) if i >= 3]
+
+    def line(row):
+        cells = [
+            str(cell).rjust(widths[i])
+            if i in numeric and not str(cell).startswith("error")
+            else str(cell).ljust(widths[i])
+            for i, cell in enumerate(row)
+        ]
+        return "  ".join(cells).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([line(columns), rule, *[line(row) for row in rows]])
+
+
+def ceilings_text(document: dict) -> str:
+    """The ceilings in one or two lines."""
+    lines = []
+    cpu = document["ceilings"].get("cpu")
+    if cpu:
+        threads = str(cpu["threads"])
+        fma, gemm = cpu["peak_flops"]["fma"], cpu["peak_flops"]["gemm"]
+        copy = cpu["bandwidth_bytes_per_s"]["copy"]
+
+        def pair(values: dict, scale: float) -> str:
+            one = values.get("1")
+            top = values.get(threads)
+            if one is None or top is None:
+                return "n/a"
+            return f"{one / scale:.0f} (1 thread) / {top / scale:.0f} ({threads} threads)"
+
+        lines.append(
+            f"CPU ceilings, {cpu['dtype']}: FMA loop {pair(fma, 1e9)} GFLOP/s; "
+            f"BLAS GEMM {pair(gemm, 1e9)} GFLOP/s; copy {pair(copy, 1e9)} GB/s (read + write)"
+        )
+        lines += [f"  ({error})" for error in cpu.get("errors", [])]
+    gpu = document["ceilings"].get("gpu")
+    if gpu:
+        lines.append(
+            f"GPU ceilings ({gpu.get('name', 'gpu')}), {gpu['dtype']}: GEMM "
+            f"{gpu['roofline']['peak_flops'] / 1e12:.1f} TFLOP/s; copy "
+            f"{gpu['roofline']['bandwidth_bytes_per_s'] / 1e9:.0f} GB/s"
+        )
+    return "\n".join(lines)
+
+
+def gpu_text(document: dict) -> str:
+    """The CPU vs GPU section, or one line saying there is no GPU."""
+    comparisons = document.get("gpu_vs_cpu")
+    if document["machine"].get("gpu") is None:
+        return "CPU vs GPU: no GPU here (CuPy with a CUDA device is needed); CPU only."
+    if not comparisons:
+        return f"CPU vs GPU: {document['machine']['gpu']} found, but no case ran on both."
+    columns = ("case", "best CPU", "GPU/CPU speed", "with copies", "crossover batch")
+    rows = [
+        (
+            c["case_key"],
+            c["cpu_variant"],
+            f"{c['gpu_speedup']:.2f}x",
+            f"{c['gpu_speedup_with_copies']:.2f}x",
+            str(c["crossover_batch"]) if c.get("crossover_batch") else "none",
+        )
+        for c in comparisons
+    ]
+    return f"CPU vs GPU ({document['machine']['gpu']}):\n" + format_table(columns, rows)
+
+
+def report_text(document: dict, markdown: bool = False) -> str:
+    """Everything the command prints after the run: ceilings, table, notes, GPU line."""
+    parts = [ceilings_text(document), ""]
+    rows = table_rows(document)
+    if rows:
+        parts.append(format_table(TABLE_COLUMNS, rows, markdown))
+    else:
+        parts.append("no results: no selected backend implements these ops (see notes)")
+    parts.append(
+        "rate: GFLOP/s when compute-bound, GB/s when memory-bound; % roof: of "
+        "min(peak FLOP/s, intensity x bandwidth); torch/ours > 1: fastcnn is faster"
+    )
+    for note in document.get("notes", []):
+        parts.append(f"note: {note}")
+    parts.append(gpu_text(document))
+    if document.get("interrupted"):
+        parts.append("interrupted: the results above are what was measured before Ctrl-C")
+    return "\n".join(parts)
+
+
+def compare_documents(
+    old: dict, new: dict, threshold: float = COMPARE_THRESHOLD
+) -> tuple[list[tuple[str, ...]], list[str]]:
+    """Rows ``(key, old ms, new ms, speed-up, verdict)`` for results in both runs, and notes.
+
+    A change counts when the speed moved by more than ``threshold`` and the two runs'
+    interquartile ranges do not overlap.
+    """
+    notes = []
+    if old["machine"].get("cpu") != new["machine"].get("cpu"):
+        notes.append(
+            f"different machines: {old['machine'].get('cpu')} (old) vs "
+            f"{new['machine'].get('cpu')} (new)"
+        )
+    if old.get("schema_version") != new.get("schema_version"):
+        notes.append(
+            f"schema versions differ: {old.get('schema_version')} vs {new.get('schema_version')}"
+        )
+    before = {r["key"]: r for r in old["results"] if r.get("status") == "ok"}
+    rows = []
+    for result in new["results"]:
+        previous = before.get(result["key"])
+        if result["status"] != "ok" or previous is None:
+            continue
+        speedup = previous["median_s"] / result["median_s"]
+        separated = result["q3_s"] < previous["q1_s"] or result["q1_s"] > previous["q3_s"]
+        if speedup > 1 + threshold and separated:
+            verdict = "faster"
+        elif speedup < 1 / (1 + threshold) and separated:
+            verdict = "REGRESSION"
+        else:
+            verdict = "same"
+        rows.append(
+            (
+                result["key"],
+                _ms(previous["median_s"]),
+                _ms(result["median_s"]),
+                f"{speedup:.2f}x",
+                verdict,
+            )
+        )
+    missing = len(set(before) - {r["key"] for r in new["results"]})
+    if missing:
+        notes.append(f"{missing} results of the old run have no match in this one")
+    return rows, notes
+
+
+def compare_text(old: dict, new: dict, markdown: bool = False) -> str:
+    rows, notes = compare_documents(old, new)
+    columns = ("key", "old ms", "new ms", "old/new", "verdict")
+    if not rows:
+        text = "compare: no result of this run matches the old run's keys"
+    else:
+        regressions = sum(row[-1] == "REGRESSION" for row in rows)
+        faster = sum(row[-1] == "faster" for row in rows)
+        text = (
+            f"compared with {old.get('created', 'the old run')}: {faster} faster, "
+            f"{regressions} regressions, {len(rows) - faster - regressions} unchanged\n"
+            + format_table(columns, rows, markdown)
+        )
+    return "\n".join([text, *[f"note: {note}" for note in notes]])
