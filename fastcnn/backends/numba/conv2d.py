@@ -1,1 +1,185 @@
-"""(being written)"""
+"""conv2d and conv2d_backward on the Numba backend: algorithm choice and dispatch.
+Algorithms: direct (direct.py), im2col (im2col.py), winograd (winograd.py), depthwise.
+
+Every algorithm takes every case: one that cannot (Winograd for a 5x5 kernel, the
+depthwise kernel for a dense convolution) runs the direct algorithm instead, so
+``algo=`` is a preference, never an error. ``"auto"`` asks :func:`choose`: the timed
+winner when ``fastcnn.autotune(True)`` is on, else the first candidate whose "can I
+take this case?" predicate holds, in the order of :data:`CANDIDATES`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from fastcnn._shapes import ConvGeometry
+from fastcnn.backends import register
+from fastcnn.backends.numba import depthwise, direct, im2col, winograd
+from fastcnn.backends.numba.gemm import MR, panels
+from fastcnn.backends.numba.phases import PhaseLayout, split_phases
+
+ALGORITHMS = ("direct", "im2col", "winograd", "depthwise")
+
+# ---------------------------------------------------------------------------- predicates
+
+
+def is_depthwise(g: ConvGeometry) -> bool:
+    """One input channel per group (depthwise, with any channel multiplier)."""
+    return g.C == g.groups
+
+
+def is_winograd_shape(g: ConvGeometry) -> bool:
+    """3x3, stride 1, dilation 1: the shape F(2x2, 3x3) computes."""
+    return (g.R, g.S, g.stride_h, g.stride_w, g.dilation_h, g.dilation_w) == (3, 3, 1, 1, 1, 1)
+
+
+def is_gemm(g: ConvGeometry) -> bool:
+    """1x1, stride 1, no padding: y[n] = W @ x[n], no copy of x at all."""
+    return (g.R, g.S, g.stride_h, g.stride_w, g.pad_h, g.pad_w) == (1, 1, 1, 1, 0, 0)
+
+
+def _winograd_pays(g: ConvGeometry) -> bool:
+    # The transforms cost ~(16 + 16) loads/stores per 4 outputs per channel; they pay
+    # when the batched GEMM dominates, i.e. with enough channels on both sides.
+    return is_winograd_shape(g) and g.C // g.groups >= 16 and g.K // g.groups >= 16
+
+
+#: "auto" without autotuning: the first candidate that takes the case (Convolution.cpp style).
+CANDIDATES: tuple[tuple[str, Callable[[ConvGeometry], bool]], ...] = (
+    ("depthwise", is_depthwise),
+    ("winograd", _winograd_pays),
+    ("im2col", lambda g: g.R == 1 and g.S == 1),
+    ("direct", lambda g: True),
+)
+
+
+def heuristic(g: ConvGeometry) -> str:
+    return next(name for name, takes in CANDIDATES if takes(g))
+
+
+def candidates(g: ConvGeometry) -> list[str]:
+    """The algorithms worth timing for ``g`` (those that run as themselves)."""
+    names = ["direct", "im2col"]
+    if is_winograd_shape(g):
+        names.append("winograd")
+    if is_depthwise(g):
+        names.append("depthwise")
+    return names
+
+
+def _resolve(algo: str, g: ConvGeometry, dtype, backward: bool) -> str:
+    if algo == "auto":
+        from fastcnn import autotune
+
+        algo = autotune.choose(g, dtype, backward, heuristic(g), candidates(g), _RUNNERS)
+    if algo == "winograd" and not is_winograd_shape(g):
+        return "direct"
+    if algo == "depthwise" and not is_depthwise(g):
+        return "direct"
+    return algo
+
+
+def _init(bias, K: int, dtype) -> np.ndarray:
+    return np.zeros(K, dtype) if bias is None else bias
+
+
+# ---------------------------------------------------------------------------- forward
+
+
+def direct_forward(x, weight, bias, y, g: ConvGeometry) -> None:
+    layout = PhaseLayout(g)
+    buffer = np.empty(layout.size, x.dtype)
+    split_phases(
+        x.reshape(-1), g.N, g.C, g.H, g.W, g.stride_h, g.stride_w, g.pad_h, g.pad_w,
+        layout.height, layout.width, buffer,
+    )  # fmt: skip
+    G, Kg = g.groups, g.K // g.groups
+    T = g.C // G * g.R * g.S
+    packed = np.empty(G * panels(Kg) * T * MR, x.dtype)
+    direct.pack_weights(weight.reshape(-1), G, Kg, T, packed)
+    direct.forward(
+        buffer, layout.image, g.C // G * layout.channel, layout.tap_offsets(g), packed,
+        G, Kg, layout.columns, layout.width, g.P, g.Q, _init(bias, g.K, x.dtype), y.reshape(-1),
+    )  # fmt: skip
+
+
+_FORWARD = {
+    "direct": direct_forward,
+    "im2col": im2col.forward,
+    "winograd": winograd.forward,
+    "depthwise": depthwise.forward,
+}
+
+
+@register("conv2d", "numba", algorithms=ALGORITHMS)
+def conv2d(x, weight, bias, y, g: ConvGeometry, algo: str = "auto") -> None:
+    _FORWARD[_resolve(algo, g, x.dtype, False)](x, weight, bias, y, g)
+
+
+# ---------------------------------------------------------------------------- backward
+
+
+def transposed_geometry(g: ConvGeometry) -> ConvGeometry:
+    """For stride 1: grad_x is the convolution of grad_y with the flipped, transposed
+    weight (see :func:`transposed_weight`) and top/left padding (R-1)*dh - pad_h
+    (negative when the padding exceeds the kernel: that crops)."""
+    return ConvGeometry(
+        g.N, g.K, g.P, g.Q, g.C, g.R, g.S, g.H, g.W, 1, 1,
+        (g.R - 1) * g.dilation_h - g.pad_h, (g.S - 1) * g.dilation_w - g.pad_w,
+        g.dilation_h, g.dilation_w, g.groups,
+    )  # fmt: skip
+
+
+def transposed_weight(weight, g: ConvGeometry) -> np.ndarray:
+    """weight'[g*Cg + c, k, r, s] = weight[g*Kg + k, c, R-1-r, S-1-s]."""
+    G = g.groups
+    w = weight.reshape(G, g.K // G, g.C // G, g.R, g.S)[:, :, :, ::-1, ::-1]
+    return np.ascontiguousarray(w.transpose(0, 2, 1, 3, 4)).reshape(g.C, g.K // G, g.R, g.S)
+
+
+def direct_weight_gradient(grad_y, x, grad_weight, g: ConvGeometry) -> None:
+    import numba
+
+    layout = PhaseLayout(g)
+    buffer = np.empty(layout.size, x.dtype)
+    split_phases(
+        x.reshape(-1), g.N, g.C, g.H, g.W, g.stride_h, g.stride_w, g.pad_h, g.pad_w,
+        layout.height, layout.width, buffer,
+    )  # fmt: skip
+    grad_rows = np.zeros((g.N, g.K, g.P, layout.width), x.dtype)
+    grad_rows[..., : g.Q] = grad_y
+    threads = numba.get_num_threads()
+    G, T = g.groups, g.C // g.groups * g.R * g.S
+    partial = np.zeros((threads, g.K, T), x.dtype)
+    direct.weight_gradient(
+        buffer, layout.image, g.C // G * layout.channel, layout.tap_offsets(g),
+        grad_rows.reshape(-1), g.N, G, g.K // G, layout.columns, threads, partial.reshape(-1),
+    )  # fmt: skip
+    np.sum(partial, axis=0, out=grad_weight.reshape(g.K, T))
+
+
+def _input_gradient(grad_y, weight, grad_x, g: ConvGeometry, algo: str) -> None:
+    if g.stride_h == 1 and g.stride_w == 1 and algo != "im2col":
+        t = transposed_geometry(g)
+        _FORWARD[algo](grad_y, transposed_weight(weight, g), None, grad_x, t)
+    else:
+        im2col.input_gradient(grad_y, weight, grad_x, g)
+
+
+@register("conv2d_backward", "numba", algorithms=ALGORITHMS)
+def conv2d_backward(
+    grad_y, x, weight, grad_x, grad_weight, grad_bias, g: ConvGeometry, algo: str = "auto"
+) -> None:
+    algo = _resolve(algo, g, x.dtype, True)
+    if algo == "depthwise":
+        depthwise.backward(grad_y, x, weight, grad_x, grad_weight, g)
+    else:
+        _input_gradient(grad_y, weight, grad_x, g, algo)
+        direct_weight_gradient(grad_y, x, grad_weight, g)
+    if grad_bias is not None:
+        grad_bias[...] = grad_y.sum(axis=(0, 2, 3), dtype=np.float64)
+
+
+_RUNNERS = {"forward": conv2d, "backward": conv2d_backward}
