@@ -127,9 +127,29 @@ def plan(settings: BenchSettings) -> tuple[list[Task], list[str]]:
             peer_has_it = spec.torch_forward is not None
             if ours and settings.vs == PEER and peer_has_it:
                 tasks.append(Task(**common, library=PEER, backend=PEER))
-    for op, missing in sorted(unimplemented.items()):
-        notes.append(f"{op}: not implemented on {', '.join(sorted(missing))}")
+    for backend in backends:
+        lacking = sorted(op for op, missing in unimplemented.items() if backend in missing)
+        if lacking:
+            notes.append(f"{backend} does not implement {', '.join(lacking)}")
     return tasks, notes
+
+
+def busy_note(cores: int) -> str | None:
+    """A warning when other processes already keep the cores busy (Unix load average).
+
+    On a busy machine a multi-threaded kernel waits for its slowest thread to be
+    scheduled, so times jump by whole scheduler slices (4-16 ms) and spread widely.
+    """
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+    if load < 0.5:
+        return None
+    return (
+        f"load average {load:.1f} on {cores} cores before the run: other processes are "
+        "busy; multi-threaded times will be inflated and noisy"
+    )
 
 
 def worker_environment() -> dict[str, str]:
@@ -334,6 +354,9 @@ def run(
     progress = progress or Progress()
     environment = worker_environment()
     tasks, notes = plan(settings)
+    busy = busy_note(available_cores())
+    if busy:
+        notes.insert(0, busy)
     gpu = gpu_available()
     document: dict = {
         "schema_version": SCHEMA_VERSION,
@@ -354,6 +377,8 @@ def run(
     }
     if on_header:
         on_header(document["method"]["summary"])
+        if busy:
+            on_header(f"warning: {busy}")
     runner = Runner(settings, environment)
     try:
         progress.start(len(tasks) + 1, "ceilings")

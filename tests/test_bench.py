@@ -1,0 +1,160 @@
+"""``fastcnn bench`` end to end on the tiny "smoke" suite (reference backend).
+
+Each CLI run starts worker processes and measures the ceilings (a few seconds), so
+one module-scoped run serves most checks.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+
+import pytest
+
+from fastcnn.__main__ import main
+from fastcnn.bench import SCHEMA_VERSION, validate
+from fastcnn.bench import runner as bench_runner
+from fastcnn.bench.cases import Task, suite_cases
+from fastcnn.bench.report import compare_documents, report_text
+
+FAST = ["--suite", "smoke", "--backends", "reference", "--min-time", "0", "--repeats", "3"]
+OPS = ["--ops", "relu,max_pool2d"]
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    """One run with --vs none, --json and --plot: (printed text, document, plot path)."""
+    folder = tmp_path_factory.mktemp("bench")
+    json_path, plot_path = folder / "run.json", folder / "run.png"
+    arguments = [*FAST, *OPS, "--vs", "none", "--json", str(json_path)]
+    if importlib.util.find_spec("matplotlib"):
+        arguments += ["--plot", str(plot_path)]
+    with pytest.MonkeyPatch.context() as patch:
+        printed = []
+        patch.setattr("builtins.print", lambda *a, **k: printed.append(" ".join(map(str, a))))
+        assert main(["bench", *arguments]) == 0
+    return "\n".join(printed), json.loads(json_path.read_text()), plot_path, json_path
+
+
+def test_table_is_printed(smoke_run):
+    text, _, _, _ = smoke_run
+    assert "fastcnn bench: suite smoke" in text  # the header says how it was measured
+    assert "CPU ceilings, float32: FMA loop" in text
+    for column in ("median ms", "% roof", "torch/ours", "1st call ms"):
+        assert column in text
+    assert "relu 4-D" in text and "max_pool2d 2x2" in text
+    assert "no GPU here" in text
+
+
+def test_json_follows_the_schema(smoke_run):
+    _, document, _, _ = smoke_run
+    validate(document)
+    assert document["schema_version"] == SCHEMA_VERSION
+    results = document["results"]
+    assert {r["op"] for r in results} == {"relu", "max_pool2d"}
+    for result in results:
+        assert result["status"] == "ok", result.get("error")
+        assert result["q1_s"] <= result["median_s"] <= result["q3_s"]
+        assert 0 < result["roofline_fraction"]
+        assert result["outputs"] == "out="
+    ceilings = document["ceilings"]["cpu"]
+    assert ceilings["roofline"]["peak_flops"] > 1e9
+    assert ceilings["roofline"]["bandwidth_bytes_per_s"] > 1e8
+    broken = copy.deepcopy(document)
+    del broken["results"][0]["median_s"]
+    broken["results"][0]["status"] = "fine"
+    with pytest.raises(ValueError, match="invalid"):
+        validate(broken)
+
+
+def test_vs_none_times_fastcnn_alone(smoke_run):
+    _, document, _, _ = smoke_run
+    assert document["settings"]["vs"] == "none"
+    assert all(r["library"] == "fastcnn" for r in document["results"])
+    assert all(r["speedup_vs_peer"] is None for r in document["results"])
+
+
+def test_plot_is_written(smoke_run):
+    pytest.importorskip("matplotlib")
+    _, _, plot_path, _ = smoke_run
+    assert plot_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_compare_with_an_earlier_run(smoke_run, tmp_path, capsys):
+    _, document, _, json_path = smoke_run
+    assert main(["bench", *FAST, "--ops", "relu", "--vs", "none", "--compare", str(json_path)]) == 0
+    text = capsys.readouterr().out
+    assert "compared with" in text and "relu/4-D/fwd/float32/N2/reference" in text
+    # A run twice as slow, with no overlap in spread, is a regression; the reverse a speed-up.
+    slower = copy.deepcopy(document)
+    for result in slower["results"]:
+        for name in ("median_s", "q1_s", "q3_s"):
+            result[name] *= 2
+    rows, _ = compare_documents(document, slower)
+    assert {row[-1] for row in rows} == {"REGRESSION"}
+    rows, _ = compare_documents(slower, document)
+    assert {row[-1] for row in rows} == {"faster"}
+
+
+def test_vs_torch(capsys):
+    pytest.importorskip("torch")
+    assert main(["bench", *FAST, "--ops", "relu", "--vs", "torch"]) == 0
+    text = capsys.readouterr().out
+    lines = [line for line in text.splitlines() if line.startswith("relu 4-D")]
+    assert any(" torch " in line for line in lines)
+    reference_line = next(line for line in lines if "reference" in line)
+    assert reference_line.split()[-1] != "—"  # the torch/ours ratio is filled in
+
+
+def test_ctrl_c_keeps_what_was_measured(monkeypatch):
+    calls = []
+
+    def measure_then_interrupt(self, task):
+        calls.append(task)
+        if len(calls) > 1:
+            raise KeyboardInterrupt
+        return {
+            "status": "ok",
+            "first_call_s": 1e-3,
+            "median_s": 1e-3,
+            "q1_s": 1e-3,
+            "q3_s": 1e-3,
+            "min_s": 1e-3,
+            "max_s": 1e-3,
+            "runs": 1,
+            "times_s": [1e-3],
+        }
+
+    ceilings = {
+        "device": "cpu",
+        "dtype": "float32",
+        "threads": 1,
+        "peak_flops": {"fma": {"1": 1e11}, "gemm": {"1": 1e11}},
+        "bandwidth_bytes_per_s": {"copy": {"1": 1e10}},
+        "roofline": {"peak_flops": 1e11, "bandwidth_bytes_per_s": 1e10},
+        "errors": [],
+    }
+    monkeypatch.setattr(bench_runner.Runner, "measure", measure_then_interrupt)
+    monkeypatch.setattr(bench_runner.Runner, "ceilings", lambda self, gpu: {"cpu": ceilings})
+    settings = bench_runner.BenchSettings(
+        suite="smoke", ops=["relu", "max_pool2d"], backends=["reference"], threads=1, vs="none"
+    )
+    document = bench_runner.run(settings)
+    assert document["interrupted"] is True
+    assert len(document["results"]) == 1
+    validate(document)
+    assert "interrupted" in report_text(document)
+
+
+def test_suites_come_from_the_spec_table():
+    quick = suite_cases("quick")
+    assert quick and all("quick" in case.tags for _, source, case in quick if source == "bench")
+    assert {spec.name for spec, _, _ in suite_cases("smoke")} >= {"conv2d", "relu"}
+    task = Task(
+        "conv2d", quick[0][2].name, "bench", "fwd", "float32", "fastcnn", "numba", "auto", 2
+    )
+    assert task.key.endswith("/fwd/float32/N2/numba:auto")
+    assert Task.from_json(task.to_json()) == task
+    with pytest.raises(ValueError, match="suite"):
+        suite_cases("tiny")
