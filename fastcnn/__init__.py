@@ -9,6 +9,7 @@
 from fastcnn import functional, nn, optim
 from fastcnn._config import set_num_threads, show_config
 from fastcnn._random import manual_seed
+from fastcnn.autotune import autotune
 from fastcnn.backends import BackendUnavailableError, available_backends, use_backend
 from fastcnn.serialization import load, save
 
@@ -17,6 +18,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BackendUnavailableError",
     "__version__",
+    "autotune",
     "available_backends",
     "functional",
     "load",

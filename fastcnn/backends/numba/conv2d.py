@@ -71,9 +71,10 @@ def candidates(g: ConvGeometry) -> list[str]:
 
 def _resolve(algo: str, g: ConvGeometry, dtype, backward: bool) -> str:
     if algo == "auto":
-        from fastcnn import autotune
+        # fastcnn.autotune is the switch function; the module is reached by its full name.
+        from fastcnn.autotune import choose
 
-        algo = autotune.choose(g, dtype, backward, heuristic(g), candidates(g), _RUNNERS)
+        algo = choose(g, dtype, backward, heuristic(g), candidates(g), _RUNNERS)
     if algo == "winograd" and not is_winograd_shape(g):
         return "direct"
     if algo == "depthwise" and not is_depthwise(g):

@@ -1,0 +1,172 @@
+"""Autotuning of ``algo="auto"``: time every candidate algorithm once per shape.
+
+>>> import fastcnn
+>>> fastcnn.autotune(True)    # doctest: +SKIP
+>>> fastcnn.autotune(False)   # back to the shape heuristic
+
+With autotuning on, the first ``"auto"`` call of a convolution shape runs each
+candidate algorithm on random data of that shape, keeps the fastest and remembers it
+in memory and in a JSON file, so later processes skip the timing. The file lives in
+``$FASTCNN_CACHE_DIR``, else ``~/.cache/fastcnn``, else a temporary directory; its keys
+hold the shape, dtype, direction, backend, CPU name and fastcnn version, so a new
+machine or release tunes afresh. Writes go to a temporary file renamed over the old
+one (atomic); one lock serialises tuning between threads of a process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import astuple
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["autotune", "cache_path", "choose", "is_enabled"]
+
+_FILE_NAME = "autotune.json"
+#: Timed runs per candidate after one untimed warm-up (which also compiles); best kept.
+_REPEATS = 3
+
+_enabled = False
+_lock = threading.RLock()
+_memory: dict[str, str] = {}
+
+
+def autotune(enable: bool = True) -> None:
+    """Turn autotuning of ``algo="auto"`` on (``True``) or off."""
+    global _enabled
+    if not isinstance(enable, bool):
+        raise TypeError(f"enable must be a bool, got {enable!r}")
+    _enabled = enable
+
+
+def is_enabled() -> bool:
+    return _enabled
+
+
+def _writable(directory: Path) -> bool:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            return True
+    except OSError:
+        return False
+
+
+def cache_path() -> Path:
+    """Where the tuned choices are kept (see the module docstring)."""
+    configured = os.environ.get("FASTCNN_CACHE_DIR")
+    candidates = [Path(configured)] if configured else []
+    candidates.append(Path.home() / ".cache" / "fastcnn")
+    candidates.append(Path(tempfile.gettempdir()) / f"fastcnn-{os.getuid()}")
+    for directory in candidates:
+        if _writable(directory):
+            return directory / _FILE_NAME
+    return candidates[-1] / _FILE_NAME
+
+
+def _key(geometry, dtype, direction: str, backend: str) -> str:
+    from fastcnn import __version__
+    from fastcnn._config import cpu_name
+
+    shape = ",".join(str(v) for v in astuple(geometry))
+    return f"{backend}|{direction}|{np.dtype(dtype).name}|{shape}|{cpu_name()}|{__version__}"
+
+
+def _read(path: Path) -> dict[str, str]:
+    try:
+        with open(path) as file:
+            data = json.load(file)
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _write(path: Path, key: str, name: str) -> None:
+    """Add one entry, keeping what other processes wrote meanwhile; atomic rename."""
+    try:
+        data = _read(path)
+        data[key] = name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".autotune-", suffix=".json")
+        with os.fdopen(handle, "w") as file:
+            json.dump(data, file, indent=0, sort_keys=True)
+        os.replace(temporary, path)
+    except OSError:
+        pass  # an unwritable cache only costs the timing again next time
+
+
+def _time(run: Callable[[], None]) -> float:
+    run()  # warm-up: compiles on first use, faults the pages in
+    best = float("inf")
+    for _ in range(_REPEATS):
+        start = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def _runs(geometry, dtype, direction: str, runners: Mapping[str, Callable]):
+    """One closure per algorithm name that runs the kernel on random data of this shape."""
+    g = geometry
+    rng = np.random.default_rng(0)
+
+    def array(*shape):
+        return rng.standard_normal(shape).astype(dtype)
+
+    x = array(g.N, g.C, g.H, g.W)
+    weight = array(g.K, g.C // g.groups, g.R, g.S)
+    y = np.empty((g.N, g.K, g.P, g.Q), dtype)
+    if direction == "forward":
+        return lambda name: lambda: runners["forward"](x, weight, None, y, g, name)
+    grad_y = array(g.N, g.K, g.P, g.Q)
+    grad_x, grad_weight = np.empty_like(x), np.empty_like(weight)
+    return lambda name: (
+        lambda: runners["backward"](grad_y, x, weight, grad_x, grad_weight, None, g, name)
+    )
+
+
+def choose(
+    geometry,
+    dtype,
+    backward: bool,
+    default: str,
+    names: Sequence[str],
+    runners: Mapping[str, Callable],
+    backend: str = "numba",
+) -> str:
+    """The algorithm for ``algo="auto"``: ``default`` unless autotuning is on, then the
+    fastest of ``names`` (timed once per key, remembered in memory and on disk).
+
+    ``runners["forward"]`` / ``runners["backward"]`` are the backend's kernels, called
+    with an explicit algorithm name (never ``"auto"``, so no recursion).
+    """
+    if not _enabled or len(names) < 2:
+        return default
+    direction = "backward" if backward else "forward"
+    key = _key(geometry, dtype, direction, backend)
+    with _lock:
+        if key in _memory:
+            return _memory[key]
+        path = cache_path()
+        stored = _read(path).get(key)
+        if stored in names:
+            _memory[key] = stored
+            return stored
+        run = _runs(geometry, dtype, direction, runners)
+        timings = {name: _time(run(name)) for name in names}
+        best = min(timings, key=timings.__getitem__)
+        _memory[key] = best
+        _write(path, key, best)
+        return best
+
+
+def clear_memory() -> None:
+    """Forget the choices held in memory (the file stays); for tests."""
+    with _lock:
+        _memory.clear()
