@@ -13,7 +13,7 @@ import fastcnn.functional as F
 from fastcnn.autotune import cache_path, clear_memory, is_enabled
 
 pytest.importorskip("numba")
-from fastcnn.backends.numba import conv2d as numba_conv2d  # noqa: E402
+from fastcnn.backends.numba import conv2d as numba_conv2d
 
 
 @pytest.fixture
