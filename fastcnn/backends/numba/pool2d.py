@@ -1,14 +1,19 @@
 """Max and average 2-D pooling, forward and backward, NCHW, float32 / float64, every option.
-Algorithm: one (n, c) plane per parallel task; separable passes over rows held in L1 (a
-vertical pass over the window's rows, then a horizontal pass over the window's columns).
+Algorithm: one (n, c) plane per parallel task; rows padded with fill-value margins and split
+into column phases (column u goes to phase u % stride_w), so every window tap is a contiguous run.
 
 Each plane is 112 x 112 x 4 B = 49 KiB in the benchmark shape, so a task's input, output
 and scratch stay in L2 and memory sees each byte once: the forward reads x and writes y,
 a backward reads grad_y (and x when it must find the maxima again) and writes grad_x.
-Borders never reach the inner loops: a row buffer with fill-value margins (-inf for max,
-0 for average) stands in for the padding, and the column loops run over the window
-positions that stay inside x. Column strides 1 and 2 are compiled as constants so that
-LLVM vectorises the strided loads with shuffles instead of gathers.
+
+Why phases: the window of output q starts at padded column q * stride_w, so tap s of every
+output of a row reads columns s * dilation_w + q * stride_w, a stride-2 gather for the usual
+3x3/2 pool, which LLVM does with scalar loads or gather instructions. In the phase layout
+phase[k, j] = padded[j * stride_w + k], the same tap reads phase[k_s, o_s + q] for q = 0, 1,
+... (k_s, o_s the remainder and quotient of s * dilation_w by stride_w): contiguous, and no
+bounds in the loop, because the margins hold -inf (max) or 0 (average) where the padding is.
+Splitting a row into phases is one interleaved copy in L1 (stride 2 is compiled as a
+constant, so LLVM vectorises it with shuffles).
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from fastcnn._shapes import PoolGeometry
 from fastcnn.backends import register
 from fastcnn.backends.numba._setup import jit
 
-# ---------------------------------------------------------------------------- index helpers
+# ---------------------------------------------------------------------------- row helpers
 
 
 @jit(inline="always")
@@ -31,72 +36,82 @@ def _ceil_div(a, b):
 
 
 @jit(inline="always")
-def _window_columns(W, Q, stride_w, column_offset):
-    """The outputs q whose tap at column q * stride_w + column_offset lies inside [0, W)."""
-    first = max(0, _ceil_div(-column_offset, stride_w))
-    stop = min(Q, (W - 1 - column_offset) // stride_w + 1)
-    return first, max(first, stop)
-
-
-# ---------------------------------------------------------------------------- row passes
-# ``stride`` is a compile-time constant at the call sites that matter (see _by_stride).
+def _phase_length(W, Q, S, stride_w, pad_w, dilation_w):
+    """Columns per phase: the padded row must hold pad_w + W columns and every window."""
+    width = max(pad_w + W, (Q - 1) * stride_w + (S - 1) * dilation_w + 1)
+    return _ceil_div(width, stride_w)
 
 
 @jit(inline="always")
-def _max_into(target, row):
-    """target = max(target, row) elementwise; a NaN in either gives NaN."""
-    for w in range(target.size):
-        value = row[w]
-        current = target[w]
-        target[w] = value if (value > current) | (value != value) else current
+def _split_phases(padded, phases, stride):
+    """phases[k, j] = padded[j * stride + k]."""
+    for j in range(phases.shape[1]):
+        for k in range(stride):
+            phases[k, j] = padded[j * stride + k]
 
 
 @jit(inline="always")
-def _horizontal_max(padded, y_row, S, dilation_w, stride):
-    """y_row[q] = max over s of padded[q * stride + s * dilation_w] (NaN wins)."""
-    for q in range(y_row.size):
-        y_row[q] = padded[q * stride]
-    for s in range(1, S):
-        shifted = padded[s * dilation_w :]
-        for q in range(y_row.size):
-            value = shifted[q * stride]
-            current = y_row[q]
-            y_row[q] = value if (value > current) | (value != value) else current
+def _merge_phases(phases, padded, stride):
+    """padded[j * stride + k] = phases[k, j]: the inverse of _split_phases."""
+    for j in range(phases.shape[1]):
+        for k in range(stride):
+            padded[j * stride + k] = phases[k, j]
 
 
 @jit(inline="always")
-def _horizontal_sum(padded, y_row, reciprocals, S, stride):
-    """y_row[q] = reciprocals[q] x sum over s of padded[q * stride + s]."""
-    for q in range(y_row.size):
-        y_row[q] = padded[q * stride]
-    for s in range(1, S):
-        shifted = padded[s:]
-        for q in range(y_row.size):
-            y_row[q] += shifted[q * stride]
-    for q in range(y_row.size):
-        y_row[q] *= reciprocals[q]
+def _to_phases(padded, phases, stride_w):
+    # The common strides as constants: LLVM unrolls the phase loop and vectorises.
+    if stride_w == 2:
+        _split_phases(padded, phases, 2)
+    elif stride_w == 1:
+        phases[0, :] = padded
+    else:
+        _split_phases(padded, phases, stride_w)
 
 
 @jit(inline="always")
-def _spread_row(shares, expanded, S, stride):
-    """expanded[q * stride + s] += shares[q] for every s: one row of average-pool gradient."""
-    expanded[:] = 0
-    for s in range(S):
-        shifted = expanded[s:]
-        for q in range(shares.size):
-            shifted[q * stride] += shares[q]
+def _from_phases(phases, padded, stride_w):
+    if stride_w == 2:
+        _merge_phases(phases, padded, 2)
+    elif stride_w == 1:
+        padded[:] = phases[0, :]
+    else:
+        _merge_phases(phases, padded, stride_w)
 
 
 @jit(inline="always")
-def _argmax_tap(row, best, where, first_position, stride):
-    """Fold one window tap into the running maxima: the first maximum wins, and a NaN
-    replaces anything (so the last NaN wins), scanning taps r-major then s."""
-    for k in range(best.size):
-        value = row[k * stride]
-        current = best[k]
+def _tap(phases, s, Q, stride_w, dilation_w):
+    """The Q values that tap s of a window row reads, for q = 0 .. Q-1 (a contiguous view)."""
+    column = s * dilation_w
+    first = column // stride_w
+    return phases[column - first * stride_w, first : first + Q]
+
+
+@jit(inline="always")
+def _max_into(target, source):
+    """target = max(target, source) elementwise; a NaN in either gives NaN."""
+    for i in range(target.size):
+        value = source[i]
+        current = target[i]
+        target[i] = value if (value > current) | (value != value) else current
+
+
+@jit(inline="always")
+def _add_into(target, source):
+    for i in range(target.size):
+        target[i] += source[i]
+
+
+@jit(inline="always")
+def _argmax_tap(source, best, where, first_position, stride):
+    """Fold one window tap into the running maxima: a larger value replaces, so the first
+    maximum stays; a NaN replaces anything, so the last NaN stays (taps come r-major)."""
+    for q in range(best.size):
+        value = source[q]
+        current = best[q]
         take = (value > current) | (value != value)
-        best[k] = value if take else current
-        where[k] = first_position + k * stride if take else where[k]
+        best[q] = value if take else current
+        where[q] = first_position + q * stride if take else where[q]
 
 
 # ---------------------------------------------------------------------------- plane passes
@@ -104,16 +119,15 @@ def _argmax_tap(row, best, where, first_position, stride):
 
 @jit(inline="always")
 def _vertical_max(plane, inner, p, H, W, R, stride_h, pad_h, dilation_h):
-    """inner[w] = max over the window rows of output row p (all -inf if none is inside)."""
+    """inner[w] = max over the rows of output row p's windows (-inf if none is inside)."""
     started = False
     for r in range(R):
         h = p * stride_h - pad_h + r * dilation_h
         if 0 <= h < H:
-            row = plane[h * W : h * W + W]
             if started:
-                _max_into(inner, row)
+                _max_into(inner, plane[h * W : h * W + W])
             else:
-                inner[:] = row
+                inner[:] = plane[h * W : h * W + W]
                 started = True
     if not started:
         inner[:] = -np.inf
@@ -125,20 +139,30 @@ def _vertical_sum(plane, inner, p, H, W, R, stride_h, pad_h):
     for r in range(R):
         h = p * stride_h - pad_h + r
         if 0 <= h < H:
-            row = plane[h * W : h * W + W]
             if started:
-                for w in range(W):
-                    inner[w] += row[w]
+                _add_into(inner, plane[h * W : h * W + W])
             else:
-                inner[:] = row
+                inner[:] = plane[h * W : h * W + W]
                 started = True
     if not started:
         inner[:] = 0
 
 
 @jit(inline="always")
-def _argmax_output_row(plane, best, where, p, g, stride):
-    """best[q], where[q]: value and flat position of the maximum of window (p, q)."""
+def _plane_phases(plane, H, W, pad_w, stride_w, length):
+    """Every row of a plane, padded with -inf and split into phases: (H, stride_w, length)."""
+    padded = np.full(stride_w * length, -np.inf, plane.dtype)
+    phases = np.empty((H, stride_w, length), plane.dtype)
+    for h in range(H):
+        padded[pad_w : pad_w + W] = plane[h * W : h * W + W]
+        _to_phases(padded, phases[h], stride_w)
+    return phases
+
+
+@jit(inline="always")
+def _argmax_output_row(phases, best, where, p, g):
+    """best[q], where[q]: value and flat position h * W + w of the maximum of window (p, q),
+    PyTorch's pick: the last NaN, else the first maximum in r-major, then s, order."""
     H, W, R, S, Q, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w = g
     best[:] = -np.inf
     where[:] = -1
@@ -150,20 +174,10 @@ def _argmax_output_row(plane, best, where, p, g, stride):
         if first_row < 0:
             first_row = h
         for s in range(S):
-            column_offset = s * dilation_w - pad_w
-            first, stop = _window_columns(W, Q, stride_w, column_offset)
-            if first == stop:
-                continue
-            column = first * stride_w + column_offset
-            _argmax_tap(
-                plane[h * W + column :],
-                best[first:stop],
-                where[first:stop],
-                h * W + column,
-                stride,
-            )
-    # A window of -inf only (or with no tap inside x) points at its first tap inside x,
-    # as PyTorch's kernel does.
+            source = _tap(phases[h], s, Q, stride_w, dilation_w)
+            # Padding taps hold -inf and never replace (value > -inf is false).
+            _argmax_tap(source, best, where, h * W + s * dilation_w - pad_w, stride_w)
+    # A window of -inf only points at its first tap inside x, as PyTorch's kernel does.
     for q in range(Q):
         if where[q] < 0:
             column = q * stride_w - pad_w
@@ -173,42 +187,39 @@ def _argmax_output_row(plane, best, where, p, g, stride):
 
 
 # ---------------------------------------------------------------------------- kernels
+# x, y and the gradients arrive as (N*C, plane size); g is _max_geometry's tuple.
 
 
 @jit(parallel=True)
 def _max_pool_values(x, y, g):
+    # Separable: the max over the window's rows (contiguous, W wide), then over its columns.
     H, W, R, S, Q, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w = g
     P = y.shape[1] // Q
-    width = max(pad_w + W, (Q - 1) * stride_w + (S - 1) * dilation_w + 1)
+    length = _phase_length(W, Q, S, stride_w, pad_w, dilation_w)
     for plane_index in prange(x.shape[0]):
         plane, y_plane = x[plane_index], y[plane_index]
-        padded = np.full(width, -np.inf, x.dtype)
+        padded = np.full(stride_w * length, -np.inf, x.dtype)
+        phases = np.empty((stride_w, length), x.dtype)
         inner = padded[pad_w : pad_w + W]
         for p in range(P):
             _vertical_max(plane, inner, p, H, W, R, stride_h, pad_h, dilation_h)
+            _to_phases(padded, phases, stride_w)
             y_row = y_plane[p * Q : p * Q + Q]
-            if stride_w == 2:
-                _horizontal_max(padded, y_row, S, dilation_w, 2)
-            elif stride_w == 1:
-                _horizontal_max(padded, y_row, S, dilation_w, 1)
-            else:
-                _horizontal_max(padded, y_row, S, dilation_w, stride_w)
+            y_row[:] = _tap(phases, 0, Q, stride_w, dilation_w)
+            for s in range(1, S):
+                _max_into(y_row, _tap(phases, s, Q, stride_w, dilation_w))
 
 
 @jit(parallel=True)
 def _max_pool_with_indices(x, y, indices, g):
-    Q, stride_w = g[4], g[6]
+    H, W, S, Q, stride_w, pad_w, dilation_w = g[0], g[1], g[3], g[4], g[6], g[8], g[10]
     P = y.shape[1] // Q
+    length = _phase_length(W, Q, S, stride_w, pad_w, dilation_w)
     for plane_index in prange(x.shape[0]):
-        plane, y_plane, where = x[plane_index], y[plane_index], indices[plane_index]
+        phases = _plane_phases(x[plane_index], H, W, pad_w, stride_w, length)
+        y_plane, where = y[plane_index], indices[plane_index]
         for p in range(P):
-            best, where_row = y_plane[p * Q : p * Q + Q], where[p * Q : p * Q + Q]
-            if stride_w == 2:
-                _argmax_output_row(plane, best, where_row, p, g, 2)
-            elif stride_w == 1:
-                _argmax_output_row(plane, best, where_row, p, g, 1)
-            else:
-                _argmax_output_row(plane, best, where_row, p, g, stride_w)
+            _argmax_output_row(phases, y_plane[p * Q : p * Q + Q], where[p * Q : p * Q + Q], p, g)
 
 
 @jit(parallel=True)
@@ -224,20 +235,17 @@ def _max_pool_backward_given_indices(grad_y, indices, grad_x):
 
 @jit(parallel=True)
 def _max_pool_backward_search(grad_y, x, grad_x, g):
-    Q, stride_w = g[4], g[6]
+    H, W, S, Q, stride_w, pad_w, dilation_w = g[0], g[1], g[3], g[4], g[6], g[8], g[10]
     P = grad_y.shape[1] // Q
+    length = _phase_length(W, Q, S, stride_w, pad_w, dilation_w)
     for plane_index in prange(grad_x.shape[0]):
-        plane, gradient, grad_plane = x[plane_index], grad_y[plane_index], grad_x[plane_index]
+        phases = _plane_phases(x[plane_index], H, W, pad_w, stride_w, length)
+        gradient, grad_plane = grad_y[plane_index], grad_x[plane_index]
         best = np.empty(Q, x.dtype)
         where = np.empty(Q, np.int64)
         grad_plane[:] = 0
         for p in range(P):
-            if stride_w == 2:
-                _argmax_output_row(plane, best, where, p, g, 2)
-            elif stride_w == 1:
-                _argmax_output_row(plane, best, where, p, g, 1)
-            else:
-                _argmax_output_row(plane, best, where, p, g, stride_w)
+            _argmax_output_row(phases, best, where, p, g)
             row = gradient[p * Q : p * Q + Q]
             for q in range(Q):
                 grad_plane[where[q]] += row[q]
@@ -245,44 +253,47 @@ def _max_pool_backward_search(grad_y, x, grad_x, g):
 
 @jit(parallel=True)
 def _avg_pool(x, y, reciprocals, H, W, R, S, stride_h, stride_w, pad_h, pad_w):
+    # Separable, as _max_pool_values: the sum over the window's rows, then over its columns.
     P, Q = reciprocals.shape
-    width = max(pad_w + W, (Q - 1) * stride_w + S)
+    length = _phase_length(W, Q, S, stride_w, pad_w, 1)
     for plane_index in prange(x.shape[0]):
         plane, y_plane = x[plane_index], y[plane_index]
-        padded = np.zeros(width, x.dtype)
+        padded = np.zeros(stride_w * length, x.dtype)
+        phases = np.empty((stride_w, length), x.dtype)
         inner = padded[pad_w : pad_w + W]
         for p in range(P):
             _vertical_sum(plane, inner, p, H, W, R, stride_h, pad_h)
+            _to_phases(padded, phases, stride_w)
             y_row = y_plane[p * Q : p * Q + Q]
-            if stride_w == 2:
-                _horizontal_sum(padded, y_row, reciprocals[p], S, 2)
-            elif stride_w == 1:
-                _horizontal_sum(padded, y_row, reciprocals[p], S, 1)
-            else:
-                _horizontal_sum(padded, y_row, reciprocals[p], S, stride_w)
+            y_row[:] = _tap(phases, 0, Q, stride_w, 1)
+            for s in range(1, S):
+                _add_into(y_row, _tap(phases, s, Q, stride_w, 1))
+            scale = reciprocals[p]
+            for q in range(Q):
+                y_row[q] *= scale[q]
 
 
 @jit(parallel=True)
 def _avg_pool_backward(grad_y, grad_x, reciprocals, H, W, R, S, stride_h, stride_w, pad_h, pad_w):
-    # Gather form: each output row's gradient is spread over padded columns once
-    # (expanded, P x width scratch: 25 KiB here), then every grad_x row is written once as
-    # the sum of the expanded rows whose windows cover it.
+    # Gather form, each grad_x element written once. Output row p's gradient shares are
+    # added into its taps' phase runs, merged back to a padded row (expanded[p]: P x width
+    # scratch, 25 KiB here); then each grad_x row is the sum of the expanded rows of the
+    # output rows whose windows cover it.
     P, Q = reciprocals.shape
-    width = max(pad_w + W, (Q - 1) * stride_w + S)
+    length = _phase_length(W, Q, S, stride_w, pad_w, 1)
     for plane_index in prange(grad_x.shape[0]):
         gradient, grad_plane = grad_y[plane_index], grad_x[plane_index]
-        expanded = np.empty((P, width), grad_x.dtype)
+        expanded = np.empty((P, stride_w * length), grad_x.dtype)
+        phases = np.empty((stride_w, length), grad_x.dtype)
         shares = np.empty(Q, grad_x.dtype)
         for p in range(P):
             row, scale = gradient[p * Q : p * Q + Q], reciprocals[p]
             for q in range(Q):
                 shares[q] = row[q] * scale[q]
-            if stride_w == 2:
-                _spread_row(shares, expanded[p], S, 2)
-            elif stride_w == 1:
-                _spread_row(shares, expanded[p], S, 1)
-            else:
-                _spread_row(shares, expanded[p], S, stride_w)
+            phases[:] = 0
+            for s in range(S):
+                _add_into(_tap(phases, s, Q, stride_w, 1), shares)
+            _from_phases(phases, expanded[p], stride_w)
         for h in range(H):
             first = max(0, _ceil_div(h + pad_h - R + 1, stride_h))
             last = min(P - 1, (h + pad_h) // stride_h)
@@ -292,9 +303,7 @@ def _avg_pool_backward(grad_y, grad_x, reciprocals, H, W, R, S, stride_h, stride
                 continue
             target[:] = expanded[first, pad_w : pad_w + W]
             for p in range(first + 1, last + 1):
-                source = expanded[p, pad_w : pad_w + W]
-                for w in range(W):
-                    target[w] += source[w]
+                _add_into(target, expanded[p, pad_w : pad_w + W])
 
 
 # ---------------------------------------------------------------------------- registered kernels
