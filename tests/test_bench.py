@@ -53,6 +53,7 @@ def test_json_follows_the_schema(smoke_run):
     assert document["schema_version"] == SCHEMA_VERSION
     results = document["results"]
     assert {r["op"] for r in results} == {"relu", "max_pool2d"}
+    assert {r["direction"] for r in results} == {"fwd", "bwd"}
     for result in results:
         assert result["status"] == "ok", result.get("error")
         assert result["q1_s"] <= result["median_s"] <= result["q3_s"]
@@ -83,7 +84,8 @@ def test_plot_is_written(smoke_run):
 
 def test_compare_with_an_earlier_run(smoke_run, tmp_path, capsys):
     _, document, _, json_path = smoke_run
-    assert main(["bench", *FAST, "--ops", "relu", "--vs", "none", "--compare", str(json_path)]) == 0
+    arguments = ["--ops", "relu", "--direction", "fwd", "--vs", "none", "--compare", str(json_path)]
+    assert main(["bench", *FAST, *arguments]) == 0
     text = capsys.readouterr().out
     assert "compared with" in text and "relu/4-D/fwd/float32/N2/reference" in text
     # A run twice as slow, with no overlap in spread, is a regression; the reverse a speed-up.
@@ -99,7 +101,7 @@ def test_compare_with_an_earlier_run(smoke_run, tmp_path, capsys):
 
 def test_vs_torch(capsys):
     pytest.importorskip("torch")
-    assert main(["bench", *FAST, "--ops", "relu", "--vs", "torch"]) == 0
+    assert main(["bench", *FAST, "--ops", "relu", "--direction", "fwd", "--vs", "torch"]) == 0
     text = capsys.readouterr().out
     lines = [line for line in text.splitlines() if line.startswith("relu 4-D")]
     assert any(" torch " in line for line in lines)

@@ -48,7 +48,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--threads", type=_positive_int, help="threads for every library (default: all cores)"
     )
-    parser.add_argument("--direction", choices=(*DIRECTIONS, "both"), default="fwd")
+    parser.add_argument(
+        "--direction",
+        choices=(*DIRECTIONS, "both"),
+        default="both",
+        help="forward, backward (timed alone) or both (default)",
+    )
     parser.add_argument(
         "--repeats",
         type=_positive_int,

@@ -34,8 +34,13 @@ def _rate(result: dict) -> str:
     if "bound" not in result:
         return "—"
     if result["bound"] == "compute":
-        return f"{result['flops_per_s'] / 1e9:.1f} GFLOP/s"
-    return f"{result['bytes_per_s'] / 1e9:.1f} GB/s"
+        return f"{_significant(result['flops_per_s'] / 1e9)} GFLOP/s"
+    return f"{_significant(result['bytes_per_s'] / 1e9)} GB/s"
+
+
+def _significant(value: float) -> str:
+    """Three significant digits, without an exponent for everyday sizes."""
+    return f"{value:.0f}" if value >= 100 else f"{value:.3g}"
 
 
 def table_rows(document: dict) -> list[tuple[str, ...]]:

@@ -45,7 +45,7 @@ class BenchSettings:
     dtype: str = "float32"
     batch: int | None = None
     threads: int = field(default_factory=available_cores)
-    directions: tuple[str, ...] = ("fwd",)
+    directions: tuple[str, ...] = ("fwd", "bwd")
     min_time: float = DEFAULT_MIN_TIME
     min_runs: int = DEFAULT_MIN_RUNS
     max_runs: int = DEFAULT_MAX_RUNS
@@ -201,7 +201,7 @@ def method_summary(settings: BenchSettings, environment: dict[str, str]) -> str:
         f"each backend in its own worker process, {peer}; {allocator} in every worker; "
         f"first call timed apart, 1 warm-up, median of >= {settings.min_runs} runs and "
         f">= {settings.min_time:g} s (at most {settings.max_runs}); "
-        f"inputs rotated when smaller than 2x the {last_level_cache_bytes() // 2**20} MiB cache; "
+        f"inputs rotated over >= 2 sets (>= 2x the {last_level_cache_bytes() // 2**20} MiB cache); "
         "outputs preallocated (out=) where the API allows"
     )
 
