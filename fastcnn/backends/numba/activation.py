@@ -75,7 +75,7 @@ def _exp_nonpositive_float32(x):
     p = p * r + _C5
     p = p * r * r + r + _ONE
     scale = _float32_from_bits((np.int32(n) + np.int32(127)) << np.int32(23))
-    return p * scale
+    return p * scale if x == x else x  # NaN: n above was not a number either
 
 
 def exp_nonpositive(x):

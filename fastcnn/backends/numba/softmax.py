@@ -1,1 +1,148 @@
-"""(being written)"""
+"""Softmax, log-softmax and softmax cross-entropy (loss and gradient) over the rows of (M, C).
+Algorithm: per row, the maximum, then one pass of exp(x - max) summed, then one scaling pass;
+rows split into contiguous blocks over the threads.
+
+exp only ever sees x - max <= 0, so it cannot overflow for any logit size (1e8 included),
+and a NaN anywhere in a row makes the row's maximum, and so every output, NaN. Traffic:
+softmax and log-softmax read and write M x C x itemsize bytes once each; the loss reads the
+logits once; its gradient reads them and writes the gradient.
+"""
+
+from __future__ import annotations
+
+import math
+
+from numba import prange
+
+from fastcnn.backends import register
+from fastcnn.backends.numba._setup import jit
+from fastcnn.backends.numba.activation import exp_nonpositive
+
+#: Row elements per parallel task; smaller inputs run serially.
+BLOCK = 1 << 15
+
+
+@jit(inline="always")
+def _row_max(row):
+    """The largest element; NaN if the row holds one."""
+    best = row[0]
+    for value in row[1:]:
+        best = value if (value > best) | (value != value) else best
+    return best
+
+
+@jit(inline="always")
+def _row_exp_sum(row, maximum, out_row):
+    """out_row = exp(row - maximum); returns their sum (>= 1 unless the row holds NaN)."""
+    total = out_row.dtype.type(0)
+    for i in range(row.size):
+        e = exp_nonpositive(row[i] - maximum)
+        out_row[i] = e
+        total += e
+    return total
+
+
+@jit(inline="always")
+def _row_log_sum_exp(row, maximum):
+    """log of the sum of exp(row - maximum), without storing the exponentials."""
+    total = row.dtype.type(0)
+    for i in range(row.size):
+        total += exp_nonpositive(row[i] - maximum)
+    return math.log(total)
+
+
+@jit(inline="always")
+def _softmax_row(row, out_row):
+    maximum = _row_max(row)
+    scale = 1 / _row_exp_sum(row, maximum, out_row)
+    for i in range(out_row.size):
+        out_row[i] *= scale
+
+
+@jit(inline="always")
+def _log_softmax_row(row, out_row):
+    maximum = _row_max(row)
+    shift = maximum + _row_log_sum_exp(row, maximum)
+    for i in range(out_row.size):
+        out_row[i] = row[i] - shift
+
+
+@jit(inline="always")
+def _row_blocks(M, C):
+    """Rows per task so that a task holds about BLOCK elements."""
+    rows = max(1, BLOCK // C)
+    return rows, (M + rows - 1) // rows
+
+
+@jit
+def _softmax_serial(x, y):
+    for m in range(x.shape[0]):
+        _softmax_row(x[m], y[m])
+
+
+@jit(parallel=True)
+def _softmax_parallel(x, y):
+    rows, blocks = _row_blocks(x.shape[0], x.shape[1])
+    for block in prange(blocks):
+        for m in range(block * rows, min(block * rows + rows, x.shape[0])):
+            _softmax_row(x[m], y[m])
+
+
+@jit
+def _log_softmax_serial(x, y):
+    for m in range(x.shape[0]):
+        _log_softmax_row(x[m], y[m])
+
+
+@jit(parallel=True)
+def _log_softmax_parallel(x, y):
+    rows, blocks = _row_blocks(x.shape[0], x.shape[1])
+    for block in prange(blocks):
+        for m in range(block * rows, min(block * rows + rows, x.shape[0])):
+            _log_softmax_row(x[m], y[m])
+
+
+@jit
+def _cross_entropy(logits, labels, losses):
+    # -log softmax(x)[label] = (max - x[label]) + log sum exp(x - max): both terms >= 0.
+    for m in range(logits.shape[0]):
+        row = logits[m]
+        maximum = _row_max(row)
+        losses[m] = (maximum - row[labels[m]]) + _row_log_sum_exp(row, maximum)
+
+
+@jit
+def _cross_entropy_backward(logits, labels, row_scale, grad_logits):
+    for m in range(logits.shape[0]):
+        row, grad_row = logits[m], grad_logits[m]
+        maximum = _row_max(row)
+        scale = row_scale[m] / _row_exp_sum(row, maximum, grad_row)
+        for i in range(grad_row.size):
+            grad_row[i] *= scale
+        grad_row[labels[m]] -= row_scale[m]
+
+
+@register("softmax", "numba")
+def softmax(x, y) -> None:
+    if x.size <= BLOCK:
+        _softmax_serial(x, y)
+    else:
+        _softmax_parallel(x, y)
+
+
+@register("log_softmax", "numba")
+def log_softmax(x, y) -> None:
+    if x.size <= BLOCK:
+        _log_softmax_serial(x, y)
+    else:
+        _log_softmax_parallel(x, y)
+
+
+@register("cross_entropy", "numba")
+def cross_entropy(logits, labels, losses) -> None:
+    _cross_entropy(logits, labels, losses)
+
+
+@register("cross_entropy_backward", "numba")
+def cross_entropy_backward(logits, labels, row_scale, grad_logits) -> None:
+    _cross_entropy_backward(logits, labels, row_scale, grad_logits)
