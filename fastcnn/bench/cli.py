@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import shutil
 import sys
 
 from fastcnn.bench.cases import DIRECTIONS, PEER, SUITES, Task
@@ -91,7 +92,11 @@ class _Bar:
             try:
                 from tqdm import tqdm
 
-                self._bar = tqdm(total=total, desc=description, unit="case", leave=False)
+                # A terminal that reports no width (some pseudo-terminals) gets 100 columns.
+                columns = shutil.get_terminal_size().columns or 100
+                self._bar = tqdm(
+                    total=total, desc=description, unit="case", leave=False, ncols=columns
+                )
             except ImportError:
                 pass
 
