@@ -85,11 +85,12 @@ def _torch_worker(args) -> dict:
             forward = partial(CONV2D.torch_forward, torch.nn.functional, t, case.params)
             row = {"fwd": _median_time(forward, args.repeats)}
             if args.backward:
+                bias = "bias" in t
                 # The bench shapes pad symmetrically, so (pad_h, pad_w) is PyTorch's padding.
                 backward = partial(
                     torch.ops.aten.convolution_backward, torch.randn_like(y), t["x"], t["weight"],
-                    [g.K] if "bias" in t else None, [g.stride_h, g.stride_w], [g.pad_h, g.pad_w],
-                    [g.dilation_h, g.dilation_w], False, [0, 0], g.groups, [True, True, "bias" in t],
+                    [g.K] if bias else None, [g.stride_h, g.stride_w], [g.pad_h, g.pad_w],
+                    [g.dilation_h, g.dilation_w], False, [0, 0], g.groups, [True, True, bias],
                 )  # fmt: skip
                 row["bwd"] = _median_time(backward, args.repeats)
             results[case.name] = row

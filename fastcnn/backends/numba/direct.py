@@ -95,12 +95,17 @@ def weight_gradient(
             # A = grad rows (Kg x kc), B = the kc x T matrix of shifted input rows.
             pack_a(grad_rows, (n * K + g * Kg) * columns + j0, columns, 1, Kg, kc, a, 0)
             base = n * image + g * group_stride + j0
-            for pt in range(panels_t):
-                for k in range(kc):
-                    for j in range(NR):
-                        t = pt * NR + j
-                        value = buffer[base + offsets[t] + k] if t < T else 0
-                        b[(pt * kc + k) * NR + j] = value
+            # b[pt, k, j] = row t = pt*NR + j of the taps at position k: each tap's row is
+            # read contiguously (kc elements), written with a stride of NR.
+            for t in range(panels_t * NR):
+                pt, j = t // NR, t % NR
+                if t < T:
+                    row = buffer[base + offsets[t] : base + offsets[t] + kc]
+                    for k in range(kc):
+                        b[(pt * kc + k) * NR + j] = row[k]
+                else:
+                    for k in range(kc):
+                        b[(pt * kc + k) * NR + j] = 0
             c0 = (part * G + g) * Kg * T
             for pt in range(panels_t):
                 for pk in range((Kg + MR - 1) // MR):
