@@ -264,7 +264,7 @@ def max_pool2d(
     """2-D max pooling, NCHW. A window holding a NaN gives NaN.
 
     With ``return_indices=True`` also returns the int64 position of each maximum,
-    flattened over (H, W) of its plane, as PyTorch does.
+    flattened over (H, W) of its plane, as PyTorch does; ``out`` is then a pair.
 
     >>> x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
     >>> max_pool2d(x, 2)[0, 0]
@@ -277,8 +277,15 @@ def max_pool2d(
     if not isinstance(return_indices, bool):
         raise TypeError(f"return_indices must be a bool, got {return_indices!r}")
     kernel = _kernel("max_pool2d", xp, backend)
-    y = _output(xp, geometry.output_shape, dtype, out, [("x", x)])
-    indices = empty(xp, geometry.output_shape, xp.int64) if return_indices else None
+    if return_indices:
+        if out is not None and (not isinstance(out, (tuple, list)) or len(out) != 2):
+            raise TypeError(f"out must be a pair (y, indices) with return_indices, got {out!r}")
+        y_out, indices_out = (None, None) if out is None else out
+        y = _output(xp, geometry.output_shape, dtype, y_out, [("x", x)])
+        indices = _output(xp, geometry.output_shape, np.dtype(np.int64), indices_out, [("x", x)])
+    else:
+        y = _output(xp, geometry.output_shape, dtype, out, [("x", x)])
+        indices = None
     if y.size:
         kernel(contiguous(xp, x), y, indices, geometry)
     return (y, indices) if return_indices else y

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -67,12 +67,13 @@ class Parameter:
     ((3,), True)
     """
 
-    __slots__ = ("data", "grad")
+    __slots__ = ("_grad_storage", "data", "grad")
 
     def __init__(self, data) -> None:
         array_module(data=data)  # a NumPy or CuPy array, nothing else
         self.data = data
         self.grad = None
+        self._grad_storage = None
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -82,12 +83,23 @@ class Parameter:
     def dtype(self) -> np.dtype:
         return self.data.dtype
 
-    def accumulate_grad(self, grad) -> None:
-        """Add ``grad`` to ``self.grad`` (which it becomes when ``grad`` is None)."""
-        if self.grad is None:
+    def accumulate_grad(self, grad, *, reused: bool = False) -> None:
+        """Add ``grad`` to ``self.grad`` (which it becomes when ``self.grad`` is None).
+
+        ``reused=True`` says ``grad`` is a buffer its layer will overwrite: it is then
+        copied into storage this parameter keeps from step to step instead.
+        """
+        if self.grad is not None:
+            self.grad += grad
+        elif not reused:
             self.grad = grad
         else:
-            self.grad += grad
+            storage = self._grad_storage
+            if storage is None or storage.shape != grad.shape or type(storage) is not type(grad):
+                storage = self._grad_storage = grad.copy()
+            else:
+                storage[...] = grad
+            self.grad = storage
 
     def __repr__(self) -> str:
         return f"Parameter(shape={self.shape}, dtype={self.dtype})"
@@ -177,6 +189,8 @@ class Module:
         object.__setattr__(self, "training", True)
         # What backward needs from the latest forward; None until the first forward.
         object.__setattr__(self, "_saved", None)
+        # Outputs and gradients kept between calls; None unless reuse_buffers() is on.
+        object.__setattr__(self, "_buffers", None)
 
     def __setattr__(self, name: str, value: Any) -> None:
         parameters = self.__dict__.get("_parameters")
@@ -210,6 +224,46 @@ class Module:
     def backward(self, grad: Any) -> Any:
         """Gradient with respect to the latest forward's input; adds into ``Parameter.grad``."""
         raise NotImplementedError(f"{type(self).__name__} does not implement backward")
+
+    def reuse_buffers(self, enabled: bool = True) -> Module:
+        """Keep each layer's outputs and gradients in buffers reused from call to call.
+
+        A training loop then allocates no activation-sized array after its first step
+        (fresh large arrays also page-fault on every touch). The price: an array a
+        layer returns stays valid only until that layer's next call, so copy what you
+        keep. Off by default; returns self.
+
+        >>> model = Sequential(Linear(3, 2), ReLU()).reuse_buffers()
+        >>> first = model(np.ones((4, 3), np.float32))
+        >>> model(np.ones((4, 3), np.float32)) is first
+        True
+        """
+        if not isinstance(enabled, bool):
+            raise TypeError(f"enabled must be a bool, got {enabled!r}")
+        for module in self.modules():
+            object.__setattr__(module, "_buffers", {} if enabled else None)
+        return self
+
+    def _buffer(self, key: str, shape: Callable[[], tuple[int, ...]], like, dtype=None):
+        """The kept buffer ``key`` of ``shape()`` (computed only when needed), with
+        ``like``'s array type and dtype (or ``dtype``), or None when reuse is off."""
+        if self._buffers is None:
+            return None
+        dtype = like.dtype if dtype is None else np.dtype(dtype)
+        wanted = tuple(shape())
+        buffer = self._buffers.get(key)
+        if (
+            buffer is None
+            or buffer.shape != wanted
+            or buffer.dtype != dtype
+            or type(buffer) is not type(like)
+        ):
+            buffer = self._buffers[key] = array_module(like=like).empty(wanted, dtype)
+        return buffer
+
+    def _accumulate(self, parameter: Parameter | None, grad) -> None:
+        if parameter is not None:
+            parameter.accumulate_grad(grad, reused=self._buffers is not None)
 
     def _saved_for_backward(self) -> Any:
         if self._saved is None:
@@ -489,19 +543,25 @@ class Conv2d(Module):
     def _geometry(self) -> tuple:
         return self.stride, self.padding, self.dilation, self.groups
 
+    def _output_shape(self, x) -> tuple[int, ...]:
+        return _shapes.conv2d_geometry(
+            x.shape, self.weight.shape, None, *self._geometry()
+        ).output_shape
+
     def forward(self, x):
         self._saved = x
         bias = None if self.bias is None else self.bias.data
-        return F.conv2d(x, self.weight.data, bias, *self._geometry())
+        out = self._buffer("y", lambda: self._output_shape(x), x)
+        return F.conv2d(x, self.weight.data, bias, *self._geometry(), out=out)
 
     def backward(self, grad):
         x = self._saved_for_backward()
+        out = _gradient_buffers(self, x, grad)
         grad_x, grad_weight, grad_bias = F.conv2d_backward(
-            grad, x, self.weight.data, *self._geometry(), bias=self.bias is not None
+            grad, x, self.weight.data, *self._geometry(), bias=self.bias is not None, out=out
         )
-        self.weight.accumulate_grad(grad_weight)
-        if self.bias is not None:
-            self.bias.accumulate_grad(grad_bias)
+        self._accumulate(self.weight, grad_weight)
+        self._accumulate(self.bias, grad_bias)
         return grad_x
 
     def extra_repr(self) -> str:
@@ -536,16 +596,18 @@ class Linear(Module):
 
     def forward(self, x):
         self._saved = x
-        return F.linear(x, self.weight.data, None if self.bias is None else self.bias.data)
+        out = self._buffer("y", lambda: (*x.shape[:-1], self.out_features), x)
+        bias = None if self.bias is None else self.bias.data
+        return F.linear(x, self.weight.data, bias, out=out)
 
     def backward(self, grad):
         x = self._saved_for_backward()
+        out = _gradient_buffers(self, x, grad)
         grad_x, grad_weight, grad_bias = F.linear_backward(
-            grad, x, self.weight.data, bias=self.bias is not None
+            grad, x, self.weight.data, bias=self.bias is not None, out=out
         )
-        self.weight.accumulate_grad(grad_weight)
-        if self.bias is not None:
-            self.bias.accumulate_grad(grad_bias)
+        self._accumulate(self.weight, grad_weight)
+        self._accumulate(self.bias, grad_bias)
         return grad_x
 
     def extra_repr(self) -> str:
@@ -553,6 +615,18 @@ class Linear(Module):
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"bias={self.bias is not None}, dtype={self.weight.dtype}"
         )
+
+
+def _gradient_buffers(layer: Module, x, grad) -> tuple | None:
+    """Kept (grad_x, grad_weight, grad_bias) buffers of a layer with weight and bias."""
+    if layer._buffers is None:
+        return None
+    bias = layer.bias
+    return (
+        layer._buffer("grad_x", lambda: x.shape, x),
+        layer._buffer("grad_weight", lambda: layer.weight.shape, x),
+        None if bias is None else layer._buffer("grad_bias", lambda: bias.shape, x),
+    )
 
 
 # ---------------------------------------------------------------------------- pooling
@@ -590,13 +664,21 @@ class MaxPool2d(Module):
         return self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode
 
     def forward(self, x):
-        y, indices = F.max_pool2d(x, *self._geometry(), return_indices=True)
+        out = None
+        if self._buffers is not None:
+            shape = _shapes.pool2d_geometry(x.shape, *self._geometry()).output_shape
+            out = (
+                self._buffer("y", lambda: shape, x),
+                self._buffer("indices", lambda: shape, x, np.int64),
+            )
+        y, indices = F.max_pool2d(x, *self._geometry(), return_indices=True, out=out)
         self._saved = (x, indices)
         return (y, indices) if self.return_indices else y
 
     def backward(self, grad):
         x, indices = self._saved_for_backward()
-        return F.max_pool2d_backward(grad, x, *self._geometry(), indices=indices)
+        out = self._buffer("grad_x", lambda: x.shape, x)
+        return F.max_pool2d_backward(grad, x, *self._geometry(), indices=indices, out=out)
 
     def extra_repr(self) -> str:
         return (
@@ -634,13 +716,22 @@ class AvgPool2d(Module):
     def _geometry(self) -> tuple:
         return self.kernel_size, self.stride, self.padding, self.ceil_mode, self.count_include_pad
 
+    def _output_shape(self, x) -> tuple[int, ...]:
+        kernel_size, stride, padding, ceil_mode, count_include_pad = self._geometry()
+        return _shapes.pool2d_geometry(
+            x.shape, kernel_size, stride, padding, 1, ceil_mode, count_include_pad
+        ).output_shape
+
     def forward(self, x):
         # Only the shape and dtype of x are needed later; keeping x itself costs nothing extra.
         self._saved = x
-        return F.avg_pool2d(x, *self._geometry())
+        out = self._buffer("y", lambda: self._output_shape(x), x)
+        return F.avg_pool2d(x, *self._geometry(), out=out)
 
     def backward(self, grad):
-        return F.avg_pool2d_backward(grad, self._saved_for_backward(), *self._geometry())
+        x = self._saved_for_backward()
+        out = self._buffer("grad_x", lambda: x.shape, x)
+        return F.avg_pool2d_backward(grad, x, *self._geometry(), out=out)
 
     def extra_repr(self) -> str:
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
@@ -661,12 +752,13 @@ class ReLU(Module):
         self.inplace = inplace
 
     def forward(self, x):
-        y = F.relu(x, out=x if self.inplace else None)
+        y = F.relu(x, out=x if self.inplace else self._buffer("y", lambda: x.shape, x))
         self._saved = y
         return y
 
     def backward(self, grad):
-        return F.relu_backward(grad, self._saved_for_backward())
+        y = self._saved_for_backward()
+        return F.relu_backward(grad, y, out=self._buffer("grad_x", lambda: y.shape, y))
 
     def extra_repr(self) -> str:
         return "inplace=True" if self.inplace else ""
@@ -690,12 +782,15 @@ class LeakyReLU(Module):
         self.inplace = inplace
 
     def forward(self, x):
-        y = F.leaky_relu(x, self.negative_slope, out=x if self.inplace else None)
+        out = x if self.inplace else self._buffer("y", lambda: x.shape, x)
+        y = F.leaky_relu(x, self.negative_slope, out=out)
         self._saved = y if self.inplace else x
         return y
 
     def backward(self, grad):
-        return F.leaky_relu_backward(grad, self._saved_for_backward(), self.negative_slope)
+        saved = self._saved_for_backward()
+        out = self._buffer("grad_x", lambda: saved.shape, saved)
+        return F.leaky_relu_backward(grad, saved, self.negative_slope, out=out)
 
     def extra_repr(self) -> str:
         return f"negative_slope={self.negative_slope}" + (", inplace=True" if self.inplace else "")
@@ -709,11 +804,12 @@ class Sigmoid(Module):
     """
 
     def forward(self, x):
-        self._saved = F.sigmoid(x)
+        self._saved = F.sigmoid(x, out=self._buffer("y", lambda: x.shape, x))
         return self._saved
 
     def backward(self, grad):
-        return F.sigmoid_backward(grad, self._saved_for_backward())
+        y = self._saved_for_backward()
+        return F.sigmoid_backward(grad, y, out=self._buffer("grad_x", lambda: y.shape, y))
 
 
 class Tanh(Module):
@@ -724,11 +820,12 @@ class Tanh(Module):
     """
 
     def forward(self, x):
-        self._saved = F.tanh(x)
+        self._saved = F.tanh(x, out=self._buffer("y", lambda: x.shape, x))
         return self._saved
 
     def backward(self, grad):
-        return F.tanh_backward(grad, self._saved_for_backward())
+        y = self._saved_for_backward()
+        return F.tanh_backward(grad, y, out=self._buffer("grad_x", lambda: y.shape, y))
 
 
 # ---------------------------------------------------------------------------- reshaping
@@ -795,7 +892,10 @@ class CrossEntropyLoss(Module):
 
     def backward(self, grad_output=None):
         logits, labels = self._saved_for_backward()
-        return F.cross_entropy_backward(logits, labels, self.reduction, grad_output=grad_output)
+        out = self._buffer("grad_logits", lambda: logits.shape, logits)
+        return F.cross_entropy_backward(
+            logits, labels, self.reduction, grad_output=grad_output, out=out
+        )
 
     def extra_repr(self) -> str:
         return f"reduction={self.reduction!r}"

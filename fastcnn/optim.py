@@ -151,19 +151,24 @@ class SGD(Optimizer):
                 grad = parameter.grad
                 if grad is None:
                     continue
+                state = self.state.setdefault(parameter, {})
                 if weight_decay != 0:
                     grad = grad + weight_decay * parameter.data
                 if momentum != 0:
-                    state = self.state.setdefault(parameter, {})
                     buffer = state.get("momentum_buffer")
                     if buffer is None:
                         # The first step takes the gradient itself, undamped.
                         buffer = state["momentum_buffer"] = grad.copy()
                     else:
                         buffer *= momentum
-                        buffer += (1 - dampening) * grad
+                        buffer += grad if dampening == 0 else (1 - dampening) * grad
                     grad = grad + momentum * buffer if group["nesterov"] else buffer
-                parameter.data -= lr * grad
+                # p -= lr * g through a kept array: plain (momentum) SGD allocates nothing.
+                scaled = state.get("scaled_step")
+                if scaled is None or scaled.shape != grad.shape or type(scaled) is not type(grad):
+                    scaled = state["scaled_step"] = grad.copy()
+                array_module(grad=grad).multiply(grad, lr, out=scaled)
+                parameter.data -= scaled
 
 
 class Adam(Optimizer):

@@ -118,7 +118,19 @@ def _conv_cost(case: Case, itemsize: int, direction: str) -> tuple[float, float]
 def _conv_torch(torch_functional, t, params):
     case = Case("", {k: tuple(v.shape) for k, v in t.items()}, params)
     g = _conv_geometry(case)
-    x = torch_functional.pad(t["x"], (g.pad_w, g.pad_right, g.pad_h, g.pad_bottom))
+    x = t["x"]
+    if (g.pad_bottom, g.pad_right) == (g.pad_h, g.pad_w):  # torch pads symmetrically itself
+        return torch_functional.conv2d(
+            x,
+            t["weight"],
+            t.get("bias"),
+            (g.stride_h, g.stride_w),
+            (g.pad_h, g.pad_w),
+            (g.dilation_h, g.dilation_w),
+            g.groups,
+        )
+    # "same" with an even extent pads more at the bottom / right, which torch cannot express.
+    x = torch_functional.pad(x, (g.pad_w, g.pad_right, g.pad_h, g.pad_bottom))
     return torch_functional.conv2d(
         x,
         t["weight"],
