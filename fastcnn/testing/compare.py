@@ -13,7 +13,8 @@ def relayout(array, layout: str):
     if layout == "contiguous" or not isinstance(array, np.ndarray) or array.ndim == 0:
         return array
     if layout == "strided":
-        wide = np.full((*array.shape[:-1], 2 * array.shape[-1]), np.nan, array.dtype)
+        fill = np.nan if array.dtype.kind == "f" else -1
+        wide = np.full((*array.shape[:-1], 2 * array.shape[-1]), fill, array.dtype)
         wide[..., ::2] = array
         return wide[..., ::2]
     if layout == "reversed":

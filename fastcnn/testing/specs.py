@@ -377,7 +377,10 @@ def _pool_cost(max_pool: bool):
 
 
 def _max_pool_forward(i, p, b):
-    y = F.max_pool2d(i["x"], **_without(p, "use_indices"), backend=b)
+    p = _without(p, "use_indices")
+    if p.get("return_indices") and p.get("out") is not None:
+        p["out"] = (p["out"], None)  # the output only; fresh indices
+    y = F.max_pool2d(i["x"], **p, backend=b)
     return y[0] if isinstance(y, tuple) else y
 
 
