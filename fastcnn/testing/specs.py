@@ -625,7 +625,7 @@ LINEAR = OpSpec(
     name="linear",
     ops=("linear", "linear_backward"),
     inputs=("x", "weight", "bias"),
-    forward=lambda i, p, b: F.linear(i["x"], i["weight"], i.get("bias"), backend=b),
+    forward=lambda i, p, b: F.linear(i["x"], i["weight"], i.get("bias"), **p, backend=b),
     backward=_linear_backward,
     differentiable=("x", "weight", "bias"),
     ndim_checked=("weight",),
