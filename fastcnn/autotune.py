@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fastcnn import _cache_dirs
+
 __all__ = ["autotune", "cache_path", "choose", "is_enabled"]
 
 _FILE_NAME = "autotune.json"
@@ -49,25 +51,9 @@ def is_enabled() -> bool:
     return _enabled
 
 
-def _writable(directory: Path) -> bool:
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=directory):
-            return True
-    except OSError:
-        return False
-
-
 def cache_path() -> Path:
     """Where the tuned choices are kept (see the module docstring)."""
-    configured = os.environ.get("FASTCNN_CACHE_DIR")
-    candidates = [Path(configured)] if configured else []
-    candidates.append(Path.home() / ".cache" / "fastcnn")
-    candidates.append(Path(tempfile.gettempdir()) / f"fastcnn-{os.getuid()}")
-    for directory in candidates:
-        if _writable(directory):
-            return directory / _FILE_NAME
-    return candidates[-1] / _FILE_NAME
+    return _cache_dirs.first_writable("") / _FILE_NAME
 
 
 def _key(geometry, dtype, direction: str, backend: str) -> str:

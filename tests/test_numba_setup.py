@@ -18,8 +18,10 @@ def test_unwritable_cache_falls_back(monkeypatch, tmp_path):
     """With the package's __pycache__ unwritable, the cache moves to a writable place."""
     monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
     monkeypatch.setattr(numba.config, "CACHE_DIR", "")
-    monkeypatch.setattr(_setup.Path, "home", lambda: tmp_path)
-    monkeypatch.setattr(_setup, "_writable", lambda d: str(d).startswith(str(tmp_path)))
+    from fastcnn import _cache_dirs
+
+    monkeypatch.setenv("FASTCNN_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(_cache_dirs, "writable", lambda d: str(d).startswith(str(tmp_path)))
     _setup.configure()
     assert numba.config.CACHE_DIR.startswith(str(tmp_path))
 

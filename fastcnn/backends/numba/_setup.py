@@ -3,24 +3,16 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numba
+
+from fastcnn import _cache_dirs
 
 #: Compiler flags for every kernel. 'reassoc' and 'contract' let LLVM vectorise
 #: reductions and fuse multiply-adds; the full fastmath set would also assume no NaN,
 #: which makes np.isnan(NaN) False and breaks NaN propagation.
 FASTMATH = {"reassoc", "contract"}
-
-
-def _writable(directory: Path) -> bool:
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=directory):
-            return True
-    except OSError:
-        return False
 
 
 def configure() -> None:
@@ -30,14 +22,8 @@ def configure() -> None:
         numba.config.THREADING_LAYER = "threadsafe"
     if not os.environ.get("NUMBA_CACHE_DIR"):
         package = Path(__file__).resolve().parent / "__pycache__"
-        if not _writable(package):
-            for candidate in (
-                Path.home() / ".cache" / "fastcnn" / "numba",
-                Path(tempfile.gettempdir()) / f"fastcnn-numba-{os.getuid()}",
-            ):
-                if _writable(candidate):
-                    numba.config.CACHE_DIR = str(candidate)
-                    break
+        if not _cache_dirs.writable(package):
+            numba.config.CACHE_DIR = str(_cache_dirs.first_writable("numba"))
 
 
 def jit(*args, parallel: bool = False, **kwargs):
