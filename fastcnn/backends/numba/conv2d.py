@@ -10,17 +10,21 @@ take this case?" predicate holds, in the order of :data:`CANDIDATES`.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
+import numba
 import numpy as np
 
 from fastcnn._shapes import ConvGeometry
 from fastcnn.backends import register
-from fastcnn.backends.numba import depthwise, direct, im2col, winograd
-from fastcnn.backends.numba.gemm import MR, panels
+from fastcnn.backends.numba import depthwise, direct, im2col, small_channels, winograd
+from fastcnn.backends.numba._setup import jit
+from fastcnn.backends.numba.gemm import KC, MR, NR, panels
 from fastcnn.backends.numba.phases import PhaseLayout, split_phases
+from fastcnn.backends.numba.workspace import scratch
 
-ALGORITHMS = ("direct", "im2col", "winograd", "depthwise")
+ALGORITHMS = ("direct", "im2col", "winograd", "depthwise", "small_channels")
 
 # ---------------------------------------------------------------------------- predicates
 
@@ -50,6 +54,7 @@ def _winograd_pays(g: ConvGeometry) -> bool:
 #: "auto" without autotuning: the first candidate that takes the case (Convolution.cpp style).
 CANDIDATES: tuple[tuple[str, Callable[[ConvGeometry], bool]], ...] = (
     ("depthwise", lambda g: is_depthwise(g) and g.groups > 1),  # C = 1 is dense: direct
+    ("small_channels", small_channels.takes),
     ("winograd", _winograd_pays),
     ("im2col", lambda g: g.R == 1 and g.S == 1),
     ("direct", lambda g: True),
@@ -67,6 +72,7 @@ def candidates(g: ConvGeometry) -> list[str]:
         names.append("winograd")
     if is_depthwise(g):
         names.append("depthwise")
+    names.append("small_channels")
     return names
 
 
@@ -84,7 +90,24 @@ def _resolve(algo: str, g: ConvGeometry, dtype, backward: bool) -> str:
 
 
 def _init(bias, K: int, dtype) -> np.ndarray:
-    return np.zeros(K, dtype) if bias is None else bias
+    return scratch("conv2d.zero_bias", K, dtype, zeroed=True) if bias is None else bias
+
+
+@functools.lru_cache(maxsize=256)
+def _tap_offsets(g: ConvGeometry) -> np.ndarray:
+    """The phase layout's tap offsets, made once per geometry (read-only)."""
+    offsets = PhaseLayout(g).tap_offsets(g)
+    offsets.flags.writeable = False
+    return offsets
+
+
+def _phase_split(x, g: ConvGeometry, layout: PhaseLayout) -> np.ndarray:
+    buffer = scratch("conv2d.phases", layout.size, x.dtype)
+    split_phases(
+        x.reshape(-1), g.N, g.C, g.H, g.W, g.stride_h, g.stride_w, g.pad_h, g.pad_w,
+        layout.height, layout.width, buffer,
+    )  # fmt: skip
+    return buffer
 
 
 # ---------------------------------------------------------------------------- forward
@@ -92,18 +115,17 @@ def _init(bias, K: int, dtype) -> np.ndarray:
 
 def direct_forward(x, weight, bias, y, g: ConvGeometry) -> None:
     layout = PhaseLayout(g)
-    buffer = np.empty(layout.size, x.dtype)
-    split_phases(
-        x.reshape(-1), g.N, g.C, g.H, g.W, g.stride_h, g.stride_w, g.pad_h, g.pad_w,
-        layout.height, layout.width, buffer,
-    )  # fmt: skip
+    buffer = _phase_split(x, g, layout)
     G, Kg = g.groups, g.K // g.groups
     T = g.C // G * g.R * g.S
-    packed = np.empty(G * panels(Kg) * T * MR, x.dtype)
+    packed = scratch("conv2d.packed_weights", G * panels(Kg) * T * MR, x.dtype)
     direct.pack_weights(weight.reshape(-1), G, Kg, T, packed)
+    parts = numba.get_num_threads()
+    staging = scratch("conv2d.staging", parts * Kg * direct.CHUNK, x.dtype)
     direct.forward(
-        buffer, layout.image, g.C // G * layout.channel, layout.tap_offsets(g), packed,
+        buffer, layout.image, g.C // G * layout.channel, _tap_offsets(g), packed,
         G, Kg, layout.columns, layout.width, g.P, g.Q, _init(bias, g.K, x.dtype), y.reshape(-1),
+        parts, staging, staging[:1],
     )  # fmt: skip
 
 
@@ -112,6 +134,7 @@ _FORWARD = {
     "im2col": im2col.forward,
     "winograd": winograd.forward,
     "depthwise": depthwise.forward,
+    "small_channels": small_channels.forward,
 }
 
 
@@ -134,32 +157,58 @@ def transposed_geometry(g: ConvGeometry) -> ConvGeometry:
     )  # fmt: skip
 
 
+@jit
+def _transpose_weight(weight, G, Kg, Cg, R, S, out):
+    for g in range(G):
+        for k in range(Kg):
+            for c in range(Cg):
+                source = ((g * Kg + k) * Cg + c) * R * S
+                target = ((g * Cg + c) * Kg + k) * R * S
+                for rs in range(R * S):
+                    out[target + rs] = weight[source + R * S - 1 - rs]
+
+
 def transposed_weight(weight, g: ConvGeometry) -> np.ndarray:
-    """weight'[g*Cg + c, k, r, s] = weight[g*Kg + k, c, R-1-r, S-1-s]."""
+    """weight'[g*Cg + c, k, r, s] = weight[g*Kg + k, c, R-1-r, S-1-s] (a workspace)."""
     G = g.groups
-    w = weight.reshape(G, g.K // G, g.C // G, g.R, g.S)[:, :, :, ::-1, ::-1]
-    return np.ascontiguousarray(w.transpose(0, 2, 1, 3, 4)).reshape(g.C, g.K // G, g.R, g.S)
+    out = scratch("conv2d.transposed_weight", weight.size, weight.dtype)
+    _transpose_weight(weight.reshape(-1), G, g.K // G, g.C // G, g.R, g.S, out)
+    return out.reshape(g.C, g.K // G, g.R, g.S)
+
+
+#: Above this many weight-gradient elements, the threads split the output instead of the
+#: reduction: per-thread partial sums would cost more than an uneven split.
+SPLIT_OUTPUTS = 1 << 18
 
 
 def direct_weight_gradient(grad_y, x, grad_weight, g: ConvGeometry) -> None:
-    import numba
-
     layout = PhaseLayout(g)
-    buffer = np.empty(layout.size, x.dtype)
-    split_phases(
-        x.reshape(-1), g.N, g.C, g.H, g.W, g.stride_h, g.stride_w, g.pad_h, g.pad_w,
-        layout.height, layout.width, buffer,
-    )  # fmt: skip
-    grad_rows = np.zeros((g.N, g.K, g.P, layout.width), x.dtype)
-    grad_rows[..., : g.Q] = grad_y
-    threads = numba.get_num_threads()
-    G, T = g.groups, g.C // g.groups * g.R * g.S
-    partial = np.zeros((threads, g.K, T), x.dtype)
+    buffer = _phase_split(x, g, layout)
+    parts = numba.get_num_threads()
+    G, Kg, T = g.groups, g.K // g.groups, g.C // g.groups * g.R * g.S
+    split_outputs = g.K * T >= SPLIT_OUTPUTS or parts == 1
+    dtype = x.dtype
+    partial = scratch("conv2d.partial", 1 if split_outputs else parts * g.K * T, dtype)
+    target = grad_weight.reshape(-1)
     direct.weight_gradient(
-        buffer, layout.image, g.C // G * layout.channel, layout.tap_offsets(g),
-        grad_rows.reshape(-1), g.N, G, g.K // G, layout.columns, threads, partial.reshape(-1),
+        buffer, layout.image, g.C // G * layout.channel, _tap_offsets(g), grad_y.reshape(-1),
+        g.N, G, Kg, g.P, g.Q, layout.width, parts, split_outputs,
+        scratch("conv2d.gradient_rows", parts * panels(Kg) * KC * MR, dtype),
+        scratch("conv2d.gradient_taps", parts * KC * NR, dtype),
+        scratch("conv2d.zero_rows", Kg, dtype, zeroed=True), partial, target,
     )  # fmt: skip
-    np.sum(partial, axis=0, out=grad_weight.reshape(g.K, T))
+    if not split_outputs:
+        direct.sum_parts(partial, parts, target)
+
+
+@jit
+def _sum_channels(grad_y, N, K, PQ, grad_bias):
+    """grad_bias[k] = sum over n, p, q of grad_y[n, k, p, q], in the output's dtype."""
+    for k in range(K):
+        total = 0.0  # float64 across images; each image's plane sums in the input's dtype
+        for n in range(N):
+            total += np.sum(grad_y[(n * K + k) * PQ : (n * K + k + 1) * PQ])
+        grad_bias[k] = total
 
 
 def _input_gradient(grad_y, weight, grad_x, g: ConvGeometry, algo: str) -> None:
@@ -177,11 +226,13 @@ def conv2d_backward(
     algo = _resolve(algo, g, x.dtype, True)
     if algo == "depthwise":
         depthwise.backward(grad_y, x, weight, grad_x, grad_weight, g)
+    elif algo == "small_channels":
+        small_channels.backward(grad_y, x, weight, grad_x, grad_weight, g)
     else:
         _input_gradient(grad_y, weight, grad_x, g, algo)
         direct_weight_gradient(grad_y, x, grad_weight, g)
     if grad_bias is not None:
-        grad_bias[...] = grad_y.sum(axis=(0, 2, 3), dtype=np.float64)
+        _sum_channels(grad_y.reshape(-1), g.N, g.K, g.P * g.Q, grad_bias)
 
 
 _RUNNERS = {"forward": conv2d, "backward": conv2d_backward}

@@ -1,0 +1,366 @@
+"""Convolution with few channels per group (LeNet, CIFAR stems, depthwise): forward,
+input gradient and weight gradient. Algorithm: direct, over input rows staged in L1.
+
+Per task (one image, one group, one block of output rows) the input rows the block
+needs are copied into a small buffer, zero-padded and split into stride phases (as in
+phases.py, but only for these rows), so every tap (c, r, s) reads one contiguous run:
+output position j = i * width + q of the block reads ``stage[offsets[t] + j]``. No
+padded copy of x is made and no tap tests bounds. Columns q >= Q of each row are
+computed and dropped ("garbage", (S-1)*dilation/stride of them per row).
+
+The forward pass accumulates 2 output channels x 4 taps per sweep over the block
+(4 loads of the stage, 2 loads and 2 stores of the accumulators for 8 vector FMAs),
+the accumulators of one channel pair stay in L1, and each output is written once.
+Taps are padded to a multiple of 4 with zero taps that read a zeroed region.
+Traffic: x read ~once (plus the halo rows of each block), y written once.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numba
+import numpy as np
+from numba import prange
+
+from fastcnn._shapes import ConvGeometry
+from fastcnn.backends.numba._setup import jit
+from fastcnn.backends.numba.workspace import scratch
+
+#: Taps per sweep over the output block.
+TAPS = 4
+#: Output positions (floats) per block: the stage and two accumulator rows stay in L1.
+BLOCK = 1536
+
+
+def takes(g: ConvGeometry) -> bool:
+    """Few input channels per group (<= 8) and few taps per output (<= 256): there the
+    copies of the GEMM-based algorithms cost as much as the multiplies. Every case runs
+    here; the others are faster through the GEMM micro-kernel."""
+    return g.C // g.groups <= 8 and g.C // g.groups * g.R * g.S <= 256
+
+
+class Plan:
+    """The staged layout of one geometry: block height, stage shape, tap offsets."""
+
+    def __init__(self, g: ConvGeometry, whole: bool = False):
+        G = g.groups
+        Cg = g.C // G
+        sh, sw = g.stride_h, g.stride_w
+        self.width = g.Q + (g.S - 1) * g.dilation_w // sw
+        extra = (g.R - 1) * g.dilation_h // sh
+        self.rows = g.P if whole else max(1, min(g.P, BLOCK // self.width))
+        self.height = self.rows + extra
+        self.block = self.rows * self.width
+        self.stage = Cg * sh * sw * self.height * self.width
+        T = Cg * g.R * g.S
+        self.taps = T
+        padded = -(-T // TAPS) * TAPS
+        c, r, s = np.unravel_index(np.arange(T), (Cg, g.R, g.S))
+        rr, ss = r * g.dilation_h, s * g.dilation_w
+        offsets = np.full(padded, self.stage, np.int64)  # padding taps read the zeros
+        offsets[:T] = (((c * sh + rr % sh) * sw + ss % sw) * self.height + rr // sh) * (
+            self.width
+        ) + ss // sw
+        self.offsets = offsets
+
+
+@functools.lru_cache(maxsize=128)
+def plan(g: ConvGeometry, whole: bool = False) -> Plan:
+    return Plan(g, whole)
+
+
+def packed_weights(weight, g: ConvGeometry, p: Plan, transposed: bool = False) -> np.ndarray:
+    """(K, taps padded to TAPS) in a scratch array, zero in the padding taps.
+    ``transposed``: the weight of the input gradient, w'[g, c, k, R-1-r, S-1-s]."""
+    G, padded = g.groups, p.offsets.size
+    rows = g.K
+    packed = scratch("small_channels.weights", rows * padded, weight.dtype).reshape(rows, padded)
+    packed[:, p.taps :] = 0
+    if transposed:  # g here is the transposed geometry: K = C of the forward
+        Kf, Cf = weight.shape[0], weight.shape[1] * G
+        view = weight.reshape(G, Kf // G, Cf // G, g.R, g.S)[:, :, :, ::-1, ::-1]
+        target = packed[:, : p.taps].reshape(G, Cf // G, Kf // G, g.R, g.S)
+        np.copyto(target, view.transpose(0, 2, 1, 3, 4))
+    else:
+        packed[:, : p.taps] = weight.reshape(rows, p.taps)
+    return packed.reshape(-1)
+
+
+@jit
+def _stage(x, source, Cg, H, W, p0, sh, sw, ph, pw, height, width, stage):
+    """stage[((c*sh + a)*sw + b)*height*width + i*width + j] =
+    x[source + c*H*W + h*W + v], h = (p0 + i)*sh + a - ph, v = j*sw + b - pw, 0 outside."""
+    plane = height * width
+    for c in range(Cg):
+        for a in range(sh):
+            for i in range(height):
+                h = (p0 + i) * sh + a - ph
+                for b in range(sw):
+                    out = stage[((c * sh + a) * sw + b) * plane + i * width :][:width]
+                    if h < 0 or h >= H:
+                        out[:] = 0
+                        continue
+                    shift = b - pw  # v = j*sw + shift
+                    j_lo = min(max(0, (-shift + sw - 1) // sw), width)
+                    j_hi = max(min(width, (W - 1 - shift) // sw + 1), j_lo)
+                    row = x[source + (c * H + h) * W :][:W]
+                    out[:j_lo] = 0
+                    if sw == 1:
+                        out[j_lo:j_hi] = row[j_lo + shift : j_hi + shift]
+                    else:
+                        for j in range(j_lo, j_hi):
+                            out[j] = row[j * sw + shift]
+                    out[j_hi:] = 0
+
+
+@jit
+def _sweep_pair(stage, offsets, w, w0, w1, bias0, bias1, acc0, acc1, J):
+    """acc0 = bias0 + sum_t w[w0 + t] * stage[offsets[t] + j]; acc1 likewise."""
+    for t in range(0, offsets.size, TAPS):
+        o0, o1, o2, o3 = offsets[t], offsets[t + 1], offsets[t + 2], offsets[t + 3]
+        a0, a1, a2, a3 = w[w0 + t], w[w0 + t + 1], w[w0 + t + 2], w[w0 + t + 3]
+        b0, b1, b2, b3 = w[w1 + t], w[w1 + t + 1], w[w1 + t + 2], w[w1 + t + 3]
+        s0, s1, s2, s3 = stage[o0:][:J], stage[o1:][:J], stage[o2:][:J], stage[o3:][:J]
+        if t == 0:
+            for j in range(J):
+                acc0[j] = bias0 + a0 * s0[j] + a1 * s1[j] + a2 * s2[j] + a3 * s3[j]
+                acc1[j] = bias1 + b0 * s0[j] + b1 * s1[j] + b2 * s2[j] + b3 * s3[j]
+        else:
+            for j in range(J):
+                acc0[j] += a0 * s0[j] + a1 * s1[j] + a2 * s2[j] + a3 * s3[j]
+                acc1[j] += b0 * s0[j] + b1 * s1[j] + b2 * s2[j] + b3 * s3[j]
+
+
+@jit
+def _sweep_one(stage, offsets, w, w0, bias0, acc0, J):
+    for t in range(0, offsets.size, TAPS):
+        o0, o1, o2, o3 = offsets[t], offsets[t + 1], offsets[t + 2], offsets[t + 3]
+        a0, a1, a2, a3 = w[w0 + t], w[w0 + t + 1], w[w0 + t + 2], w[w0 + t + 3]
+        s0, s1, s2, s3 = stage[o0:][:J], stage[o1:][:J], stage[o2:][:J], stage[o3:][:J]
+        if t == 0:
+            for j in range(J):
+                acc0[j] = bias0 + a0 * s0[j] + a1 * s1[j] + a2 * s2[j] + a3 * s3[j]
+        else:
+            for j in range(J):
+                acc0[j] += a0 * s0[j] + a1 * s1[j] + a2 * s2[j] + a3 * s3[j]
+
+
+@jit
+def _write_rows(acc, y, target, rows, width, Q):
+    for i in range(rows):
+        y[target + i * Q : target + (i + 1) * Q] = acc[i * width : i * width + Q]
+
+
+@jit(parallel=True)
+def _forward(x, w, offsets, bias, y, N, C, H, W, K, G, P, Q, sh, sw, ph, pw, plan_, work):
+    rows_per, height, width, stage_size = plan_
+    Cg, Kg, T4 = C // G, K // G, offsets.size
+    J = rows_per * width
+    blocks = (P + rows_per - 1) // rows_per
+    tasks = N * G * blocks
+    threads = work.size // (stage_size + 3 * J)
+    per = stage_size + 3 * J
+    for part in prange(threads):
+        stage = work[part * per : part * per + stage_size + J]
+        acc0 = work[part * per + stage_size + J :][:J]
+        acc1 = work[part * per + stage_size + 2 * J :][:J]
+        stage[stage_size:] = 0
+        for task in range(part * tasks // threads, (part + 1) * tasks // threads):
+            n, g, p0 = task // (G * blocks), task // blocks % G, task % blocks * rows_per
+            rows = min(rows_per, P - p0)
+            used = (rows - 1) * width + Q
+            _stage(x, (n * C + g * Cg) * H * W, Cg, H, W, p0, sh, sw, ph, pw, height, width, stage)
+            for k in range(g * Kg, (g + 1) * Kg - 1, 2):
+                _sweep_pair(stage, offsets, w, k * T4, (k + 1) * T4, bias[k], bias[k + 1],
+                            acc0, acc1, used)  # fmt: skip
+                _write_rows(acc0, y, ((n * K + k) * P + p0) * Q, rows, width, Q)
+                _write_rows(acc1, y, ((n * K + k + 1) * P + p0) * Q, rows, width, Q)
+            if Kg % 2:
+                k = (g + 1) * Kg - 1
+                _sweep_one(stage, offsets, w, k * T4, bias[k], acc0, used)
+                _write_rows(acc0, y, ((n * K + k) * P + p0) * Q, rows, width, Q)
+
+
+def _threads() -> int:
+    return numba.get_num_threads()
+
+
+def forward(x, weight, bias, y, g: ConvGeometry, *, transposed_weight=None) -> None:
+    """y = conv2d(x, weight) + bias. ``transposed_weight``: the forward weight whose
+    input gradient this is (``g`` is then the transposed geometry)."""
+    p = plan(g)
+    if transposed_weight is None:
+        w = packed_weights(weight, g, p)
+    else:
+        w = packed_weights(transposed_weight, g, p, transposed=True)
+    if bias is None:
+        bias = scratch("small_channels.bias", g.K, x.dtype)
+        bias[:] = 0
+    threads = _threads()
+    work = scratch("small_channels.work", threads * (p.stage + 3 * p.block), x.dtype)
+    _forward(
+        x.reshape(-1), w, p.offsets, bias, y.reshape(-1), g.N, g.C, g.H, g.W, g.K, g.groups,
+        g.P, g.Q, g.stride_h, g.stride_w, g.pad_h, g.pad_w,
+        (p.rows, p.height, p.width, p.stage), work,
+    )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------- backward
+
+
+@jit
+def _stage_grad(gy, source, Kg, P, Q, p0, rows, rows_per, width, out):
+    """out[k*J + i*width + q] = gy[source + k*P*Q + (p0 + i)*Q + q], 0 for q >= Q or
+    i >= rows (J = rows_per * width)."""
+    J = rows_per * width
+    for k in range(Kg):
+        for i in range(rows_per):
+            row = out[k * J + i * width :][:width]
+            if i < rows:
+                row[:Q] = gy[source + k * P * Q + (p0 + i) * Q :][:Q]
+                row[Q:] = 0
+            else:
+                row[:] = 0
+
+
+@jit
+def _dot_pair(stage, offsets, t, g0, g1, J):
+    """sum_j g0[j] * stage[offsets[t + i] + j] and likewise for g1, i < 4."""
+    s0, s1 = stage[offsets[t] :][:J], stage[offsets[t + 1] :][:J]
+    s2, s3 = stage[offsets[t + 2] :][:J], stage[offsets[t + 3] :][:J]
+    zero = stage[stage.size - 1]  # the zeroed region, typed like the data
+    a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = zero
+    for j in range(J):
+        a0 += g0[j] * s0[j]
+        a1 += g0[j] * s1[j]
+        a2 += g0[j] * s2[j]
+        a3 += g0[j] * s3[j]
+        b0 += g1[j] * s0[j]
+        b1 += g1[j] * s1[j]
+        b2 += g1[j] * s2[j]
+        b3 += g1[j] * s3[j]
+    return a0, a1, a2, a3, b0, b1, b2, b3
+
+
+@jit(parallel=True)
+def _weight_gradient(gy, x, offsets, partial, N, C, H, W, K, G, P, Q, sh, sw, ph, pw, plan_, work):
+    """partial[part, k, t] = sum over this part's tasks of the tap t products; the
+    caller sums the parts (no two threads write one element)."""
+    rows_per, height, width, stage_size = plan_
+    Cg, Kg, T4 = C // G, K // G, offsets.size
+    J = rows_per * width
+    blocks = (P + rows_per - 1) // rows_per
+    tasks = N * G * blocks
+    per = stage_size + J + Kg * J
+    threads = work.size // per
+    for part in prange(threads):
+        stage = work[part * per : part * per + stage_size + J]
+        grads = work[part * per + stage_size + J :][: Kg * J]
+        stage[stage_size:] = 0
+        out = partial[part * K * T4 : (part + 1) * K * T4]
+        out[:] = 0
+        for task in range(part * tasks // threads, (part + 1) * tasks // threads):
+            n, g, p0 = task // (G * blocks), task // blocks % G, task % blocks * rows_per
+            rows = min(rows_per, P - p0)
+            used = (rows - 1) * width + Q
+            _stage(x, (n * C + g * Cg) * H * W, Cg, H, W, p0, sh, sw, ph, pw, height, width, stage)
+            _stage_grad(gy, (n * K + g * Kg) * P * Q, Kg, P, Q, p0, rows, rows_per, width, grads)
+            for kk in range(0, Kg, 2):
+                k0, k1 = kk, min(kk + 1, Kg - 1)  # an odd last channel pairs with itself
+                g0, g1 = grads[k0 * J :][:used], grads[k1 * J :][:used]
+                for t in range(0, T4, TAPS):
+                    sums = _dot_pair(stage, offsets, t, g0, g1, used)
+                    r0, r1 = (g * Kg + k0) * T4 + t, (g * Kg + k1) * T4 + t
+                    for i in range(TAPS):
+                        out[r0 + i] += sums[i]
+                    if k1 != k0:
+                        for i in range(TAPS):
+                            out[r1 + i] += sums[TAPS + i]
+
+
+def weight_gradient(grad_y, x, grad_weight, g: ConvGeometry) -> None:
+    p = plan(g)
+    Kg = g.K // g.groups
+    threads = _threads()
+    per = p.stage + p.block + Kg * p.block
+    work = scratch("small_channels.work", threads * per, x.dtype)
+    T4 = p.offsets.size
+    partial = scratch("small_channels.partial", threads * g.K * T4, x.dtype)
+    _weight_gradient(
+        grad_y.reshape(-1), x.reshape(-1), p.offsets, partial, g.N, g.C, g.H, g.W, g.K,
+        g.groups, g.P, g.Q, g.stride_h, g.stride_w, g.pad_h, g.pad_w,
+        (p.rows, p.height, p.width, p.stage), work,
+    )  # fmt: skip
+    parts = partial.reshape(threads, g.K, T4)[:, :, : p.taps]
+    np.sum(parts, axis=0, out=grad_weight.reshape(g.K, p.taps))
+
+
+@jit(parallel=True)
+def _scatter_input_gradient(gy, w, offsets, gx, N, C, H, W, K, G, P, Q, sh, sw, ph, pw,
+                            plan_, work):  # fmt: skip
+    """grad_x for any stride: the adjoint of the forward pass. Per (image, group) task,
+    each tap adds w * grad_y into the staged layout (contiguous runs), then the stage
+    is scattered back to grad_x's rows; tasks own whole images, so they never overlap."""
+    rows_per, height, width, stage_size = plan_
+    Cg, Kg, T4 = C // G, K // G, offsets.size
+    J = rows_per * width
+    per = stage_size + J + Kg * J
+    threads = work.size // per
+    tasks = N * G
+    plane = height * width
+    for part in prange(threads):
+        stage = work[part * per : part * per + stage_size + J]
+        grads = work[part * per + stage_size + J :][: Kg * J]
+        for task in range(part * tasks // threads, (part + 1) * tasks // threads):
+            n, g = task // G, task % G
+            _stage_grad(gy, (n * K + g * Kg) * P * Q, Kg, P, Q, 0, P, P, width, grads)
+            stage[:] = 0
+            for k in range(Kg):
+                for t in range(T4):
+                    weight = w[(g * Kg + k) * T4 + t]
+                    if offsets[t] >= stage_size:
+                        continue  # a padding tap
+                    for i in range(P):
+                        target = stage[offsets[t] + i * width :][:Q]
+                        source = grads[k * J + i * width :][:Q]
+                        for q in range(Q):
+                            target[q] += weight * source[q]
+            for c in range(Cg):
+                for h in range(H):
+                    a, i = (h + ph) % sh, (h + ph) // sh
+                    out = gx[((n * C + g * Cg + c) * H + h) * W :][:W]
+                    if i >= height:
+                        out[:] = 0
+                        continue
+                    for v in range(W):
+                        b, j = (v + pw) % sw, (v + pw) // sw
+                        inside = j < width
+                        index = ((c * sh + a) * sw + b) * plane + i * width + j
+                        out[v] = stage[index] if inside else 0
+
+
+def input_gradient(grad_y, weight, grad_x, g: ConvGeometry) -> None:
+    """grad_x: for stride 1 the forward pass with the flipped, transposed weight;
+    otherwise the staged adjoint (:func:`_scatter_input_gradient`)."""
+    if g.stride_h == 1 and g.stride_w == 1:
+        from fastcnn.backends.numba.conv2d import transposed_geometry
+
+        forward(grad_y, None, None, grad_x, transposed_geometry(g), transposed_weight=weight)
+        return
+    p = plan(g, whole=True)
+    Kg = g.K // g.groups
+    threads = _threads()
+    per = p.stage + p.block + Kg * p.block
+    work = scratch("small_channels.work", threads * per, grad_y.dtype)
+    w = packed_weights(weight, g, p)
+    _scatter_input_gradient(
+        grad_y.reshape(-1), w, p.offsets, grad_x.reshape(-1), g.N, g.C, g.H, g.W, g.K,
+        g.groups, g.P, g.Q, g.stride_h, g.stride_w, g.pad_h, g.pad_w,
+        (p.rows, p.height, p.width, p.stage), work,
+    )  # fmt: skip
+
+
+def backward(grad_y, x, weight, grad_x, grad_weight, g: ConvGeometry) -> None:
+    input_gradient(grad_y, weight, grad_x, g)
+    weight_gradient(grad_y, x, grad_weight, g)
