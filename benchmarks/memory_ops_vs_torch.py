@@ -37,10 +37,10 @@ POOLS = {
 }
 ACTIVATIONS = ("relu", "leaky_relu", "sigmoid", "tanh")
 OPS = (*POOLS, *ACTIVATIONS)
-ROUNDS = 2
+ROUNDS = 3
 
 
-def _best_seconds(function, repeats: int = 7) -> float:
+def _best_seconds(function, repeats: int = 5) -> float:
     """The fastest of a few calls: the cores are shared, so slower calls measure others' work."""
     function()
     times = []

@@ -336,7 +336,7 @@ def _max_pool_backward_given_indices(grad_y, indices, grad_x):
         gradient, where, grad_plane = grad_y[plane_index], indices[plane_index], grad_x[plane_index]
         grad_plane[:] = 0
         for k in range(gradient.size):
-            grad_plane[where[k]] += gradient[k]
+            grad_plane[np.uint64(where[k])] += gradient[k]  # checked to lie in [0, H*W)
 
 
 @jit(parallel=True)
@@ -351,7 +351,6 @@ def _max_pool_backward_search(grad_y, x, grad_x, g):
         phase_plane = np.full((stride_h, stride_w, rows, columns), -np.inf, x.dtype)
         best = np.empty(P * columns, x.dtype)
         offsets = np.empty(P * columns, np.int32)
-        positions = np.empty(Q, np.int64)
         for plane_index in range(task * per_task, min(task * per_task + per_task, x.shape[0])):
             _fill_phase_plane(x[plane_index], phase_plane, H, W, stride_h, stride_w, pad_h, pad_w)
             _argmax_plane(phase_plane, best, offsets, P, g)
@@ -359,10 +358,17 @@ def _max_pool_backward_search(grad_y, x, grad_x, g):
             gradient, grad_plane = grad_y[plane_index], grad_x[plane_index]
             grad_plane[:] = 0
             for p in range(P):
-                _positions_row(offsets[p * columns :], positions, p, g)
-                row = gradient[p * Q : p * Q + Q]
+                offsets_row, row = offsets[p * columns :], gradient[p * Q : p * Q + Q]
+                base = p * stride_h * W
                 for q in range(Q):
-                    grad_plane[positions[q]] += row[q]
+                    offset = offsets_row[q]
+                    if offset == NO_TAP:
+                        position = _first_tap_inside(p, q, g)
+                    else:
+                        position = base + q * stride_w + offset
+                    # Unsigned: a position is never negative, and Numba then skips the
+                    # negative-index fix-up.
+                    grad_plane[np.uint64(position)] += row[q]
 
 
 @jit(parallel=True)
