@@ -34,6 +34,7 @@ _LN2_HIGH = np.float32(0.693359375)  # few mantissa bits: n * _LN2_HIGH is exact
 _LN2_LOW = np.float32(-2.12194440e-4)
 _EXP_LOWEST = np.float32(-87.3)  # exp(-87.3) ~ 1.2e-38 is still a normal float32
 _HALF = np.float32(0.5)
+_ZERO = np.float32(0.0)
 _ONE = np.float32(1.0)
 _EXP_COEFFICIENTS = (
     np.float32(1.9875691500e-4),
@@ -75,7 +76,8 @@ def _exp_nonpositive_float32(x):
     p = p * r + _C5
     p = p * r * r + r + _ONE
     scale = _float32_from_bits((np.int32(n) + np.int32(127)) << np.int32(23))
-    return p * scale if x == x else x  # NaN: n above was not a number either
+    result = p * scale if x >= _EXP_LOWEST else _ZERO  # below: under 1.2e-38, and -inf gives 0
+    return result if x == x else x  # NaN: n above was not a number either
 
 
 def exp_nonpositive(x):
@@ -98,8 +100,7 @@ def _tanh_float32(x):
     square = x * x
     small = magnitude * (_ONE + square * (_T1 + square * (_T2 + square * _T3)))
     value = small if magnitude < _TANH_SMALL else large
-    value = -value if x < 0 else value
-    return x if x != x else value
+    return math.copysign(value, x)  # also keeps NaN, and the sign of -0.0
 
 
 def _tanh(x):
