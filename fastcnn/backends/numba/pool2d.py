@@ -1,6 +1,6 @@
 """Max and average 2-D pooling, forward and backward, NCHW, float32 / float64, every option.
-Algorithm: one (n, c) plane per parallel task; rows padded with fill-value margins and split
-into column phases (column u goes to phase u % stride_w), so every window tap is a contiguous run.
+Algorithm: one (n, c) plane per parallel task; padded rows split into column phases (column u
+to phase u % stride_w), so every window tap is a contiguous run; no bounds in inner loops.
 
 Each plane is 112 x 112 x 4 B = 49 KiB in the benchmark shape, so a task's input, output
 and scratch stay in L2 and memory sees each byte once: the forward reads x and writes y,
@@ -12,8 +12,12 @@ output of a row reads columns s * dilation_w + q * stride_w, a stride-2 gather f
 phase[k, j] = padded[j * stride_w + k], the same tap reads phase[k_s, o_s + q] for q = 0, 1,
 ... (k_s, o_s the remainder and quotient of s * dilation_w by stride_w): contiguous, and no
 bounds in the loop, because the margins hold -inf (max) or 0 (average) where the padding is.
-Splitting a row into phases is one interleaved copy in L1 (stride 2 is compiled as a
-constant, so LLVM vectorises it with shuffles).
+Splitting a row into phases is one interleaved copy in L1.
+
+Values only (max and average forward) go separably, per output row: the window's rows
+reduced into one padded row (contiguous, W wide), split into phases, then its columns.
+Finding the maxima' positions (max forward with indices, max backward without) splits the
+whole plane by row and column phase, so each tap is one flat loop over all windows.
 """
 
 from __future__ import annotations
