@@ -32,6 +32,8 @@ NR = 64
 _TILE = MR * NR
 #: Depth of one pass over A and B: a 6 x 256 panel of A (6 KB) and 256 rows of B.
 KC = 256
+#: The offsets argument of a kernel whose B rows are evenly spaced (never read).
+_NO_OFFSETS = np.zeros(1, np.int64)
 
 
 @intrinsic
@@ -48,13 +50,10 @@ def _stack_like(typingctx, size, like):
     return types.CPointer(like.dtype)(size, like), codegen
 
 
-@jit
-def micro_kernel(kc, a, a0, b, offsets, o0, b0, c, c0, ldc, m, n, first, init, i0):
-    """c[c0 + i*ldc + j] (=, or += unless ``first``) sum_k a[a0 + k*MR + i] * b[row k][j].
-
-    Row k of B starts at ``b[b0 + offsets[o0 + k]]``; only the top-left m x n of the
-    tile is stored; ``first`` stores ``init[i0 + i] + sum`` (the bias) instead of adding.
-    """
+@jit(inline="always")
+def _tile(kc, a, a0, b, offsets, o0, b0, ldb, c, c0, ldc, m, n, first, init, i0):
+    # The micro-kernel proper: row k of B starts at b[b0 + k*ldb], or at
+    # b[b0 + offsets[o0 + k]] when ldb is 0 (the branch is loop-invariant: LLVM unswitches).
     acc = numba.carray(_stack_like(_TILE, c), _TILE)
     for t in range(_TILE):
         acc[t] = 0
@@ -62,7 +61,7 @@ def micro_kernel(kc, a, a0, b, offsets, o0, b0, c, c0, ldc, m, n, first, init, i
         # Slices, not a[a0 + ...]: indices known to be >= 0 need no wraparound select,
         # which would otherwise turn the vector loads into gathers (10x slower).
         a_row = a[a0 + k * MR : a0 + k * MR + MR]
-        start = b0 + offsets[o0 + k]
+        start = b0 + (k * ldb if ldb > 0 else offsets[o0 + k])
         b_row = b[start : start + NR]
         for j in range(NR):
             value = b_row[j]
@@ -77,6 +76,22 @@ def micro_kernel(kc, a, a0, b, offsets, o0, b0, c, c0, ldc, m, n, first, init, i
         else:
             for j in range(n):
                 c[row + j] += acc[i * NR + j]
+
+
+@jit
+def micro_kernel(kc, a, a0, b, offsets, o0, b0, c, c0, ldc, m, n, first, init, i0):
+    """c[c0 + i*ldc + j] (=, or += unless ``first``) sum_k a[a0 + k*MR + i] * b[row k][j].
+
+    Row k of B starts at ``b[b0 + offsets[o0 + k]]``; only the top-left m x n of the
+    tile is stored; ``first`` stores ``init[i0 + i] + sum`` (the bias) instead of adding.
+    """
+    _tile(kc, a, a0, b, offsets, o0, b0, 0, c, c0, ldc, m, n, first, init, i0)
+
+
+@jit
+def micro_kernel_packed(kc, a, a0, b, b0, c, c0, ldc, m, n, first, init, i0):
+    """As :func:`micro_kernel`, for B packed as kc contiguous rows of NR: row k at b0 + k*NR."""
+    _tile(kc, a, a0, b, _NO_OFFSETS, 0, b0, NR, c, c0, ldc, m, n, first, init, i0)
 
 
 @jit
@@ -112,28 +127,28 @@ def multiply_rows(
     ``tail`` (``depth * NR`` elements). Rows of C start at ``c0 + i*ldc``; ``init[i0+i]`` is
     the bias when not accumulating. FLOPs: 2 * rows * depth * columns.
     """
-    tail_offsets = np.arange(depth) * NR
     for j0 in range(0, columns, NR):
         width = min(NR, columns - j0)
-        source, source_offsets, source0 = b, offsets, b0 + j0
+        source, source0, ldb = b, b0 + j0, 0
         if j0 + NR > safe:
             for k in range(depth):
                 for j in range(NR):
                     inside = j0 + j < min(columns, safe)
                     tail[k * NR + j] = b[b0 + offsets[k] + j0 + j] if inside else 0
-            source, source_offsets, source0 = tail, tail_offsets, 0
+            source, source0, ldb = tail, 0, NR
         for k0 in range(0, depth, KC):
             kc = min(KC, depth - k0)
             first = k0 == 0 and not accumulate
             for p in range((rows + MR - 1) // MR):
-                micro_kernel(
+                _tile(
                     kc,
                     a,
                     a0 + p * depth * MR + k0 * MR,
                     source,
-                    source_offsets,
+                    offsets,
                     k0,
-                    source0,
+                    source0 + k0 * ldb,
+                    ldb,
                     c,
                     c0 + p * MR * ldc + j0,
                     ldc,
