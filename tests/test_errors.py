@@ -64,7 +64,7 @@ def _expand():
                 )
 
 
-@pytest.mark.parametrize(("spec", "error", "backend"), _expand())
+@pytest.mark.parametrize(("spec", "error", "backend"), list(_expand()))
 def test_bad_input_raises(spec, error, backend):
     base = spec.cases[0]
     inputs = spec.make_inputs(base, np.float32, np.random.default_rng())
@@ -83,7 +83,7 @@ def _backward_expand():
             yield pytest.param(spec, backend, id=f"{spec.name}-{backend}")
 
 
-@pytest.mark.parametrize(("spec", "backend"), _backward_expand())
+@pytest.mark.parametrize(("spec", "backend"), list(_backward_expand()))
 def test_backward_checks_its_gradient(spec, backend):
     case = spec.cases[0]
     inputs = spec.make_inputs(case, np.float32, np.random.default_rng())

@@ -61,7 +61,7 @@ def _relayout_all(inputs: dict, layout: str) -> dict:
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize(("spec", "case", "backend"), _expand("forward"))
+@pytest.mark.parametrize(("spec", "case", "backend"), list(_expand("forward")))
 def test_forward(spec, case, backend, dtype, layout):
     rng = np.random.default_rng()
     inputs = _relayout_all(spec.make_inputs(case, dtype, rng), layout)
@@ -76,7 +76,7 @@ def test_forward(spec, case, backend, dtype, layout):
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize(("spec", "case", "backend"), _expand("backward"))
+@pytest.mark.parametrize(("spec", "case", "backend"), list(_expand("backward")))
 def test_backward(spec, case, backend, dtype, layout):
     rng = np.random.default_rng()
     inputs = spec.make_inputs(case, dtype, rng)
@@ -104,7 +104,7 @@ def test_backward(spec, case, backend, dtype, layout):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize(("spec", "case", "backend"), _expand("forward"))
+@pytest.mark.parametrize(("spec", "case", "backend"), list(_expand("forward")))
 def test_nan_propagates_as_in_reference(spec, case, backend, dtype):
     rng = np.random.default_rng()
     inputs = spec.make_inputs(case, dtype, rng)
@@ -119,7 +119,7 @@ def test_nan_propagates_as_in_reference(spec, case, backend, dtype):
     assert_close(actual, expected, spec.tolerance[dtype], f"{spec.name} [{case.name}] with NaN")
 
 
-@pytest.mark.parametrize(("spec", "case", "backend"), _expand("forward"))
+@pytest.mark.parametrize(("spec", "case", "backend"), list(_expand("forward")))
 def test_forward_into_out(spec, case, backend):
     inputs = spec.make_inputs(case, np.float32, np.random.default_rng())
     expected = spec.forward(float64_inputs(inputs), _truth(case.params), "reference")

@@ -26,7 +26,7 @@ def _torch_params(params: dict) -> dict:
     return {k: v for k, v in params.items() if k not in ("use_indices", "return_indices")}
 
 
-@pytest.mark.parametrize(("spec", "case"), _cases())
+@pytest.mark.parametrize(("spec", "case"), list(_cases()))
 def test_reference_matches_pytorch(spec, case):
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng()
@@ -74,7 +74,7 @@ def _numeric_gradient(loss, array, index, step=1e-6):
     return (up - down) / (2 * step)
 
 
-@pytest.mark.parametrize(("spec", "case"), _cases(with_backward=True))
+@pytest.mark.parametrize(("spec", "case"), list(_cases(with_backward=True)))
 def test_reference_gradients_match_finite_differences(spec, case):
     """d/dinput of sum(forward(inputs) * grad_y), on a random sample of elements."""
     rng = np.random.default_rng()
