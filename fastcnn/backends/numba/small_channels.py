@@ -25,12 +25,18 @@ from numba import prange
 
 from fastcnn._shapes import ConvGeometry
 from fastcnn.backends.numba._setup import jit
+from fastcnn.backends.numba.gemm import MR, NR, micro_kernel, pack_a, panels
 from fastcnn.backends.numba.workspace import scratch
 
 #: Taps per sweep over the output block.
 TAPS = 4
 #: Output positions (floats) per block: the stage and two accumulator rows stay in L1.
 BLOCK = 1536
+#: From this many output channels per group on, the forward pass runs the GEMM
+#: micro-kernel (6 channels x 64 positions in registers, gemm.py) over the stage: per tap
+#: 4 loads of the stage for 24 vector FMAs, where a sweep needs 4 (split) loads, 2 loads
+#: and 2 stores for 8. Below, the micro-tile would be mostly empty.
+MICRO_KERNEL_CHANNELS = 4
 
 
 def takes(g: ConvGeometry) -> bool:
@@ -85,6 +91,13 @@ def packed_weights(weight, g: ConvGeometry, p: Plan, transposed: bool = False) -
     else:
         packed[:, : p.taps] = weight.reshape(rows, p.taps)
     return packed.reshape(-1)
+
+
+@jit
+def _part_size(stage_size, J):
+    """Scratch per thread: the stage, its zeroed tail (J + NR: padding taps and the
+    reads past the last row land there) and the accumulators (two rows or one tile)."""
+    return stage_size + J + NR + max(2 * J, MR * NR)
 
 
 @jit
@@ -159,12 +172,12 @@ def _forward(x, w, offsets, bias, y, N, C, H, W, K, G, P, Q, sh, sw, ph, pw, pla
     J = rows_per * width
     blocks = (P + rows_per - 1) // rows_per
     tasks = N * G * blocks
-    threads = work.size // (stage_size + 3 * J)
-    per = stage_size + 3 * J
+    per = _part_size(stage_size, J)
+    threads = work.size // per
     for part in prange(threads):
-        stage = work[part * per : part * per + stage_size + J]
-        acc0 = work[part * per + stage_size + J :][:J]
-        acc1 = work[part * per + stage_size + 2 * J :][:J]
+        stage = work[part * per : part * per + stage_size + J + NR]
+        acc0 = work[part * per + stage_size + J + NR :][:J]
+        acc1 = work[part * per + stage_size + 2 * J + NR :][:J]
         stage[stage_size:] = 0
         for task in range(part * tasks // threads, (part + 1) * tasks // threads):
             n, g, p0 = task // (G * blocks), task // blocks % G, task % blocks * rows_per
@@ -180,6 +193,56 @@ def _forward(x, w, offsets, bias, y, N, C, H, W, K, G, P, Q, sh, sw, ph, pw, pla
                 k = (g + 1) * Kg - 1
                 _sweep_one(stage, offsets, w, k * T4, bias[k], acc0, used)
                 _write_rows(acc0, y, ((n * K + k) * P + p0) * Q, rows, width, Q)
+
+
+@jit
+def _pack_panels(w, T4, G, Kg, T, a):
+    """Each group's (Kg x T) block of the padded weights, packed in MR-row panels."""
+    group = (Kg + MR - 1) // MR * T * MR
+    for g in range(G):
+        pack_a(w, g * Kg * T4, T4, 1, Kg, T, a, g * group)
+
+
+@jit(parallel=True)
+def _forward_tiles(x, a, offsets, bias, y, N, C, H, W, K, G, P, Q, sh, sw, ph, pw, plan_, work):
+    """As :func:`_forward`, with the micro-kernel: per 64 positions of the block and
+    6 output channels, all taps accumulate in registers, then the tile goes to y."""
+    rows_per, height, width, stage_size = plan_
+    Cg, Kg, T = C // G, K // G, offsets.size
+    J = rows_per * width
+    blocks = (P + rows_per - 1) // rows_per
+    tasks = N * G * blocks
+    per = _part_size(stage_size, J)
+    threads = work.size // per
+    group = (Kg + MR - 1) // MR * T * MR
+    for part in prange(threads):
+        stage = work[part * per : part * per + stage_size + J + NR]
+        tile = work[part * per + stage_size + J + NR :][: MR * NR]
+        stage[stage_size:] = 0
+        for task in range(part * tasks // threads, (part + 1) * tasks // threads):
+            n, g, p0 = task // (G * blocks), task // blocks % G, task % blocks * rows_per
+            rows = min(rows_per, P - p0)
+            used = (rows - 1) * width + Q
+            _stage(x, (n * C + g * Cg) * H * W, Cg, H, W, p0, sh, sw, ph, pw, height, width, stage)
+            for j0 in range(0, used, NR):
+                count = min(NR, used - j0)
+                i_lo, i_hi = j0 // width, min((j0 + count - 1) // width + 1, rows)
+                for pk in range((Kg + MR - 1) // MR):
+                    m = min(MR, Kg - pk * MR)
+                    micro_kernel(
+                        T, a, g * group + pk * T * MR, stage, offsets, 0, j0,
+                        tile, 0, NR, m, count, True, bias, g * Kg + pk * MR,
+                    )  # fmt: skip
+                    for i in range(i_lo, i_hi):
+                        q_lo = max(0, j0 - i * width)
+                        q_hi = min(Q, j0 + count - i * width)
+                        if q_hi <= q_lo:
+                            continue  # only garbage columns of row i in this tile
+                        for kk in range(m):
+                            k = g * Kg + pk * MR + kk
+                            target = ((n * K + k) * P + p0 + i) * Q
+                            source = kk * NR + i * width - j0
+                            y[target + q_lo : target + q_hi] = tile[source + q_lo : source + q_hi]
 
 
 def _threads() -> int:
@@ -198,7 +261,19 @@ def forward(x, weight, bias, y, g: ConvGeometry, *, transposed_weight=None) -> N
         bias = scratch("small_channels.bias", g.K, x.dtype)
         bias[:] = 0
     threads = _threads()
-    work = scratch("small_channels.work", threads * (p.stage + 3 * p.block), x.dtype)
+    work = scratch("small_channels.work", threads * _part_size(p.stage, p.block), x.dtype)
+    Kg = g.K // g.groups
+    if Kg >= MICRO_KERNEL_CHANNELS:
+        T = p.taps
+        panel = panels(Kg) * T * MR
+        a = scratch("small_channels.panels", g.groups * panel, x.dtype)
+        _pack_panels(w, p.offsets.size, g.groups, Kg, T, a)
+        _forward_tiles(
+            x.reshape(-1), a, p.offsets[:T], bias, y.reshape(-1), g.N, g.C, g.H, g.W, g.K,
+            g.groups, g.P, g.Q, g.stride_h, g.stride_w, g.pad_h, g.pad_w,
+            (p.rows, p.height, p.width, p.stage), work,
+        )  # fmt: skip
+        return
     _forward(
         x.reshape(-1), w, p.offsets, bias, y.reshape(-1), g.N, g.C, g.H, g.W, g.K, g.groups,
         g.P, g.Q, g.stride_h, g.stride_w, g.pad_h, g.pad_w,
