@@ -101,6 +101,27 @@ def _part_size(stage_size, J):
 
 
 @jit
+def _deinterleave(row, pw, width, stage, base, plane):
+    """Stride 2: stage[base + b*plane + j] = row[2j + b - pw] (0 outside), both column
+    phases from one contiguous read of the row (LLVM vectorises it with shuffles)."""
+    W = row.size
+    lo = min((pw + 1) // 2, width)  # 2j - pw >= 0
+    hi = max(min(width, (W - 2 + pw) // 2 + 1), lo)  # 2j + 1 - pw <= W - 1
+    for j in range(width):
+        if j < lo or j >= hi:
+            for b in range(2):
+                v = 2 * j + b - pw
+                stage[base + b * plane + j] = row[v] if 0 <= v < W else 0
+    if hi > lo:
+        even = stage[base + lo : base + hi]
+        odd = stage[base + plane + lo : base + plane + hi]
+        pairs = row[2 * lo - pw :]
+        for j in range(hi - lo):
+            even[j] = pairs[2 * j]
+            odd[j] = pairs[2 * j + 1]
+
+
+@jit
 def _stage(x, source, Cg, H, W, p0, sh, sw, ph, pw, height, width, stage):
     """stage[((c*sh + a)*sw + b)*height*width + i*width + j] =
     x[source + c*H*W + h*W + v], h = (p0 + i)*sh + a - ph, v = j*sw + b - pw, 0 outside."""
@@ -109,6 +130,10 @@ def _stage(x, source, Cg, H, W, p0, sh, sw, ph, pw, height, width, stage):
         for a in range(sh):
             for i in range(height):
                 h = (p0 + i) * sh + a - ph
+                if sw == 2 and 0 <= h < H:
+                    base = ((c * sh + a) * sw) * plane + i * width
+                    _deinterleave(x[source + (c * H + h) * W :][:W], pw, width, stage, base, plane)
+                    continue
                 for b in range(sw):
                     out = stage[((c * sh + a) * sw + b) * plane + i * width :][:width]
                     if h < 0 or h >= H:
@@ -121,9 +146,10 @@ def _stage(x, source, Cg, H, W, p0, sh, sw, ph, pw, height, width, stage):
                     out[:j_lo] = 0
                     if sw == 1:
                         out[j_lo:j_hi] = row[j_lo + shift : j_hi + shift]
-                    else:
-                        for j in range(j_lo, j_hi):
-                            out[j] = row[j * sw + shift]
+                    else:  # a slice from the first column read: no negative indices
+                        first = row[j_lo * sw + shift :]
+                        for j in range(j_hi - j_lo):
+                            out[j_lo + j] = first[j * sw]
                     out[j_hi:] = 0
 
 
