@@ -1,18 +1,20 @@
 """Time the memory-bound ops (pooling, activations) of one backend against PyTorch.
 
-Each library runs in its own process (their thread pools would otherwise spin against
-each other), both at 2 threads, both with outputs preallocated or glibc's allocator kept
-warm (MALLOC_MMAP_THRESHOLD_ raised), on the spec table's 32x64x112x112 float32 shapes.
-Each process also times a large ``np.copyto`` so every figure can be put next to the
-copy bandwidth of the same moment. GB/s counts the bytes an op must move at least: the
-forward reads x and writes y; a backward reads grad_y and x (or y) and writes grad_x.
+Both libraries run at 2 threads, with outputs preallocated or glibc's allocator kept warm
+(MALLOC_MMAP_THRESHOLD_ raised), on the spec table's 32x64x112x112 float32 shapes. The
+cores are shared with other work, so the two sides are timed in one process, call for
+call in turn, and each keeps its fastest call: both see the same machine. Their OpenMP
+pools wait passively (OMP_WAIT_POLICY=PASSIVE), so neither spins on the cores while the
+other runs. A large ``np.copyto`` (one thread) and torch's ``copy_`` (2 threads) are timed
+the same way, so every figure stands next to the copy bandwidth of the same moment. GB/s
+counts the bytes an op must move at least: the forward reads x and writes y; a backward
+reads grad_y and x (or y) and writes grad_x.
 
     flock /tmp/fastcnn-timing.lock python benchmarks/memory_ops_vs_torch.py [op ...]
 """
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -29,6 +31,7 @@ ENVIRONMENT = {
     "MALLOC_TRIM_THRESHOLD_": str(1 << 33),
     "OMP_NUM_THREADS": str(THREADS),
     "NUMBA_NUM_THREADS": str(THREADS),
+    "OMP_WAIT_POLICY": "PASSIVE",
 }
 # name: (pooling parameters or None, bytes moved in units of x's / y's size)
 POOLS = {
@@ -37,32 +40,29 @@ POOLS = {
 }
 ACTIVATIONS = ("relu", "leaky_relu", "sigmoid", "tanh")
 OPS = (*POOLS, *ACTIVATIONS)
-ROUNDS = 3
+REPEATS = 9
 
 
-def _best_seconds(function, repeats: int = 5) -> float:
-    """The fastest of a few calls: the cores are shared, so slower calls measure others' work."""
-    function()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def _best_of_each(functions, repeats: int = REPEATS) -> list[float]:
+    """The fastest call of each function, calling them in turn; seconds."""
+    best = [float("inf")] * len(functions)
+    for function in functions:
         function()
-        times.append(time.perf_counter() - start)
-    return min(times)
+    for _ in range(repeats):
+        for index, function in enumerate(functions):
+            start = time.perf_counter()
+            function()
+            best[index] = min(best[index], time.perf_counter() - start)
+    return best
 
 
-def _copy_bandwidths(library: str, x) -> dict[str, float]:
-    """np.copyto (one thread) in both processes; torch's copy_ (2 threads) in torch's only,
-    so that torch's threads never run in fastcnn's process. Both count read + write."""
+def _copies(x):
+    """np.copyto (one thread) and torch's copy_ (2 threads), as timed functions."""
+    import torch
+
     destination = np.empty_like(x)
-    rates = {"copy": 2 * x.nbytes / _best_seconds(lambda: np.copyto(destination, x))}
-    if library == "torch":
-        import torch
-
-        torch.set_num_threads(THREADS)
-        source, target = torch.from_numpy(x), torch.from_numpy(destination)
-        rates["copy 2 threads"] = 2 * x.nbytes / _best_seconds(lambda: target.copy_(source))
-    return rates
+    source, target = torch.from_numpy(x), torch.from_numpy(destination)
+    return [lambda: np.copyto(destination, x), lambda: target.copy_(source)]
 
 
 def _pool_geometry(params):
@@ -176,57 +176,49 @@ def _torch_cases(op: str, x, grad_y_of):
     return [("fwd", forward, 2 * size), ("bwd", backward, 3 * size)]
 
 
-def worker(library: str, ops: list[str]) -> None:
+def worker(ops: list[str]) -> None:
+    import torch
+
+    torch.set_num_threads(THREADS)
     rng = np.random.default_rng(0)
     x = rng.standard_normal(SHAPE, dtype=np.float32)
-    results = _copy_bandwidths(library, x)
+    copy_seconds = _best_of_each(_copies(x))
+    copy = [2 * x.nbytes / seconds for seconds in copy_seconds]
+    print(
+        f"copy, GB/s: np.copyto {copy[0] / 1e9:.1f} (the % copy column), "
+        f"torch copy_ at {THREADS} threads {copy[1] / 1e9:.1f} (the % copy2 column)"
+    )
+    print(f"{'op':<28}{'ours GB/s':>10}{'torch GB/s':>11}{'ratio':>7}{'% copy':>8}{'% copy2':>8}")
+
+    def grad_y_of(y):
+        return rng.standard_normal(y.shape, dtype=np.float32)
+
     for op in ops:
-
-        def grad_y_of(y):
-            return rng.standard_normal(y.shape, dtype=np.float32)
-
-        make = _fastcnn_cases if library == "fastcnn" else _torch_cases
-        for direction, function, nbytes in make(op, x, grad_y_of):
-            results[f"{op} {direction}"] = nbytes / _best_seconds(function)
-    print(json.dumps(results))
+        ours = _fastcnn_cases(op, x, grad_y_of)
+        theirs = dict((direction, (f, n)) for direction, f, n in _torch_cases(op, x, grad_y_of))
+        for direction, function, nbytes in ours:
+            peer = theirs.get(direction) or theirs.get(direction.replace("bwd", "bwd, indices"))
+            functions = [function] + ([peer[0]] if peer else [])
+            seconds = _best_of_each(functions)
+            rate = nbytes / seconds[0]
+            peer_rate = peer[1] / seconds[1] if peer else None
+            ratio = f"{rate / peer_rate:7.2f}" if peer else f"{'':>7}"
+            peer_text = f"{peer_rate / 1e9:11.1f}" if peer else f"{'':>11}"
+            print(
+                f"{op + ' ' + direction:<28}{rate / 1e9:10.1f}{peer_text}{ratio}"
+                f"{100 * rate / copy[0]:7.0f}%{100 * rate / copy[1]:7.0f}%",
+                flush=True,
+            )
 
 
 def main(ops: list[str]) -> None:
+    """Re-run in a fresh process whose environment sets threads, waiting and allocator."""
     environment = {**os.environ, **ENVIRONMENT}
-    runs: dict[str, dict[str, float]] = {"fastcnn": {}, "torch": {}}
-    for _ in range(ROUNDS):  # alternate, keep each figure's best round
-        for library, best in runs.items():
-            output = subprocess.run(
-                [sys.executable, __file__, "--worker", library, *ops],
-                env=environment,
-                check=True,
-                capture_output=True,
-                text=True,
-            ).stdout
-            for name, rate in json.loads(output.strip().splitlines()[-1]).items():
-                best[name] = max(best.get(name, 0.0), rate)
-    ours, theirs = runs["fastcnn"], runs["torch"]
-    copy = max(ours["copy"], theirs["copy"])
-    threaded = theirs["copy 2 threads"]
-    print(
-        f"copy, GB/s: np.copyto {copy / 1e9:.1f} (the % copy column), "
-        f"torch copy_ at {THREADS} threads {threaded / 1e9:.1f} (the % copy2 column)"
-    )
-    print(f"{'op':<28}{'ours GB/s':>10}{'torch GB/s':>11}{'ratio':>7}{'% copy':>8}{'% copy2':>8}")
-    for name, rate in ours.items():
-        if name.startswith("copy"):
-            continue
-        peer = theirs.get(name) or theirs.get(name.replace("bwd", "bwd, indices"))
-        ratio = f"{rate / peer:7.2f}" if peer else f"{'':>7}"
-        peer_text = f"{peer / 1e9:11.1f}" if peer else f"{'':>11}"
-        print(
-            f"{name:<28}{rate / 1e9:10.1f}{peer_text}{ratio}"
-            f"{100 * rate / copy:7.0f}%{100 * rate / threaded:7.0f}%"
-        )
+    subprocess.run([sys.executable, __file__, "--worker", *ops], env=environment, check=True)
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 2 and sys.argv[1] == "--worker":
-        worker(sys.argv[2], sys.argv[3:])
+    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
+        worker(sys.argv[2:] or list(OPS))
     else:
         main(sys.argv[1:] or list(OPS))
