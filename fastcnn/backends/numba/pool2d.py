@@ -182,12 +182,10 @@ def _split_row_stride_2(row, even, odd, pad_w):
         even_run[j] = pairs[2 * j]
         odd_run[j] = pairs[2 * j + 1]
     # The at most one column left at each end.
-    if 2 * first - pad_w > 0:
-        column = pad_w  # w = 0
-        (odd if column % 2 else even)[column // 2] = row[0]
-    if 2 * stop - pad_w < W:
-        column = W - 1 + pad_w
-        (odd if column % 2 else even)[column // 2] = row[W - 1]
+    if 2 * first - pad_w > 0:  # w = 0, at an odd column
+        odd[pad_w // 2] = row[0]
+    if 2 * stop - pad_w < W:  # w = W - 1, at an even column
+        even[(W - 1 + pad_w) // 2] = row[W - 1]
 
 
 @jit(inline="always")
