@@ -4,12 +4,10 @@ Algorithm: Winograd F(4x4, 3x3) (Lavin & Gray 2016), every stage vectorised acro
 Per 4x4 output tile and channel, Y = A^T [sum_c (G w G^T) * (B^T d B)] A: 36 multiplies
 per 16 outputs instead of 144 (4x fewer). Three stages:
 
-1. Input transform. The input is split into 4x4 stride phases (phases.py with stride 4,
-   a "6x6 kernel" and one "output" per tile), so element (r, s) of the 6x6 patch of
-   every tile of an image is one contiguous run of the phase buffer: the transform
-   reads 36 runs and writes V[panel, xi, c, j] for NR tiles j per panel. Tiles are
-   numbered by their flat position ti*(tiles_w + 1) + tj in the image plane, so one
-   column per tile row is garbage (computed, never stored): 7% of the columns at 56x56.
+1. Input transform into V[panel, xi, c, j] for panels of NR tiles (numbered across
+   images, so small images fill panels too). Each padded input row is deinterleaved by
+   column phase, so element (r, s) of the 6x6 patches of all NR tiles is one contiguous
+   row and the transform is plain vector arithmetic on 36 rows.
 2. 36 GEMMs per panel, M[xi] (Kc x NR) = U[xi] (Kc x Cg) @ V[xi] (Cg x NR), on a 6 x 64
    register-blocked micro-kernel (gemm.py's, reading U with a row pitch). U is made per
    task for its Kc output channels, one xi row at a time, from the weights (a few FMAs per
@@ -84,35 +82,31 @@ LANES = 16
 
 
 @jit(inline="always")
-def _transform_pass(d0, d1, d2, d3, d4, d5, out, step):
-    """out[e*step + j] = (B^T d)[e] for the six rows d0..d5 at each j < NR.
+def _transform_pass(d0, d1, d2, d3, d4, d5, out):
+    """out[e*NR + j] = (B^T d)[e] for the six rows d0..d5 (NR each) at each j < NR.
     B^T = [[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
            [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]].
-    A constant trip count and (after inlining) a stack array on one side of every copy
-    let LLVM vectorise without remainder loops or runtime alias checks."""
+    Indexed by the loop index plus constants only: an index with a variable offset gets
+    a wraparound select (it might be negative), which turns vector loads into gathers."""
     two, four, five = out.dtype.type(2), out.dtype.type(4), out.dtype.type(5)
-    # Slices, then plain loop indices: an index like step + j needs a wraparound select
-    # (step might be negative), which turns vector stores into scatters.
-    o0, o1, o2 = out[:NR], out[step : step + NR], out[2 * step : 2 * step + NR]
-    o3, o4, o5 = out[3 * step : 3 * step + NR], out[4 * step :], out[5 * step :]
     for j in range(NR):
-        o0[j] = four * d0[j] - five * d2[j] + d4[j]
-        o1[j] = d3[j] + d4[j] - four * (d1[j] + d2[j])
-        o2[j] = d4[j] - d3[j] + four * (d1[j] - d2[j])
-        o3[j] = d4[j] - d2[j] + two * (d3[j] - d1[j])
-        o4[j] = d4[j] - d2[j] - two * (d3[j] - d1[j])
-        o5[j] = four * d1[j] - five * d3[j] + d5[j]
+        a0, a1, a2, a3, a4, a5 = d0[j], d1[j], d2[j], d3[j], d4[j], d5[j]
+        out[j] = four * a0 - five * a2 + a4
+        out[NR + j] = a3 + a4 - four * (a1 + a2)
+        out[2 * NR + j] = a4 - a3 + four * (a1 - a2)
+        out[3 * NR + j] = a4 - a2 + two * (a3 - a1)
+        out[4 * NR + j] = a4 - a2 - two * (a3 - a1)
+        out[5 * NR + j] = four * a1 - five * a3 + a5
 
 
-#: Columns of one row of the deinterleaved patch rows: a panel, the next column (the
-#: patches' last two columns are the next tile's first two) and a chunk of slack.
-_ROW = NR + 2 * LANES
+#: Columns of one deinterleaved patch row: a panel and a chunk of slack.
+_ROW = NR + LANES
 
 
 @jit
 def _deinterleave(line, start, count, out, pos):
-    """out[b*_ROW + pos + t] = line[4*(start + t) + b] for t < count (rounded up to LANES,
-    written past ``count`` into the slack or columns written after)."""
+    """out[b*_ROW + pos + t] = line[4*(start + t) + b] for b < 4, t < count (rounded up to
+    LANES: written past ``count`` into the slack or columns written after)."""
     for chunk in range((count + LANES - 1) // LANES):
         d = line[4 * (start + chunk * LANES) : 4 * (start + chunk * LANES + LANES)]
         at = pos + chunk * LANES
@@ -128,41 +122,43 @@ def _deinterleave(line, start, count, out, pos):
 
 
 @jit(parallel=True)
-def _input_transform(x, N, C, H, W, pad_h, pad_w, width, columns, panels, V, work):
-    """V[panel, xi, c, j] = (B^T d B)[xi] for the 6x6 patch d of column F = panel*NR + j.
+def _input_transform(x, N, C, H, W, pad_h, pad_w, tiles_h, tiles_w, V, work):
+    """V[panel, xi, c, j] = (B^T d B)[xi] for the 6x6 patch d of tile t = panel*NR + j,
+    t = (n*tiles_h + ti)*tiles_w + tj (tiles past the last are zero patches).
 
-    Column F = n*columns + ti*width + tj is tile (ti, tj) of image n; tj = width - 1 is
-    a garbage column (computed, never stored): patch column s of tile tj is padded
-    input column 4*tj + s, i.e. column phase s % 4 at tile tj + s // 4, so the phases of
-    a row have width columns. One task per (channel, panel): each padded input row
-    4*ti + r of the panel's tile rows is deinterleaved into 4 column phases
-    ``patches[r, b, :]`` (so patch element (r, s) of all NR tiles is the contiguous run
-    patches[r, s % 4, s // 4 :]), then the rows and the columns of the patches are
-    transformed. ``work`` holds :func:`_input_work` elements per thread.
+    Patch element (r, s) of tile (ti, tj) is padded input (4*ti + r, 4*tj + s). One task
+    per (channel, panel): for each tile row the panel touches, each of its six padded
+    rows is deinterleaved by column phase into ``patches[r, s, :]`` (s < 4 from tile tj,
+    s = 4, 5 as phases 0, 1 from tile tj + 1), so element (r, s) of all NR tiles is one
+    contiguous row; then the rows and the columns of the patches are transformed.
+    ``work`` holds :func:`_input_work` elements per thread.
     """
-    total = N * columns
+    total = N * tiles_h * tiles_w
+    panels = (total + NR - 1) // NR
+    width = tiles_w + 1  # tile columns of a padded row
     line_size = 4 * (width + LANES)
-    per_thread = _input_work(width)
+    per_thread = _input_work(tiles_w)
     lo, hi = max(0, -pad_w), min(W, 4 * width - pad_w)  # the columns of x inside a line
     for task in prange(C * panels):
         c, p = task // panels, task % panels
         start = numba.get_thread_id() * per_thread
         line = work[start : start + line_size]
         zeros = work[start + line_size : start + 2 * line_size]
-        patches = work[start + 2 * line_size : start + 2 * line_size + 24 * _ROW]
+        patches = work[start + 2 * line_size : start + 2 * line_size + 48 * _ROW]
         rows = numba.carray(_stack_like(_PATCHES, V), _PATCHES)
+        columns = numba.carray(_stack_like(_PATCHES, V), _PATCHES)
         line[:] = 0
         zeros[:] = 0
         first = p * NR
-        end = min(first + NR + 1, total)
-        if end - first < NR + 1:  # the last panel: finite columns past the last tile
-            for t in range(24 * _ROW):
+        end = min(first + NR, total)
+        if end - first < NR:  # the last panel: zero patches past the last tile
+            for t in range(48 * _ROW):
                 patches[t] = 0
-        column = first
-        while column < end:
-            n, f = column // columns, column % columns
-            ti, tj = f // width, f % width
-            count = min(width - tj, end - column)
+        tile = first
+        while tile < end:
+            n, rest = tile // (tiles_h * tiles_w), tile % (tiles_h * tiles_w)
+            ti, tj = rest // tiles_w, rest % tiles_w
+            count = min(tiles_w - tj, end - tile)
             for r in range(6):
                 h = 4 * ti + r - pad_h
                 source = zeros
@@ -172,29 +168,40 @@ def _input_transform(x, N, C, H, W, pad_h, pad_w, width, columns, panels, V, wor
                     for t in range(hi - lo):
                         padded[t] = row[t]
                     source = line
-                _deinterleave(source, tj, count, patches[r * 4 * _ROW :], column - first)
-            column += count
-        for r in range(6):
-            base = r * 4 * _ROW
+                out = patches[r * 8 * _ROW :]
+                _deinterleave(source, tj, count, out, tile - first)
+                _deinterleave(source, tj + 1, count, out[4 * _ROW :], tile - first)
+            tile += count
+        for r in range(6):  # rows[r, e] = (d B)[r, e] for every tile
+            base = r * 8 * _ROW
             _transform_pass(
-                patches[base:], patches[base + _ROW :], patches[base + 2 * _ROW :],
-                patches[base + 3 * _ROW :], patches[base + 1 :], patches[base + _ROW + 1 :],
-                rows[r * 6 * NR :], NR,
+                patches[base : base + NR], patches[base + _ROW : base + _ROW + NR],
+                patches[base + 2 * _ROW : base + 2 * _ROW + NR],
+                patches[base + 3 * _ROW : base + 3 * _ROW + NR],
+                patches[base + 4 * _ROW : base + 4 * _ROW + NR],
+                patches[base + 5 * _ROW : base + 5 * _ROW + NR],
+                rows[r * 6 * NR : (r + 1) * 6 * NR],
             )  # fmt: skip
-        step = C * NR  # between consecutive xi
-        for b in range(6):
+        for e in range(6):  # columns[e, e'] = (B^T d B)[e', e]
             _transform_pass(
-                rows[b * NR :], rows[(6 + b) * NR :], rows[(12 + b) * NR :],
-                rows[(18 + b) * NR :], rows[(24 + b) * NR :], rows[(30 + b) * NR :],
-                V[(p * 36 + b) * step + c * NR :], 6 * step,
+                rows[e * NR : (e + 1) * NR], rows[(6 + e) * NR : (7 + e) * NR],
+                rows[(12 + e) * NR : (13 + e) * NR], rows[(18 + e) * NR : (19 + e) * NR],
+                rows[(24 + e) * NR : (25 + e) * NR], rows[(30 + e) * NR : (31 + e) * NR],
+                columns[e * 6 * NR : (e + 1) * 6 * NR],
             )  # fmt: skip
+        for e in range(6):
+            for e2 in range(6):
+                out = V[((p * 36 + e2 * 6 + e) * C + c) * NR :][:NR]
+                transformed = columns[(e * 6 + e2) * NR : (e * 6 + e2 + 1) * NR]
+                for j in range(NR):
+                    out[j] = transformed[j]
 
 
 @jit
-def _input_work(width):
+def _input_work(tiles_w):
     """Per-thread workspace of :func:`_input_transform`: a padded row, a zero row, the
-    deinterleaved patch rows."""
-    return 8 * (width + LANES) + 24 * _ROW
+    deinterleaved patch rows (8 per patch row, 6 used)."""
+    return 8 * (tiles_w + 1 + LANES) + 48 * _ROW
 
 
 @jit
@@ -286,15 +293,16 @@ def _output_tiles(M, m0, Kc, kk, bias_k, out):
 
 @jit(parallel=True)
 def _multiply_and_store(
-    V, x, weight, bias, y, N, C, H, W, K, G, P, Q, pad_h, pad_w, width, columns, panels, kc, work
+    V, x, weight, bias, y, N, C, H, W, K, G, P, Q, pad_h, pad_w, tiles_h, tiles_w, kc, work
 ):
     """y = A^T (U @ V) A per panel: see the module docstring. One task per (group,
     chunk of ``kc`` output channels, run of PANELS_MAX panels); ``work`` holds
     :func:`_work_size` elements per thread."""
     Cg, Kg = C // G, K // G
     chunks = (Kg + kc - 1) // kc
+    total = N * tiles_h * tiles_w
+    panels = (total + NR - 1) // NR
     runs = (panels + PANELS_MAX - 1) // PANELS_MAX
-    tiles_w = width - 1
     per_weights = 9 * kc * Cg
     per_lines = 3 * kc * Cg
     per_u = kc * Cg
@@ -344,15 +352,12 @@ def _multiply_and_store(
                 k = g * Kg + k0 + kk
                 finite = _output_tiles(M, p * 36 * Kc * NR, Kc, kk, bias[k], out)
                 # Store each run of tiles of one tile row.
-                column = first
-                while column < min(first + NR, N * columns):
-                    n, f = column // columns, column % columns
-                    ti, tj = f // width, f % width
-                    if tj == tiles_w:  # the garbage column
-                        column += 1
-                        continue
-                    run = min(tiles_w - tj, first + NR - column, (n + 1) * columns - column)
-                    j0 = column - first
+                tile = first
+                while tile < min(first + NR, total):
+                    n, rest = tile // (tiles_h * tiles_w), tile % (tiles_h * tiles_w)
+                    ti, tj = rest // tiles_w, rest % tiles_w
+                    run = min(tiles_w - tj, first + NR - tile, total - tile)
+                    j0 = tile - first
                     full = min(run, Q // 4 - tj)  # tiles with all 4 columns inside y
                     for a in range(min(4, P - 4 * ti)):
                         row = ((n * K + k) * P + 4 * ti + a) * Q + 4 * tj
@@ -381,7 +386,7 @@ def _multiply_and_store(
                                         x, weight, bias, n, k, p_, q_, C, H, W, Kg, Cg,
                                         pad_h, pad_w,
                                     )  # fmt: skip
-                    column += run
+                    tile += run
 
 
 def _work_size(kc: int, Cg: int) -> int:
@@ -393,14 +398,12 @@ def _work_size(kc: int, Cg: int) -> int:
 def forward(x, weight, bias, y, g: ConvGeometry) -> None:
     N, C, K, G = g.N, g.C, g.K, g.groups
     tiles_h, tiles_w = -(-g.P // 4), -(-g.Q // 4)
-    width = tiles_w + 1  # tile columns per row, the garbage column included
-    columns = tiles_h * width  # flat tile positions per image (garbage column included)
-    panels = -(-N * columns // NR)
+    panels = -(-N * tiles_h * tiles_w // NR)
     threads = numba.get_num_threads()
     V = scratch("winograd.input", panels * 36 * C * NR, x.dtype)
-    work = scratch("winograd.patches", threads * _input_work(width), x.dtype)
+    work = scratch("winograd.patches", threads * _input_work(tiles_w), x.dtype)
     _input_transform(
-        x.reshape(-1), N, C, g.H, g.W, g.pad_h, g.pad_w, width, columns, panels, V, work
+        x.reshape(-1), N, C, g.H, g.W, g.pad_h, g.pad_w, tiles_h, tiles_w, V, work
     )  # fmt: skip
     Kg = K // G
     kc = min(-(-Kg // MR) * MR, KC_MAX)
@@ -408,5 +411,5 @@ def forward(x, weight, bias, y, g: ConvGeometry) -> None:
     work = scratch("winograd.work", threads * _work_size(kc, C // G), x.dtype)
     _multiply_and_store(
         V, x.reshape(-1), weight.reshape(-1), bias, y.reshape(-1), N, C, g.H, g.W, K, G,
-        g.P, g.Q, g.pad_h, g.pad_w, width, columns, panels, kc, work,
+        g.P, g.Q, g.pad_h, g.pad_w, tiles_h, tiles_w, kc, work,
     )  # fmt: skip
