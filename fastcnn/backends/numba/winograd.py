@@ -38,6 +38,8 @@ from fastcnn.backends.numba.workspace import scratch
 
 _TILE = MR * NR
 _PATCHES = 36 * NR  # 36 transform positions of NR tiles
+_OUTPUTS = 16 * NR  # 4x4 outputs of NR tiles
+_HALF = 24 * NR  # A^T m: 4 x 6 of NR tiles
 #: Output channels per task at most (a multiple of MR): U[xi] for them is Kc x Cg.
 KC_MAX = 48
 #: Panels of NR tiles per task at most: each makes U once for all of them.
@@ -248,13 +250,14 @@ def _filter_row(e, x0, x1, x2, out):
             out[i] = x2[i]
 
 
-@jit
+@jit(inline="always")
 def _output_tiles(M, m0, Kc, kk, bias_k, out):
     """out[a*4 + b, j] = bias_k + (A^T m A)[a, b] for the NR tiles of one output channel;
     m[xi, j] = M[m0 + (xi*Kc + kk)*NR + j]. A^T = [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0],
-    [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]]. Returns whether every output is finite."""
+    [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]]. Returns whether every output is finite.
+    ``out`` and the intermediate rows are stack arrays: LLVM knows they alias nothing."""
     two, four, eight = M.dtype.type(2), M.dtype.type(4), M.dtype.type(8)
-    rows = out[16 * NR :]  # rows[a*6 + e, j] = (A^T m)[a, e]
+    rows = numba.carray(_stack_like(_HALF, M), _HALF)  # rows[a*6 + e, j] = (A^T m)[a, e]
     for e in range(6):
         base = m0 + (e * Kc + kk) * NR
         step = 6 * Kc * NR
@@ -307,19 +310,19 @@ def _multiply_and_store(
     per_lines = 3 * kc * Cg
     per_u = kc * Cg
     per_m = PANELS_MAX * 36 * kc * NR
-    per_out = 40 * NR
     for task in prange(G * chunks * runs):
         g = task // (chunks * runs)
         k0 = task // runs % chunks * kc
         panel0 = task % runs * PANELS_MAX
         rows = min(kc, Kg - k0)
         Kc = (rows + MR - 1) // MR * MR  # U rows, zero past ``rows``
-        start = numba.get_thread_id() * (per_weights + per_lines + per_u + per_m + per_out)
+        start = numba.get_thread_id() * (per_weights + per_lines + per_u + per_m)
         weights = work[start : start + 9 * Kc * Cg]
         lines = work[start + per_weights : start + per_weights + 3 * Kc * Cg]
         u = work[start + per_weights + per_lines : start + per_weights + per_lines + Kc * Cg]
         M = work[start + per_weights + per_lines + per_u :][:per_m]
-        out = work[start + per_weights + per_lines + per_u + per_m :][:per_out]
+        out = numba.carray(_stack_like(_OUTPUTS, y), _OUTPUTS)
+        interleaved = numba.carray(_stack_like(_OUTPUTS, y), _OUTPUTS)
         # weights[r*3 + s, c*Kc + kk] = w[g*Kg + k0 + kk, c, r, s]: the layout U rows need.
         for kk in range(Kc):
             source = ((g * Kg + k0 + kk) * Cg) * 9
@@ -351,26 +354,32 @@ def _multiply_and_store(
             for kk in range(rows):
                 k = g * Kg + k0 + kk
                 finite = _output_tiles(M, p * 36 * Kc * NR, Kc, kk, bias[k], out)
-                # Store each run of tiles of one tile row.
+                # Interleave: interleaved[a, 4*j + b] = out[a*4 + b, j] (output row a of every tile,
+                # in the order of y's columns), then copy each run of tiles of one tile row.
+                for a in range(4):
+                    line = interleaved[4 * NR * a : 4 * NR * (a + 1)]
+                    o0 = out[4 * NR * a : 4 * NR * a + NR]
+                    o1 = out[4 * NR * a + NR : 4 * NR * a + 2 * NR]
+                    o2 = out[4 * NR * a + 2 * NR : 4 * NR * a + 3 * NR]
+                    o3 = out[4 * NR * a + 3 * NR : 4 * NR * a + 4 * NR]
+                    for j in range(NR):
+                        line[4 * j] = o0[j]
+                        line[4 * j + 1] = o1[j]
+                        line[4 * j + 2] = o2[j]
+                        line[4 * j + 3] = o3[j]
                 tile = first
                 while tile < min(first + NR, total):
                     n, rest = tile // (tiles_h * tiles_w), tile % (tiles_h * tiles_w)
                     ti, tj = rest // tiles_w, rest % tiles_w
                     run = min(tiles_w - tj, first + NR - tile, total - tile)
                     j0 = tile - first
-                    full = min(run, Q // 4 - tj)  # tiles with all 4 columns inside y
+                    count = min(4 * run, Q - 4 * tj)  # y columns of the run
                     for a in range(min(4, P - 4 * ti)):
                         row = ((n * K + k) * P + 4 * ti + a) * Q + 4 * tj
-                        target = y[row : row + min(4 * run, Q - 4 * tj)]
-                        o = out[a * 4 * NR + j0 :]
-                        for t in range(max(full, 0)):
-                            target[4 * t] = o[t]
-                            target[4 * t + 1] = o[NR + t]
-                            target[4 * t + 2] = o[2 * NR + t]
-                            target[4 * t + 3] = o[3 * NR + t]
-                        for t in range(max(full, 0), run):
-                            for b in range(min(4, Q - 4 * (tj + t))):
-                                target[4 * t + b] = o[b * NR + t]
+                        target = y[row : row + count]
+                        source = interleaved[4 * NR * a + 4 * j0 :][:count]
+                        for t in range(count):
+                            target[t] = source[t]
                     if not finite:
                         for t in range(run):
                             ok = True
@@ -391,8 +400,8 @@ def _multiply_and_store(
 
 def _work_size(kc: int, Cg: int) -> int:
     """Per-thread workspace of :func:`_multiply_and_store`: weights, G w rows, U[xi],
-    M for PANELS_MAX panels, output tiles."""
-    return 9 * kc * Cg + 3 * kc * Cg + kc * Cg + PANELS_MAX * 36 * kc * NR + 40 * NR
+    M for PANELS_MAX panels."""
+    return 9 * kc * Cg + 3 * kc * Cg + kc * Cg + PANELS_MAX * 36 * kc * NR
 
 
 def forward(x, weight, bias, y, g: ConvGeometry) -> None:
