@@ -44,6 +44,8 @@ _HALF = 24 * NR  # A^T m: 4 x 6 of NR tiles
 KC_MAX = 48
 #: Panels of NR tiles per task at most: each makes U once for all of them.
 PANELS_MAX = 2
+#: Up to this many tiles (one panel), the GEMMs run transposed (:func:`_multiply_few`).
+FEW_TILES = 60
 
 #: Filter transform G (6x3) of F(4x4, 3x3): U = G w G^T.
 FILTER_TRANSFORM = np.array(
@@ -250,6 +252,36 @@ def _filter_row(e, x0, x1, x2, out):
             out[i] = x2[i]
 
 
+@jit
+def _gather_weights(weight, first, rows, Kc, Cg, out):
+    """out[r*3 + s, c*Kc + kk] = w[first + kk, c, r, s] for kk < rows, 0 for rows <= kk < Kc:
+    the weights of Kc output channels in the layout the rows of U are made in. Blocks
+    of LANES channels keep the 9 x LANES x Kc elements being written in L1."""
+    zero = out.dtype.type(0)
+    for c0 in range(0, Cg, LANES):
+        block = min(LANES, Cg - c0)
+        for kk in range(Kc):
+            if kk < rows:
+                source = weight[((first + kk) * Cg + c0) * 9 :][: block * 9]
+                for c in range(block):
+                    for t in range(9):
+                        out[t * Kc * Cg + (c0 + c) * Kc + kk] = source[c * 9 + t]
+            else:
+                for c in range(block):
+                    for t in range(9):
+                        out[t * Kc * Cg + (c0 + c) * Kc + kk] = zero
+
+
+@jit
+def _filter_lines(weights, size, e1, lines):
+    """lines[s, :] = (G w)[e1, s] for s < 3, from :func:`_gather_weights`'s layout."""
+    for s in range(3):
+        w0 = weights[s * size : (s + 1) * size]
+        w1 = weights[(3 + s) * size : (4 + s) * size]
+        w2 = weights[(6 + s) * size : (7 + s) * size]
+        _filter_row(e1, w0, w1, w2, lines[s * size : (s + 1) * size])
+
+
 @jit(inline="always")
 def _output_tiles(M, m0, Kc, kk, bias_k, out):
     """out[a*4 + b, j] = bias_k + (A^T m A)[a, b] for the NR tiles of one output channel;
@@ -294,6 +326,23 @@ def _output_tiles(M, m0, Kc, kk, bias_k, out):
     return bad == 0
 
 
+@jit
+def _recompute_tile(out, j, x, weight, bias, y, n, k, ti, tj, C, H, W, K, Kg, P, Q, pad_h, pad_w):
+    """If any of tile (ti, tj)'s outputs out[ab*NR + j] is not finite, compute the tile's
+    outputs in y directly (the transforms spread a NaN over the whole tile)."""
+    for ab in range(16):
+        if not np.isfinite(out[ab * NR + j]):
+            break
+    else:
+        return
+    for a in range(min(4, P - 4 * ti)):
+        for b in range(min(4, Q - 4 * tj)):
+            p, q = 4 * ti + a, 4 * tj + b
+            y[((n * K + k) * P + p) * Q + q] = _direct_output(
+                x, weight, bias, n, k, p, q, C, H, W, Kg, C // (K // Kg), pad_h, pad_w
+            )
+
+
 @jit(parallel=True)
 def _multiply_and_store(
     V, x, weight, bias, y, N, C, H, W, K, G, P, Q, pad_h, pad_w, tiles_h, tiles_w, kc, work
@@ -323,26 +372,15 @@ def _multiply_and_store(
         M = work[start + per_weights + per_lines + per_u :][:per_m]
         out = numba.carray(_stack_like(_OUTPUTS, y), _OUTPUTS)
         interleaved = numba.carray(_stack_like(_OUTPUTS, y), _OUTPUTS)
-        # weights[r*3 + s, c*Kc + kk] = w[g*Kg + k0 + kk, c, r, s]: the layout U rows need.
-        for kk in range(Kc):
-            source = ((g * Kg + k0 + kk) * Cg) * 9
-            for c in range(Cg):
-                for t in range(9):
-                    value = weight[source + c * 9 + t] if kk < rows else y.dtype.type(0)
-                    weights[t * Kc * Cg + c * Kc + kk] = value
+        _gather_weights(weight, g * Kg + k0, rows, Kc, Cg, weights)
         count = min(PANELS_MAX, panels - panel0)
         size = Kc * Cg
         for e1 in range(6):
-            # lines[s] = (G w)[e1, s]; u = (G w G^T)[e1, e2] = U[xi][kk, c] at c*Kc + kk
-            for s in range(3):
-                w0 = weights[s * size : (s + 1) * size]
-                w1 = weights[(3 + s) * size : (4 + s) * size]
-                w2 = weights[(6 + s) * size : (7 + s) * size]
-                _filter_row(e1, w0, w1, w2, lines[s * size : (s + 1) * size])
+            _filter_lines(weights, size, e1, lines)
             for e2 in range(6):
                 _filter_row(
                     e2, lines[:size], lines[size : 2 * size], lines[2 * size : 3 * size], u[:size]
-                )
+                )  # u[c*Kc + kk] = (G w G^T)[e1, e2] = U[xi][kk, c]
                 xi = e1 * 6 + e2
                 for p in range(count):
                     b0 = ((panel0 + p) * 36 + xi) * C * NR + g * Cg * NR
@@ -382,23 +420,70 @@ def _multiply_and_store(
                             target[t] = source[t]
                     if not finite:
                         for t in range(run):
-                            ok = True
-                            for ab in range(16):
-                                v = out[ab * NR + j0 + t]
-                                ok = ok and np.isfinite(v)
-                            if ok:
-                                continue
-                            for a in range(min(4, P - 4 * ti)):
-                                for b in range(min(4, Q - 4 * (tj + t))):
-                                    p_, q_ = 4 * ti + a, 4 * (tj + t) + b
-                                    y[((n * K + k) * P + p_) * Q + q_] = _direct_output(
-                                        x, weight, bias, n, k, p_, q_, C, H, W, Kg, Cg,
-                                        pad_h, pad_w,
-                                    )  # fmt: skip
+                            _recompute_tile(
+                                out, j0 + t, x, weight, bias, y, n, k, ti, tj + t, C, H, W, K,
+                                Kg, P, Q, pad_h, pad_w,
+                            )  # fmt: skip
                     tile += run
 
 
-def _work_size(kc: int, Cg: int) -> int:
+@jit(parallel=True)
+def _multiply_few(V, x, weight, bias, y, N, C, H, W, K, G, P, Q, pad_h, pad_w, tiles_h, tiles_w, work):
+    """:func:`_multiply_and_store` for at most FEW_TILES tiles (one panel), the GEMMs
+    transposed: M[xi]^T (tiles x NR channels) = V[xi]^T @ U[xi]^T, so the micro-kernel's
+    MR rows are tiles (rounded up to MR, not to a panel of NR) and its NR columns output
+    channels; the output transform runs across channels. One task per (group, NR output
+    channels); ``work`` holds :func:`_work_size` (NR, Cg) elements per thread."""
+    Cg, Kg = C // G, K // G
+    chunks = (Kg + NR - 1) // NR
+    total = N * tiles_h * tiles_w
+    rows_t = (total + MR - 1) // MR * MR  # tiles, rounded up to MR (V is 0 past total)
+    size = NR * Cg
+    per_thread = _work_size(NR, Cg)
+    for task in prange(G * chunks):
+        g, k0 = task // chunks, task % chunks * NR
+        rows = min(NR, Kg - k0)
+        start = numba.get_thread_id() * per_thread
+        weights = work[start : start + 9 * size]
+        lines = work[start + 9 * size : start + 12 * size]
+        u = work[start + 12 * size : start + 13 * size]
+        M = work[start + 13 * size : start + 13 * size + 36 * rows_t * NR]
+        out = numba.carray(_stack_like(_OUTPUTS, y), _OUTPUTS)
+        _gather_weights(weight, g * Kg + k0, rows, NR, Cg, weights)
+        for e1 in range(6):
+            _filter_lines(weights, size, e1, lines)
+            for e2 in range(6):
+                _filter_row(
+                    e2, lines[:size], lines[size : 2 * size], lines[2 * size : 3 * size], u[:size]
+                )  # u[c*NR + kk] = U[xi][kk, c]: row c of U[xi]^T
+                xi = e1 * 6 + e2
+                for i0 in range(0, rows_t, MR):
+                    # rows i of A = V[xi]^T: a[c*NR + i0 + i] = V[0, xi, g*Cg + c, i0 + i]
+                    a0 = (xi * C + g * Cg) * NR + i0
+                    _micro_kernel(Cg, V, a0, NR, u, 0, M, (xi * rows_t + i0) * NR)
+        zero = y.dtype.type(0)
+        for tile in range(total):
+            n, rest = tile // (tiles_h * tiles_w), tile % (tiles_h * tiles_w)
+            ti, tj = rest // tiles_w, rest % tiles_w
+            # out[a*4 + b, kk] for the NR channels: M[xi, tile, kk] is "row tile of Kc = rows_t"
+            finite = _output_tiles(M, 0, rows_t, tile, zero, out)
+            for a in range(min(4, P - 4 * ti)):
+                for b in range(min(4, Q - 4 * tj)):
+                    first = ((n * K + g * Kg + k0) * P + 4 * ti + a) * Q + 4 * tj + b
+                    column = out[(a * 4 + b) * NR : (a * 4 + b) * NR + rows]
+                    channel_bias = bias[g * Kg + k0 : g * Kg + k0 + rows]
+                    for kk in range(rows):
+                        y[first + kk * P * Q] = column[kk] + channel_bias[kk]
+            if not finite:
+                for kk in range(rows):
+                    _recompute_tile(
+                        out, kk, x, weight, bias, y, n, g * Kg + k0 + kk, ti, tj, C, H, W, K,
+                        Kg, P, Q, pad_h, pad_w,
+                    )  # fmt: skip
+
+
+@jit
+def _work_size(kc, Cg):
     """Per-thread workspace of :func:`_multiply_and_store`: weights, G w rows, U[xi],
     M for PANELS_MAX panels."""
     return 9 * kc * Cg + 3 * kc * Cg + kc * Cg + PANELS_MAX * 36 * kc * NR
@@ -415,8 +500,15 @@ def forward(x, weight, bias, y, g: ConvGeometry) -> None:
         x.reshape(-1), N, C, g.H, g.W, g.pad_h, g.pad_w, tiles_h, tiles_w, V, work
     )  # fmt: skip
     Kg = K // G
-    kc = min(-(-Kg // MR) * MR, KC_MAX)
     bias = np.zeros(K, x.dtype) if bias is None else bias
+    if N * tiles_h * tiles_w <= FEW_TILES:
+        work = scratch("winograd.work", threads * _work_size(NR, C // G), x.dtype)
+        _multiply_few(
+            V, x.reshape(-1), weight.reshape(-1), bias, y.reshape(-1), N, C, g.H, g.W, K, G,
+            g.P, g.Q, g.pad_h, g.pad_w, tiles_h, tiles_w, work,
+        )  # fmt: skip
+        return
+    kc = min(-(-Kg // MR) * MR, KC_MAX)
     work = scratch("winograd.work", threads * _work_size(kc, C // G), x.dtype)
     _multiply_and_store(
         V, x.reshape(-1), weight.reshape(-1), bias, y.reshape(-1), N, C, g.H, g.W, K, G,
