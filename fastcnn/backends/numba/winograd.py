@@ -428,7 +428,9 @@ def _multiply_and_store(
 
 
 @jit(parallel=True)
-def _multiply_few(V, x, weight, bias, y, N, C, H, W, K, G, P, Q, pad_h, pad_w, tiles_h, tiles_w, work):
+def _multiply_few(
+    V, x, weight, bias, y, N, C, H, W, K, G, P, Q, pad_h, pad_w, tiles_h, tiles_w, work
+):
     """:func:`_multiply_and_store` for at most FEW_TILES tiles (one panel), the GEMMs
     transposed: M[xi]^T (tiles x NR channels) = V[xi]^T @ U[xi]^T, so the micro-kernel's
     MR rows are tiles (rounded up to MR, not to a panel of NR) and its NR columns output
