@@ -361,8 +361,8 @@ def _multiply_and_store(
     per_m = PANELS_MAX * 36 * kc * NR
     for task in prange(G * chunks * runs):
         g = task // (chunks * runs)
-        k0 = task // runs % chunks * kc
-        panel0 = task % runs * PANELS_MAX
+        k0 = task % chunks * kc
+        panel0 = task // chunks % runs * PANELS_MAX
         rows = min(kc, Kg - k0)
         Kc = (rows + MR - 1) // MR * MR  # U rows, zero past ``rows``
         start = numba.get_thread_id() * (per_weights + per_lines + per_u + per_m)
@@ -379,7 +379,11 @@ def _multiply_and_store(
             _filter_lines(weights, size, e1, lines)
             for e2 in range(6):
                 _filter_row(
-                    e2, lines[:size], lines[size : 2 * size], lines[2 * size : 3 * size], u[:size]
+                    e2,
+                    lines[:size],
+                    lines[size : 2 * size],
+                    lines[2 * size : 3 * size],
+                    u[:size],
                 )  # u[c*Kc + kk] = (G w G^T)[e1, e2] = U[xi][kk, c]
                 xi = e1 * 6 + e2
                 for p in range(count):
@@ -392,8 +396,8 @@ def _multiply_and_store(
             for kk in range(rows):
                 k = g * Kg + k0 + kk
                 finite = _output_tiles(M, p * 36 * Kc * NR, Kc, kk, bias[k], out)
-                # Interleave: interleaved[a, 4*j + b] = out[a*4 + b, j] (output row a of every tile,
-                # in the order of y's columns), then copy each run of tiles of one tile row.
+                # Interleave: interleaved[a, 4*j + b] = out[a*4 + b, j] (output row a of every
+                # tile, in the order of y's columns), then copy each run of tiles of a tile row.
                 for a in range(4):
                     line = interleaved[4 * NR * a : 4 * NR * (a + 1)]
                     o0 = out[4 * NR * a : 4 * NR * a + NR]
@@ -456,7 +460,11 @@ def _multiply_few(
             _filter_lines(weights, size, e1, lines)
             for e2 in range(6):
                 _filter_row(
-                    e2, lines[:size], lines[size : 2 * size], lines[2 * size : 3 * size], u[:size]
+                    e2,
+                    lines[:size],
+                    lines[size : 2 * size],
+                    lines[2 * size : 3 * size],
+                    u[:size],
                 )  # u[c*NR + kk] = U[xi][kk, c]: row c of U[xi]^T
                 xi = e1 * 6 + e2
                 for i0 in range(0, rows_t, MR):
@@ -510,9 +518,16 @@ def forward(x, weight, bias, y, g: ConvGeometry) -> None:
             g.P, g.Q, g.pad_h, g.pad_w, tiles_h, tiles_w, work,
         )  # fmt: skip
         return
-    kc = min(-(-Kg // MR) * MR, KC_MAX)
+    chunks = -(-Kg // KC_MAX)
+    kc = -(-Kg // (chunks * MR)) * MR  # chunks of output channels as equal as MR allows
     work = scratch("winograd.work", threads * _work_size(kc, C // G), x.dtype)
-    _multiply_and_store(
-        V, x.reshape(-1), weight.reshape(-1), bias, y.reshape(-1), N, C, g.H, g.W, K, G,
-        g.P, g.Q, g.pad_h, g.pad_w, tiles_h, tiles_w, kc, work,
-    )  # fmt: skip
+    # Tasks differ in cost (the last chunk of channels, the last run of panels): hand them
+    # out one at a time instead of in equal contiguous blocks per thread.
+    previous = numba.set_parallel_chunksize(1)
+    try:
+        _multiply_and_store(
+            V, x.reshape(-1), weight.reshape(-1), bias, y.reshape(-1), N, C, g.H, g.W, K, G,
+            g.P, g.Q, g.pad_h, g.pad_w, tiles_h, tiles_w, kc, work,
+        )  # fmt: skip
+    finally:
+        numba.set_parallel_chunksize(previous)
