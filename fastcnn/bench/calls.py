@@ -132,7 +132,10 @@ def prepare_fastcnn(
         for s in host_sets:
             y = _forward_output(spec, s, params)
             grad_y = np.asarray(rng.standard_normal(np.shape(y))).astype(dtype)
-            host_values.append({**s, **params, "y": y, "grad_y": grad_y, "grad_output": grad_y})
+            saved = _saved_indices(spec, s, params) if "indices" in _parameters(function) else {}
+            host_values.append(
+                {**s, **params, **saved, "y": y, "grad_y": grad_y, "grad_output": grad_y}
+            )
         required = set(params)
     host_bound = [_bind(function, values, required) for values in host_values]
     gradient_bound = direction == "fwd" or (
@@ -188,6 +191,18 @@ def _spec_call(spec, direction, values, params, backend, sets, algo) -> Prepared
         return spec.backward(inputs, params, values[i]["grad_y"], values[i]["y"], backend)
 
     return PreparedCall(lambda: call(0), call, sets, "fresh")
+
+
+def _parameters(function: Callable):
+    return inspect.signature(function).parameters
+
+
+def _saved_indices(spec: OpSpec, inputs: Arrays, params: dict) -> dict:
+    """Max-pool backward takes the forward's indices, as the peer's autograd does (and
+    fastcnn's MaxPool2d layer): computed here, outside the timed call."""
+    forward = getattr(F, spec.ops[0])
+    arguments = _bind(forward, {**inputs, **params}, set())
+    return {"indices": forward(**arguments, return_indices=True)[1]}
 
 
 def _forward_output(spec: OpSpec, inputs: Arrays, params: dict):
