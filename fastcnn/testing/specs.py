@@ -370,7 +370,11 @@ def _pool_cost(max_pool: bool):
     def cost(case: Case, itemsize: int, direction: str) -> tuple[float, float]:
         g = _pool_geometry(case, max_pool)
         x, y = g.N * g.C * g.H * g.W, g.N * g.C * g.P * g.Q
-        traffic = itemsize * (x + y) if direction == "fwd" else itemsize * (2 * x + y)
+        # forward: read x, write y; backward: read grad_y, write grad_x, and for max
+        # pooling read the forward's int64 indices of the maxima.
+        traffic = itemsize * (x + y)
+        if direction == "bwd" and max_pool:
+            traffic += 8 * y
         return y * g.R * g.S, traffic
 
     return cost
