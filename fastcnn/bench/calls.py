@@ -8,7 +8,7 @@ timed call.
 fastcnn calls are bound by parameter name from the spec's inputs and parameters
 (``conv2d(x=..., weight=..., stride=..., algo=..., out=..., backend=...)``), so a new
 op in the spec table needs nothing here. The peer's forward is the spec's
-``torch_forward`` (with one exception, below); its backward is
+``torch_forward``; its backward is
 ``torch.autograd.grad`` on a graph built outside the timed call, so neither side's
 backward time includes a forward.
 """
@@ -220,53 +220,6 @@ def _forward_output(spec: OpSpec, inputs: Arrays, params: dict):
 # ---------------------------------------------------------------------------- the peer
 
 
-def _torch_conv2d(torch_functional, tensors, params):
-    """PyTorch's conv2d with its own padding where the padding is symmetric.
-
-    The spec's ``torch_forward`` pads explicitly first (to express TensorFlow-style
-    "same" padding), which costs PyTorch an extra copy of x per call: a third of the
-    time of a depthwise convolution. Symmetric padding needs no such copy.
-    """
-    from fastcnn import _shapes
-
-    geometry = _shapes.conv2d_geometry(
-        tuple(tensors["x"].shape),
-        tuple(tensors["weight"].shape),
-        None,
-        params.get("stride", 1),
-        params.get("padding", 0),
-        params.get("dilation", 1),
-        params.get("groups", 1),
-    )
-    if (geometry.pad_bottom, geometry.pad_right) != (geometry.pad_h, geometry.pad_w):
-        return None
-    return torch_functional.conv2d(
-        tensors["x"],
-        tensors["weight"],
-        tensors.get("bias"),
-        (geometry.stride_h, geometry.stride_w),
-        (geometry.pad_h, geometry.pad_w),
-        (geometry.dilation_h, geometry.dilation_w),
-        geometry.groups,
-    )
-
-
-_TORCH_FORWARD_OVERRIDES = {"conv2d": _torch_conv2d}
-
-
-def _torch_forward(spec: OpSpec) -> Callable:
-    override = _TORCH_FORWARD_OVERRIDES.get(spec.name)
-
-    def forward(torch_functional, tensors, params):
-        if override is not None:
-            result = override(torch_functional, tensors, params)
-            if result is not None:
-                return result
-        return spec.torch_forward(torch_functional, tensors, params)
-
-    return forward
-
-
 def prepare_torch(
     spec: OpSpec, case: Case, direction: str, dtype: str, sets: int, device: str = "cpu"
 ) -> PreparedCall:
@@ -279,7 +232,7 @@ def prepare_torch(
         {name: torch.from_numpy(array).to(device) for name, array in s.items()} for s in host_inputs
     ]
     params = dict(case.params)
-    forward = _torch_forward(spec)
+    forward = spec.torch_forward
     if direction == "fwd":
 
         def call(i: int):
