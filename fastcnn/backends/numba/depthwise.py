@@ -1,23 +1,131 @@
 """Depthwise convolution (one input channel per group, any channel multiplier), fwd + bwd.
-Algorithm: the small-channel direct kernel (small_channels.py) with one channel per group.
+Algorithm: 3x3, stride 1 or 2, multiplier 1: one pass per (image, channel) plane over
+a ring of three staged input rows; everything else: the small-channel kernel.
 
-Memory-bound: 2 * R * S FLOPs per output against one read of x and one write of y.
-Per (image, channel, block of output rows) the input rows are staged once into L1,
-zero-padded and split into stride phases; each output row is accumulated there over
-4 taps per sweep and written once. No padded copy of x, no bounds tests per tap.
+Memory-bound: 18 FLOPs per output against one read of x and one write of y (4 + 4
+bytes per output at stride 1). Each input row is copied once into a zero-padded,
+stride-phase-split row of the thread's ring (L1: 4 x 114 floats), where the three
+output rows that read it find it; each output row sums its 9 taps over contiguous
+runs of the ring in registers and is written once. Threads take whole planes.
 """
 
 from __future__ import annotations
 
+import numba
+from numba import prange
+
 from fastcnn._shapes import ConvGeometry
 from fastcnn.backends.numba import small_channels
+from fastcnn.backends.numba._setup import jit
+from fastcnn.backends.numba.workspace import scratch
+
+
+def takes_ring(g: ConvGeometry) -> bool:
+    """3x3, stride 1 or 2 (same both ways), dilation 1, multiplier 1."""
+    return (
+        g.K == g.C == g.groups
+        and (g.R, g.S, g.dilation_h, g.dilation_w) == (3, 3, 1, 1)
+        and g.stride_h == g.stride_w
+        and g.stride_h in (1, 2)
+    )
+
+
+@jit
+def _load_row(x, source, W, sw, pw, width, slot):
+    """slot[b*width + j] = x[source + j*sw + b - pw] (0 outside the row), b < sw."""
+    if sw == 2:
+        small_channels._deinterleave(x[source:][:W], pw, width, slot, 0, width)
+        return
+    lo = min(pw, width)
+    hi = max(min(width, W + pw), lo)
+    slot[:lo] = 0
+    slot[lo:hi] = x[source + lo - pw : source + hi - pw]
+    slot[hi:width] = 0
+
+
+@jit(parallel=True)
+def _ring_forward(x, w, bias, y, planes, C, H, W, P, Q, s, ph, pw, work):
+    """y[plane, p, q] = bias[c] + sum_{r, t} w[c, r, t] * x[plane, p*s + r - ph, q*s + t - pw]."""
+    width = Q + 2 // s  # per phase: column q of tap t reads phase t % s at q + t // s
+    row = s * width  # one staged input row, all its phases
+    per = 4 * row  # three ring slots and a zero row
+    threads = work.size // per
+    for part in prange(threads):
+        ring = work[part * per : (part + 1) * per]
+        ring[3 * row :] = 0
+        for plane in range(part * planes // threads, (part + 1) * planes // threads):
+            c = plane % C
+            k = w[c * 9 : c * 9 + 9]
+            w0, w1, w2, w3, w4, w5 = k[0], k[1], k[2], k[3], k[4], k[5]
+            w6, w7, w8 = k[6], k[7], k[8]
+            b = bias[c]
+            source = plane * H * W
+            loaded0 = loaded1 = loaded2 = -1  # the input row held by each slot
+            for p in range(P):
+                h0 = p * s - ph
+                for h in range(h0, h0 + 3):
+                    if 0 <= h < H:
+                        slot = h % 3
+                        held = loaded0 if slot == 0 else (loaded1 if slot == 1 else loaded2)
+                        if held != h:
+                            _load_row(x, source + h * W, W, s, pw, width, ring[slot * row :])
+                            if slot == 0:
+                                loaded0 = h
+                            elif slot == 1:
+                                loaded1 = h
+                            else:
+                                loaded2 = h
+                base0 = (h0 % 3) * row if 0 <= h0 < H else 3 * row
+                base1 = ((h0 + 1) % 3) * row if 0 <= h0 + 1 < H else 3 * row
+                base2 = ((h0 + 2) % 3) * row if 0 <= h0 + 2 < H else 3 * row
+                # tap t of a row: phase t % s, shifted by t // s
+                t1, t2 = (1 % s) * width + 1 // s, (2 % s) * width + 2 // s
+                a0, a1, a2 = ring[base0:][:Q], ring[base0 + t1 :][:Q], ring[base0 + t2 :][:Q]
+                b0, b1, b2 = ring[base1:][:Q], ring[base1 + t1 :][:Q], ring[base1 + t2 :][:Q]
+                c0, c1, c2 = ring[base2:][:Q], ring[base2 + t1 :][:Q], ring[base2 + t2 :][:Q]
+                out = y[(plane * P + p) * Q :][:Q]
+                for q in range(Q):
+                    out[q] = (
+                        b
+                        + (w0 * a0[q] + w1 * a1[q] + w2 * a2[q])
+                        + (w3 * b0[q] + w4 * b1[q] + w5 * b2[q])
+                        + (w6 * c0[q] + w7 * c1[q] + w8 * c2[q])
+                    )
+
+
+def _ring(x, weight, bias, y, g: ConvGeometry) -> None:
+    if bias is None:
+        bias = scratch("depthwise.bias", g.K, x.dtype, zeroed=True)
+    threads = numba.get_num_threads()
+    s = g.stride_w
+    per = 4 * s * (g.Q + 2 // s)
+    work = scratch("depthwise.ring", threads * per, x.dtype)
+    _ring_forward(
+        x.reshape(-1), weight.reshape(-1), bias, y.reshape(-1), g.N * g.C, g.C, g.H, g.W,
+        g.P, g.Q, s, g.pad_h, g.pad_w, work,
+    )  # fmt: skip
 
 
 def forward(x, weight, bias, y, g: ConvGeometry) -> None:
-    small_channels.forward(x, weight, bias, y, g)
+    if takes_ring(g) and g.N * g.C > 0:
+        _ring(x, weight, bias, y, g)
+    else:
+        small_channels.forward(x, weight, bias, y, g)
 
 
 def backward(grad_y, x, weight, grad_x, grad_weight, g: ConvGeometry) -> None:
     """grad_x: stride 1 as the forward pass with the flipped weight, other strides by
     the staged adjoint; grad_weight: per-thread partial sums over images and rows."""
+    if takes_ring(g) and g.stride_h == 1 and g.N * g.C > 0:
+        from fastcnn.backends.numba.conv2d import transposed_geometry
+
+        t = transposed_geometry(g)
+        flipped = scratch("depthwise.flipped", weight.size, weight.dtype)
+        flipped[:] = weight.reshape(g.K, 9)[:, ::-1].reshape(-1)
+        if takes_ring(t) and 0 <= t.pad_h and 0 <= t.pad_w:
+            _ring(grad_y, flipped, None, grad_x, t)
+        else:
+            small_channels.input_gradient(grad_y, weight, grad_x, g)
+        small_channels.weight_gradient(grad_y, x, grad_weight, g)
+        return
     small_channels.backward(grad_y, x, weight, grad_x, grad_weight, g)
