@@ -68,15 +68,16 @@ def float_dtype(**arrays) -> np.dtype:
     return dtype
 
 
-def integer_labels(name: str, labels, classes: int, xp: ModuleType):
-    """Check integer class labels in ``[0, classes)`` and return them as contiguous int64."""
-    if labels.dtype.kind not in "iu":
-        raise TypeError(f"{name} must be an integer array of class indices, got {labels.dtype}")
-    if labels.size:
-        low, high = int(labels.min()), int(labels.max())
-        if low < 0 or high >= classes:
-            raise ValueError(f"{name} must lie in [0, {classes}), got values in [{low}, {high}]")
-    return xp.ascontiguousarray(labels, dtype=xp.int64)
+def integer_indices(name: str, indices, bound: int, xp: ModuleType):
+    """Check integer indices (class labels, max-pool positions) in ``[0, bound)`` and
+    return them as contiguous int64: a kernel may then index with them unchecked."""
+    if indices.dtype.kind not in "iu":
+        raise TypeError(f"{name} must be an integer array of indices, got {indices.dtype}")
+    if indices.size:
+        low, high = int(indices.min()), int(indices.max())
+        if low < 0 or high >= bound:
+            raise ValueError(f"{name} must lie in [0, {bound}), got values in [{low}, {high}]")
+    return xp.ascontiguousarray(indices, dtype=xp.int64)
 
 
 def contiguous(xp: ModuleType, array):

@@ -23,7 +23,7 @@ from types import ModuleType
 import numpy as np
 
 from fastcnn import _shapes
-from fastcnn._arrays import array_module, contiguous, empty, float_dtype, integer_labels
+from fastcnn._arrays import array_module, contiguous, empty, float_dtype, integer_indices
 from fastcnn.backends import algorithms, select
 
 __all__ = [
@@ -318,7 +318,7 @@ def max_pool2d_backward(
             raise ValueError(
                 f"indices must have shape {geometry.output_shape}, got {indices.shape}"
             )
-        indices = integer_labels("indices", indices, geometry.H * geometry.W, xp)
+        indices = integer_indices("indices", indices, geometry.H * geometry.W, xp)
     kernel = _kernel("max_pool2d_backward", xp, backend)
     grad_x = _output(xp, x.shape, dtype, out, [("grad_y", grad_y), ("x", x)])
     if grad_x.size:
@@ -578,7 +578,7 @@ def _cross_entropy_args(logits, labels, reduction):
     xp = array_module(logits=logits, labels=labels)
     dtype = float_dtype(logits=logits)
     rows, classes = _shapes.cross_entropy_shapes(logits.shape, labels.shape, reduction)
-    labels = integer_labels("labels", labels, classes, xp).reshape(rows)
+    labels = integer_indices("labels", labels, classes, xp).reshape(rows)
     logit_rows, moved_shape = _rows_last(xp, logits, 1)
     return xp, dtype, logit_rows, labels, moved_shape
 
