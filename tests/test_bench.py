@@ -160,3 +160,29 @@ def test_suites_come_from_the_spec_table():
     assert Task.from_json(task.to_json()) == task
     with pytest.raises(ValueError, match="suite"):
         suite_cases("tiny")
+
+
+def test_gpu_comparison_finds_the_crossover(smoke_run):
+    """The CPU-vs-GPU arithmetic, with a stand-in runner (no GPU is needed): the GPU
+    costs a fixed launch-and-copy overhead plus little per image, the CPU only per image."""
+    from fastcnn.bench import runner as bench_runner
+
+    _, document, _, _ = smoke_run
+    cpu = next(r for r in document["results"] if r["op"] == "relu" and r["direction"] == "fwd")
+    gpu = {**cpu, "device": "gpu", "backend": "cuda", "variant": "cuda", "median_s": 1e-4,
+           "with_copies": {"median_s": 2e-4}}  # fmt: skip
+    cpu = {**cpu, "median_s": 8e-4, "batch": 16}
+    gpu["batch"] = 16
+
+    class StandInRunner:
+        def measure(self, task):
+            per_image = 1e-4 if task.backend != "cuda" else 1e-6
+            overhead = 0.0 if task.backend != "cuda" else 3.5e-4
+            return {"status": "ok", "median_s": overhead + per_image * task.batch}
+
+    settings = bench_runner.BenchSettings(**{**document["settings"], "gpu_crossover": True})
+    [comparison] = bench_runner.gpu_comparison(StandInRunner(), {"results": [cpu, gpu]}, settings)
+    assert comparison["gpu_speedup"] == pytest.approx(8.0)
+    assert comparison["gpu_speedup_with_copies"] == pytest.approx(4.0)
+    # CPU 1e-4 * b against GPU 3.5e-4 + 1e-6 * b: the GPU first wins at batch 4.
+    assert comparison["crossover_batch"] == 4
