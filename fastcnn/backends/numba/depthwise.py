@@ -12,6 +12,7 @@ runs of the ring in registers and is written once. Threads take whole planes.
 from __future__ import annotations
 
 import numba
+import numpy as np
 from numba import prange
 
 from fastcnn._shapes import ConvGeometry
@@ -43,6 +44,21 @@ def _load_row(x, source, W, sw, pw, width, slot):
     slot[hi:width] = 0
 
 
+@jit
+def _advance(x, source, H, W, s, pw, width, ring, h0, p):
+    """Stage input rows h0 .. h0 + 2 in ring slots h % 3 (output row p = (h0 + ph) / s;
+    those of row p - 1 are there already) and return the three slots' offsets, the
+    zero row for rows outside the image."""
+    row = s * width
+    first = h0 if p == 0 else h0 + 3 - s
+    for h in range(max(first, 0), min(h0 + 3, H)):
+        _load_row(x, source + h * W, W, s, pw, width, ring[h % 3 * row :])
+    base0 = (h0 % 3) * row if 0 <= h0 < H else 3 * row
+    base1 = ((h0 + 1) % 3) * row if 0 <= h0 + 1 < H else 3 * row
+    base2 = ((h0 + 2) % 3) * row if 0 <= h0 + 2 < H else 3 * row
+    return base0, base1, base2
+
+
 @jit(parallel=True)
 def _ring_forward(x, w, bias, y, planes, C, H, W, P, Q, s, ph, pw, work):
     """y[plane, p, q] = bias[c] + sum_{r, t} w[c, r, t] * x[plane, p*s + r - ph, q*s + t - pw]."""
@@ -60,24 +76,8 @@ def _ring_forward(x, w, bias, y, planes, C, H, W, P, Q, s, ph, pw, work):
             w6, w7, w8 = k[6], k[7], k[8]
             b = bias[c]
             source = plane * H * W
-            loaded0 = loaded1 = loaded2 = -1  # the input row held by each slot
             for p in range(P):
-                h0 = p * s - ph
-                for h in range(h0, h0 + 3):
-                    if 0 <= h < H:
-                        slot = h % 3
-                        held = loaded0 if slot == 0 else (loaded1 if slot == 1 else loaded2)
-                        if held != h:
-                            _load_row(x, source + h * W, W, s, pw, width, ring[slot * row :])
-                            if slot == 0:
-                                loaded0 = h
-                            elif slot == 1:
-                                loaded1 = h
-                            else:
-                                loaded2 = h
-                base0 = (h0 % 3) * row if 0 <= h0 < H else 3 * row
-                base1 = ((h0 + 1) % 3) * row if 0 <= h0 + 1 < H else 3 * row
-                base2 = ((h0 + 2) % 3) * row if 0 <= h0 + 2 < H else 3 * row
+                base0, base1, base2 = _advance(x, source, H, W, s, pw, width, ring, p * s - ph, p)
                 # tap t of a row: phase t % s, shifted by t // s
                 t1, t2 = (1 % s) * width + 1 // s, (2 % s) * width + 2 // s
                 a0, a1, a2 = ring[base0:][:Q], ring[base0 + t1 :][:Q], ring[base0 + t2 :][:Q]
@@ -93,16 +93,75 @@ def _ring_forward(x, w, bias, y, planes, C, H, W, P, Q, s, ph, pw, work):
                     )
 
 
+@jit(parallel=True)
+def _ring_weight_gradient(gy, x, partial, planes, C, H, W, P, Q, s, ph, pw, work):
+    """partial[part, c, r, t] = sum over this part's planes of channel c and all p, q of
+    gy[plane, p, q] * x[plane, p*s + r - ph, q*s + t - pw]; the caller sums the parts."""
+    width = Q + 2 // s
+    row = s * width
+    per = 4 * row
+    threads = work.size // per
+    t1, t2 = (1 % s) * width + 1 // s, (2 % s) * width + 2 // s
+    for part in prange(threads):
+        ring = work[part * per : (part + 1) * per]
+        ring[3 * row :] = 0
+        out = partial[part * C * 9 : (part + 1) * C * 9]
+        out[:] = 0
+        for plane in range(part * planes // threads, (part + 1) * planes // threads):
+            zero = ring[3 * row]  # typed like the data
+            s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = s8 = zero
+            source = plane * H * W
+            for p in range(P):
+                base0, base1, base2 = _advance(x, source, H, W, s, pw, width, ring, p * s - ph, p)
+                a0, a1, a2 = ring[base0:][:Q], ring[base0 + t1 :][:Q], ring[base0 + t2 :][:Q]
+                b0, b1, b2 = ring[base1:][:Q], ring[base1 + t1 :][:Q], ring[base1 + t2 :][:Q]
+                c0, c1, c2 = ring[base2:][:Q], ring[base2 + t1 :][:Q], ring[base2 + t2 :][:Q]
+                g = gy[(plane * P + p) * Q :][:Q]
+                for q in range(Q):
+                    v = g[q]
+                    s0 += v * a0[q]
+                    s1 += v * a1[q]
+                    s2 += v * a2[q]
+                    s3 += v * b0[q]
+                    s4 += v * b1[q]
+                    s5 += v * b2[q]
+                    s6 += v * c0[q]
+                    s7 += v * c1[q]
+                    s8 += v * c2[q]
+            k = out[plane % C * 9 :][:9]
+            k[0] += s0
+            k[1] += s1
+            k[2] += s2
+            k[3] += s3
+            k[4] += s4
+            k[5] += s5
+            k[6] += s6
+            k[7] += s7
+            k[8] += s8
+
+
+def _ring_work(g: ConvGeometry, dtype) -> np.ndarray:
+    s = g.stride_w
+    return scratch("depthwise.ring", numba.get_num_threads() * 4 * s * (g.Q + 2 // s), dtype)
+
+
+def _weight_gradient(grad_y, x, grad_weight, g: ConvGeometry) -> None:
+    threads = numba.get_num_threads()
+    partial = scratch("depthwise.partial", threads * g.C * 9, x.dtype)
+    _ring_weight_gradient(
+        grad_y.reshape(-1), x.reshape(-1), partial, g.N * g.C, g.C, g.H, g.W, g.P, g.Q,
+        g.stride_w, g.pad_h, g.pad_w, _ring_work(g, x.dtype),
+    )  # fmt: skip
+    np.sum(partial.reshape(threads, g.C * 9), axis=0, out=grad_weight.reshape(-1))
+
+
 def _ring(x, weight, bias, y, g: ConvGeometry) -> None:
     if bias is None:
         bias = scratch("depthwise.bias", g.K, x.dtype, zeroed=True)
-    threads = numba.get_num_threads()
-    s = g.stride_w
-    per = 4 * s * (g.Q + 2 // s)
-    work = scratch("depthwise.ring", threads * per, x.dtype)
+    work = _ring_work(g, x.dtype)
     _ring_forward(
         x.reshape(-1), weight.reshape(-1), bias, y.reshape(-1), g.N * g.C, g.C, g.H, g.W,
-        g.P, g.Q, s, g.pad_h, g.pad_w, work,
+        g.P, g.Q, g.stride_w, g.pad_h, g.pad_w, work,
     )  # fmt: skip
 
 
@@ -115,17 +174,18 @@ def forward(x, weight, bias, y, g: ConvGeometry) -> None:
 
 def backward(grad_y, x, weight, grad_x, grad_weight, g: ConvGeometry) -> None:
     """grad_x: stride 1 as the forward pass with the flipped weight, other strides by
-    the staged adjoint; grad_weight: per-thread partial sums over images and rows."""
-    if takes_ring(g) and g.stride_h == 1 and g.N * g.C > 0:
-        from fastcnn.backends.numba.conv2d import transposed_geometry
+    the small-channel kernel's staged adjoint; grad_weight: per-thread partial sums
+    over the planes, one pass over x and grad_y."""
+    if not (takes_ring(g) and g.N * g.C > 0):
+        small_channels.backward(grad_y, x, weight, grad_x, grad_weight, g)
+        return
+    from fastcnn.backends.numba.conv2d import transposed_geometry
 
-        t = transposed_geometry(g)
+    t = transposed_geometry(g)
+    if g.stride_h == 1 and takes_ring(t) and t.pad_h >= 0 and t.pad_w >= 0:
         flipped = scratch("depthwise.flipped", weight.size, weight.dtype)
         flipped[:] = weight.reshape(g.K, 9)[:, ::-1].reshape(-1)
-        if takes_ring(t) and 0 <= t.pad_h and 0 <= t.pad_w:
-            _ring(grad_y, flipped, None, grad_x, t)
-        else:
-            small_channels.input_gradient(grad_y, weight, grad_x, g)
-        small_channels.weight_gradient(grad_y, x, grad_weight, g)
-        return
-    small_channels.backward(grad_y, x, weight, grad_x, grad_weight, g)
+        _ring(grad_y, flipped, None, grad_x, t)
+    else:
+        small_channels.input_gradient(grad_y, weight, grad_x, g)
+    _weight_gradient(grad_y, x, grad_weight, g)
