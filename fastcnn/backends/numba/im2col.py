@@ -17,7 +17,16 @@ from numba import prange
 from fastcnn._shapes import ConvGeometry
 from fastcnn.backends.numba._setup import jit
 from fastcnn.backends.numba.direct import pack_weights
-from fastcnn.backends.numba.gemm import MR, NR, multiply_rows, pack_a, panels
+from fastcnn.backends.numba.gemm import (
+    KC_IMAGES,
+    MR,
+    NR,
+    PANELS_IMAGES,
+    multiply_images,
+    multiply_rows,
+    pack_a,
+    panels,
+)
 from fastcnn.backends.numba.workspace import scratch
 
 CHUNK = 4 * NR
@@ -94,6 +103,9 @@ def forward(x, weight, bias, y, g: ConvGeometry) -> None:
     pack_weights(weight.reshape(-1), G, Kg, T, packed)
     init = scratch("im2col.zero_bias", g.K, x.dtype, zeroed=True) if bias is None else bias
     plain = (g.R, g.S, g.stride_h, g.stride_w, g.pad_h, g.pad_w) == (1, 1, 1, 1, 0, 0)
+    if plain and G == 1:
+        _multiply_images(packed, g.K, g.C, x, g.N, g.H * g.W, init, y)
+        return
     _forward(
         x.reshape(-1), packed, init, y.reshape(-1), g.N, g.C, g.H, g.W, g.K, G, g.R, g.S,
         g.P, g.Q, g.stride_h, g.stride_w, g.pad_h, g.pad_w, g.dilation_h, g.dilation_w, plain,
@@ -170,11 +182,28 @@ def _col2im_block(columns, gx, x0, j0, count, C, H, W, R, S, Q, sh, sw, ph, pw, 
                 t += 1
 
 
+def _multiply_images(packed, M, depth, x, N, HW, init, y) -> None:
+    """y[n] = A @ x[n] (+ init) for every image, A packed (M x depth): gemm.multiply_images."""
+    parts = numba.get_num_threads()
+    multiply_images(
+        packed, M, depth, x.reshape(-1), N, HW, init, y.reshape(-1), parts,
+        scratch("im2col.image_panels", parts * PANELS_IMAGES * KC_IMAGES * NR, x.dtype),
+        scratch("im2col.image_tiles", parts * PANELS_IMAGES * panels(M) * MR * NR, x.dtype),
+    )  # fmt: skip
+
+
 def input_gradient(grad_y, weight, grad_x, g: ConvGeometry) -> None:
     G, Kg = g.groups, g.K // g.groups
     T = g.C // G * g.R * g.S
     parts = numba.get_num_threads()
     dtype = grad_x.dtype
+    if (g.R, g.S, g.stride_h, g.stride_w, g.pad_h, g.pad_w, G) == (1, 1, 1, 1, 0, 0, 1):
+        # grad_x[n] = W^T @ grad_y[n]: the forward GEMM with A = W^T (C x K).
+        packed = scratch("im2col.packed_transposed", panels(g.C) * g.K * MR, dtype)
+        pack_a(weight.reshape(-1), 0, 1, g.C, g.C, g.K, packed, 0)
+        zero = scratch("im2col.zero_rows", g.C, dtype, zeroed=True)
+        _multiply_images(packed, g.C, g.K, grad_y, g.N, g.H * g.W, zero, grad_x)
+        return
     _input_gradient(
         grad_y.reshape(-1), weight.reshape(-1), grad_x.reshape(-1), g.N, g.C, g.H, g.W, g.K,
         g.groups, g.R, g.S, g.P, g.Q, g.stride_h, g.stride_w, g.pad_h, g.pad_w,
