@@ -155,6 +155,82 @@ def _weight_gradient(grad_y, x, grad_weight, g: ConvGeometry) -> None:
     np.sum(partial.reshape(threads, g.C * 9), axis=0, out=grad_weight.reshape(-1))
 
 
+@jit
+def _load_grad(gy, source, p, P, Q, ring, span):
+    """Stage grad_y row p (0 outside the plane) at ring[(p % 2)*span + 1 :], with a zero
+    column on each side (slot 2 stays all zero); return the slot's offset."""
+    if p < 0 or p >= P:
+        return 2 * span
+    base = (p % 2) * span
+    ring[base + 1 : base + 1 + Q] = gy[source + p * Q : source + (p + 1) * Q]
+    return base
+
+
+@jit(parallel=True)
+def _ring_input_gradient_stride2(gy, w, gx, planes, C, H, W, P, Q, ph, pw, work):
+    """grad_x of the 3x3 stride-2 depthwise convolution, row by row: input row h gets
+    the grad_y rows p = (h + ph - r) / 2 for the taps r of its parity, columns likewise:
+    with u = v + pw, even u = 2m gets w[r, 0] g[m] + w[r, 2] g[m - 1], odd u = 2m + 1
+    gets w[r, 1] g[m]; the two column phases are then interleaved into grad_x's row."""
+    M = (W + pw) // 2 + 1  # m of every column v < W
+    span = max(Q + 2, M + 1)
+    per = 3 * span + 2 * M
+    threads = work.size // per
+    for part in prange(threads):
+        ring = work[part * per : part * per + 3 * span]
+        even = work[part * per + 3 * span :][:M]
+        odd = work[part * per + 3 * span + M :][:M]
+        ring[:] = 0
+        for plane in range(part * planes // threads, (part + 1) * planes // threads):
+            k = w[plane % C * 9 :][:9]
+            source = plane * P * Q
+            for h in range(H):
+                u = h + ph
+                if u % 2 == 0:  # taps r = 0 (row u / 2) and r = 2 (row u / 2 - 1)
+                    p = u // 2
+                    if h == 0:
+                        _load_grad(gy, source, p - 1, P, Q, ring, span)
+                    top = _load_grad(gy, source, p, P, Q, ring, span)
+                    bottom = (p - 1) % 2 * span if 0 <= p - 1 < P else 2 * span
+                    g0, g0s = ring[top + 1 :][:M], ring[top:][:M]
+                    g2, g2s = ring[bottom + 1 :][:M], ring[bottom:][:M]
+                    k0, k1, k2, k6, k7, k8 = k[0], k[1], k[2], k[6], k[7], k[8]
+                    for m in range(M):
+                        even[m] = (k0 * g0[m] + k2 * g0s[m]) + (k6 * g2[m] + k8 * g2s[m])
+                        odd[m] = k1 * g0[m] + k7 * g2[m]
+                else:  # tap r = 1, row (u - 1) / 2
+                    p = (u - 1) // 2
+                    if h == 0:
+                        middle = _load_grad(gy, source, p, P, Q, ring, span)
+                    else:
+                        middle = p % 2 * span if 0 <= p < P else 2 * span
+                    g1, g1s = ring[middle + 1 :][:M], ring[middle:][:M]
+                    k3, k4, k5 = k[3], k[4], k[5]
+                    for m in range(M):
+                        even[m] = k3 * g1[m] + k5 * g1s[m]
+                        odd[m] = k4 * g1[m]
+                out = gx[(plane * H + h) * W :][:W]
+                # v = 2j gets phase pw % 2 at m = j + pw // 2, v = 2j + 1 the other
+                # phase at m = j + (pw + 1) // 2
+                first = even[pw // 2 :] if pw % 2 == 0 else odd[pw // 2 :]
+                second = odd[(pw + 1) // 2 :] if pw % 2 == 0 else even[(pw + 1) // 2 :]
+                for j in range(W // 2):
+                    out[2 * j] = first[j]
+                    out[2 * j + 1] = second[j]
+                if W % 2:
+                    out[W - 1] = first[W // 2]
+
+
+def _input_gradient_stride2(grad_y, weight, grad_x, g: ConvGeometry) -> None:
+    M = (g.W + g.pad_w) // 2 + 1
+    per = 3 * max(g.Q + 2, M + 1) + 2 * M
+    work = scratch("depthwise.gradient_rows", numba.get_num_threads() * per, grad_y.dtype)
+    _ring_input_gradient_stride2(
+        grad_y.reshape(-1), weight.reshape(-1), grad_x.reshape(-1), g.N * g.C, g.C, g.H,
+        g.W, g.P, g.Q, g.pad_h, g.pad_w, work,
+    )  # fmt: skip
+
+
 def _ring(x, weight, bias, y, g: ConvGeometry) -> None:
     if bias is None:
         bias = scratch("depthwise.bias", g.K, x.dtype, zeroed=True)
@@ -173,8 +249,8 @@ def forward(x, weight, bias, y, g: ConvGeometry) -> None:
 
 
 def backward(grad_y, x, weight, grad_x, grad_weight, g: ConvGeometry) -> None:
-    """grad_x: stride 1 as the forward pass with the flipped weight, other strides by
-    the small-channel kernel's staged adjoint; grad_weight: per-thread partial sums
+    """grad_x: stride 1 as the forward pass with the flipped weight, stride 2 row by row
+    over two staged grad_y rows; grad_weight: per-thread partial sums
     over the planes, one pass over x and grad_y."""
     if not (takes_ring(g) and g.N * g.C > 0):
         small_channels.backward(grad_y, x, weight, grad_x, grad_weight, g)
@@ -186,6 +262,8 @@ def backward(grad_y, x, weight, grad_x, grad_weight, g: ConvGeometry) -> None:
         flipped = scratch("depthwise.flipped", weight.size, weight.dtype)
         flipped[:] = weight.reshape(g.K, 9)[:, ::-1].reshape(-1)
         _ring(grad_y, flipped, None, grad_x, t)
+    elif g.stride_h == 2:
+        _input_gradient_stride2(grad_y, weight, grad_x, g)
     else:
         small_channels.input_gradient(grad_y, weight, grad_x, g)
     _weight_gradient(grad_y, x, grad_weight, g)
