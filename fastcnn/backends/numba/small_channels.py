@@ -107,11 +107,14 @@ def _deinterleave(row, pw, width, stage, base, plane):
     W = row.size
     lo = min((pw + 1) // 2, width)  # 2j - pw >= 0
     hi = max(min(width, (W - 2 + pw) // 2 + 1), lo)  # 2j + 1 - pw <= W - 1
-    for j in range(width):
-        if j < lo or j >= hi:
-            for b in range(2):
-                v = 2 * j + b - pw
-                stage[base + b * plane + j] = row[v] if 0 <= v < W else 0
+    for j in range(lo):  # the columns outside [lo, hi): at most the padding
+        for b in range(2):
+            v = 2 * j + b - pw
+            stage[base + b * plane + j] = row[v] if 0 <= v < W else 0
+    for j in range(hi, width):
+        for b in range(2):
+            v = 2 * j + b - pw
+            stage[base + b * plane + j] = row[v] if 0 <= v < W else 0
     if hi > lo:
         even = stage[base + lo : base + hi]
         odd = stage[base + plane + lo : base + plane + hi]
