@@ -169,9 +169,10 @@ PANELS_IMAGES = 4
 
 
 @jit
-def _pack_image_columns(x, depth, HW, columns, k0, kc, col0, packed):
-    """packed[k*NR + j] = x[n, k0 + k, pq] for the flat column col0 + j = n*HW + pq of
-    the images side by side; columns at or past ``columns`` (= N*HW) are zero."""
+def _pack_image_columns(x, depth, plane, W, sh, sw, HW, Q, columns, k0, kc, col0, packed):
+    """packed[k*NR + j] = x[n, k0 + k, p*sh, q*sw] (x's planes: ``plane`` elements, rows
+    W wide) for the flat column col0 + j = n*HW + p*Q + q of the images side by side;
+    columns at or past ``columns`` (= N*HW) are zero."""
     j = 0
     while j < NR:
         col = col0 + j
@@ -181,19 +182,28 @@ def _pack_image_columns(x, depth, HW, columns, k0, kc, col0, packed):
                     packed[k * NR + u] = 0
             break
         n, pq = col // HW, col % HW
-        run = min(NR - j, HW - pq, columns - col)
-        source = (n * depth + k0) * HW + pq
+        if sh == 1 and sw == 1:  # positions are contiguous within an image
+            run = min(NR - j, HW - pq, columns - col)
+            source = (n * depth + k0) * plane + pq
+        else:  # strided: one output row at a time
+            p, q = pq // Q, pq % Q
+            run = min(NR - j, Q - q, columns - col)
+            source = (n * depth + k0) * plane + p * sh * W + q * sw
         for k in range(kc):
             row = packed[k * NR + j : k * NR + j + run]
-            values = x[source + k * HW : source + k * HW + run]
+            start = source + k * plane
+            values = x[start : start + (run - 1) * sw + 1]
             for u in range(run):
-                row[u] = values[u]
+                row[u] = values[u * sw]
         j += run
 
 
 @jit(parallel=True)
-def multiply_images(a, M, depth, x, N, HW, init, y, parts, b_scratch, c_scratch):
-    """y[n, i, pq] = init[i] + sum_k A[i, k] * x[n, k, pq] for every image n: one GEMM of
+def multiply_images(
+    a, M, depth, x, plane, W, sh, sw, N, HW, Q, init, y, parts, b_scratch, c_scratch
+):
+    """y[n, i, p, q] = init[i] + sum_k A[i, k] * x[n, k, p*sh, q*sw] (x's planes: ``plane``
+    elements, rows W wide; y's: HW = P*Q) for every image n: a 1x1 convolution as one GEMM of
     A (M x depth, packed by :func:`pack_a`) with the images side by side (depth x N*HW),
     so small images fill whole NR-wide column panels. FLOPs: 2 * M * depth * N * HW.
 
@@ -228,8 +238,9 @@ def multiply_images(a, M, depth, x, N, HW, init, y, parts, b_scratch, c_scratch)
                 kc = min(KC_IMAGES, depth - k0)
                 for jp in range(j_lo, j_hi):
                     _pack_image_columns(
-                        x, depth, HW, columns, k0, kc, jp * NR, b[(jp - j_lo) * kc * NR :]
-                    )
+                        x, depth, plane, W, sh, sw, HW, Q, columns, k0, kc, jp * NR,
+                        b[(jp - j_lo) * kc * NR :],
+                    )  # fmt: skip
                 for p in range(p_lo, p_hi):
                     for jp in range(j_lo, j_hi):
                         col0 = jp * NR

@@ -106,6 +106,12 @@ def forward(x, weight, bias, y, g: ConvGeometry) -> None:
     if plain and G == 1:
         _multiply_images(packed, g.K, g.C, x, g.N, g.H * g.W, init, y)
         return
+    if (g.R, g.S, g.pad_h, g.pad_w, G) == (1, 1, 0, 0, 1):  # strided 1x1: a GEMM too
+        _multiply_images(
+            packed, g.K, g.C, x, g.N, g.P * g.Q, init, y, g.H, g.W,
+            g.Q, g.stride_h, g.stride_w,
+        )  # fmt: skip
+        return
     _forward(
         x.reshape(-1), packed, init, y.reshape(-1), g.N, g.C, g.H, g.W, g.K, G, g.R, g.S,
         g.P, g.Q, g.stride_h, g.stride_w, g.pad_h, g.pad_w, g.dilation_h, g.dilation_w, plain,
@@ -182,11 +188,14 @@ def _col2im_block(columns, gx, x0, j0, count, C, H, W, R, S, Q, sh, sw, ph, pw, 
                 t += 1
 
 
-def _multiply_images(packed, M, depth, x, N, HW, init, y) -> None:
-    """y[n] = A @ x[n] (+ init) for every image, A packed (M x depth): gemm.multiply_images."""
+def _multiply_images(packed, M, depth, x, N, HW, init, y, H=0, W=0, Q=0, sh=1, sw=1) -> None:
+    """y[n] = A @ x[n] (+ init) for every image, A packed (M x depth): gemm.multiply_images.
+    With strides, x's planes are H x W and y's HW = P*Q."""
     parts = numba.get_num_threads()
+    plane, W, Q = (HW, HW, HW) if sh == sw == 1 else (H * W, W, Q)
     multiply_images(
-        packed, M, depth, x.reshape(-1), N, HW, init, y.reshape(-1), parts,
+        packed, M, depth, x.reshape(-1), plane, W, sh, sw, N, HW, Q, init, y.reshape(-1),
+        parts,
         scratch("im2col.image_panels", parts * PANELS_IMAGES * KC_IMAGES * NR, x.dtype),
         scratch("im2col.image_tiles", parts * PANELS_IMAGES * panels(M) * MR * NR, x.dtype),
     )  # fmt: skip
