@@ -9,10 +9,20 @@ shifted row of the phase buffer, so bounds and padding never reach the inner loo
 
 from __future__ import annotations
 
+import numba
+import numpy as np
 from numba import prange
 
 from fastcnn.backends.numba._setup import jit
-from fastcnn.backends.numba.gemm import KC, MR, NR, micro_kernel_packed, multiply_rows, pack_a
+from fastcnn.backends.numba.gemm import (
+    KC,
+    MR,
+    NR,
+    _stack_like,
+    micro_kernel_packed,
+    multiply_rows,
+    pack_a,
+)
 
 #: Output positions per task: 4 micro-tiles wide; the weights of a group stay in L2.
 CHUNK = 4 * NR
@@ -192,3 +202,160 @@ def sum_parts(partial, parts, out):
         for part in range(1, parts):
             total += partial[part * size + e]
         out[e] = total
+
+
+#: The unpacked weight-gradient kernel: a ROWS x TAPS block of grad_weight, LANES
+#: positions of the reduction per step (24 zmm accumulators in float32, plus 6 rows of
+#: grad_y and one tap row: 31 registers).
+ROWS = 6
+TAPS = 4
+LANES = 16
+#: Reduction positions per pass over grad_weight: 6 rows of 1024 (24 KB) stay in L1.
+DEPTH = 1024
+_BLOCK = ROWS * TAPS * LANES
+_ZERO = np.uint64(0)
+_LANES = np.uint64(LANES)
+
+
+@jit(inline="always")
+def _unsigned(value):
+    return np.uint64(value)
+
+
+@jit(parallel=True)
+def pad_gradient_rows(gy, N, K, P, Q, width, rows, length, out):
+    """out[(k*N + n)*length + p*width + q] = grad_y[n, k, p, q], zero at the garbage
+    columns q >= Q, past P*width and for k >= K: grad_y in the phase buffer's row pitch,
+    each channel's images one after another."""
+    for task in prange(N * rows):
+        k, n = task // N, task % N
+        base = task * length
+        if k >= K:
+            for r in range(length):
+                out[base + r] = 0
+            continue
+        for p in range(P):
+            source = gy[((n * K + k) * P + p) * Q : ((n * K + k) * P + p + 1) * Q]
+            target = out[base + p * width : base + (p + 1) * width]
+            for q in range(Q):
+                target[q] = source[q]
+            for q in range(Q, width):
+                target[q] = 0
+        for r in range(P * width, length):
+            out[base + r] = 0
+
+
+@jit(inline="always")
+def _gradient_block(
+    gyp, N, length, buffer, image, offsets, k0, t0, n0, n1, r_lo, r_hi, grad_weight,
+    K, T, first,
+):  # fmt: skip
+    # grad_weight[k0 + i, t0 + j] (=, or += unless first) sum over images n0..n1 and
+    # positions r_lo..r_hi of gyp[k0 + i, n, r] * buffer[n*image + offsets[t0 + j] + r].
+    acc = numba.carray(_stack_like(_BLOCK, gyp), _BLOCK)
+    for e in range(_BLOCK):
+        acc[e] = 0
+    o0 = offsets[min(t0, T - 1)]
+    o1 = offsets[min(t0 + 1, T - 1)]
+    o2 = offsets[min(t0 + 2, T - 1)]
+    o3 = offsets[min(t0 + 3, T - 1)]
+    # Slices made once per block and unsigned indices into them: the loop carries no
+    # wraparound or clamping arithmetic (a signed index would turn loads into gathers).
+    row = N * length
+    a = k0 * row
+    a0 = gyp[a + 0 * row : a + 1 * row]
+    a1 = gyp[a + 1 * row : a + 2 * row]
+    a2 = gyp[a + 2 * row : a + 3 * row]
+    a3 = gyp[a + 3 * row : a + 4 * row]
+    a4 = gyp[a + 4 * row : a + 5 * row]
+    a5 = gyp[a + 5 * row : a + 6 * row]
+    b0 = buffer[o0:]
+    b1 = buffer[o1:]
+    b2 = buffer[o2:]
+    b3 = buffer[o3:]
+    count = _unsigned(r_hi - r_lo)
+    for n in range(n0, n1):
+        a = _unsigned(n * length + r_lo)
+        b = _unsigned(n * image + r_lo)
+        for u in range(_ZERO, count, _LANES):
+            for lane in range(_LANES):
+                e = b + u + lane
+                x0 = b0[e]
+                x1 = b1[e]
+                x2 = b2[e]
+                x3 = b3[e]
+                e = a + u + lane
+                v = a0[e]
+                acc[0 + lane] += v * x0
+                acc[16 + lane] += v * x1
+                acc[32 + lane] += v * x2
+                acc[48 + lane] += v * x3
+                v = a1[e]
+                acc[64 + lane] += v * x0
+                acc[80 + lane] += v * x1
+                acc[96 + lane] += v * x2
+                acc[112 + lane] += v * x3
+                v = a2[e]
+                acc[128 + lane] += v * x0
+                acc[144 + lane] += v * x1
+                acc[160 + lane] += v * x2
+                acc[176 + lane] += v * x3
+                v = a3[e]
+                acc[192 + lane] += v * x0
+                acc[208 + lane] += v * x1
+                acc[224 + lane] += v * x2
+                acc[240 + lane] += v * x3
+                v = a4[e]
+                acc[256 + lane] += v * x0
+                acc[272 + lane] += v * x1
+                acc[288 + lane] += v * x2
+                acc[304 + lane] += v * x3
+                v = a5[e]
+                acc[320 + lane] += v * x0
+                acc[336 + lane] += v * x1
+                acc[352 + lane] += v * x2
+                acc[368 + lane] += v * x3
+    for i in range(min(ROWS, K - k0)):
+        for j in range(min(TAPS, T - t0)):
+            e = (i * TAPS + j) * LANES
+            total = acc[e]
+            for lane in range(1, LANES):
+                total += acc[e + lane]
+            target = (k0 + i) * T + t0 + j
+            if first:
+                grad_weight[target] = total
+            else:
+                grad_weight[target] += total
+
+
+@jit(parallel=True)
+def padded_weight_gradient(buffer, image, offsets, gyp, length, N, K, parts, grad_weight):
+    """grad_weight[k, t] = sum over n, r of gyp[k, n, r] * buffer[n*image + offsets[t] + r]
+    (one group): the weight gradient with grad_y padded by :func:`pad_gradient_rows`, so the
+    shifted input rows are read in place, unpacked. FLOPs: 2 * K * T * N * length.
+
+    A garbage column multiplies a zero of grad_y, so it adds exactly 0 unless the input
+    there is inf or NaN: the caller recomputes when the result holds a NaN. Each thread
+    owns a range of TAPS-wide column blocks; the reduction runs in passes of about DEPTH
+    positions (several small images, or part of a large one).
+    """
+    T = offsets.size
+    blocks_t = (T + TAPS - 1) // TAPS
+    blocks_k = (K + ROWS - 1) // ROWS
+    per_image = max(1, DEPTH // length)
+    pieces = (length + DEPTH - 1) // DEPTH if per_image == 1 else 1
+    step = (length // LANES + pieces - 1) // pieces * LANES
+    for part in prange(parts):
+        lo, hi = part * blocks_t // parts, (part + 1) * blocks_t // parts
+        first = True
+        for n0 in range(0, N, per_image):
+            n1 = min(N, n0 + per_image)
+            for r_lo in range(0, length, step):
+                r_hi = min(length, r_lo + step)
+                for bk in range(blocks_k):
+                    for bt in range(lo, hi):
+                        _gradient_block(
+                            gyp, N, length, buffer, image, offsets, bk * ROWS, bt * TAPS,
+                            n0, n1, r_lo, r_hi, grad_weight, K, T, first,
+                        )  # fmt: skip
+                first = False
