@@ -69,6 +69,10 @@ class Plan:
             self.width
         ) + ss // sw
         self.offsets = offsets
+        # Without padding and with stride 1 the stage is x's rows themselves: the taps
+        # read x in place (plane H*W apart), see _forward_tiles.
+        self.in_place = g.pad_h == g.pad_w == 0 and sh == sw == 1
+        self.x_offsets = ((c * g.H + rr) * g.W + ss).astype(np.int64)
 
 
 @functools.lru_cache(maxsize=128)
@@ -243,9 +247,13 @@ def _pack_panels(w, T4, G, Kg, T, a):
 
 
 @jit(parallel=True)
-def _forward_tiles(x, a, offsets, bias, y, N, C, H, W, K, G, P, Q, sh, sw, ph, pw, plan_, work):
+def _forward_tiles(x, a, offsets, bias, y, N, C, H, W, K, G, P, Q, sh, sw, ph, pw, plan_, work,
+                   x_offsets, in_place):  # fmt: skip
     """As :func:`_forward`, with the micro-kernel: per 64 positions of the block and
-    6 output channels, all taps accumulate in registers, then the tile goes to y."""
+    6 output channels, all taps accumulate in registers, then the tile goes to y.
+    ``in_place`` (no padding, stride 1): the stage's rows would be x's rows, so the taps
+    read x itself (``x_offsets``); only a block whose last tile would read past the end
+    of x is staged."""
     rows_per, height, width, stage_size = plan_
     Cg, Kg, T = C // G, K // G, offsets.size
     J = rows_per * width
@@ -262,14 +270,21 @@ def _forward_tiles(x, a, offsets, bias, y, N, C, H, W, K, G, P, Q, sh, sw, ph, p
             n, g, p0 = task // (G * blocks), task // blocks % G, task % blocks * rows_per
             rows = min(rows_per, P - p0)
             used = (rows - 1) * width + Q
-            _stage(x, (n * C + g * Cg) * H * W, Cg, H, W, p0, sh, sw, ph, pw, height, width, stage)
+            base = (n * C + g * Cg) * H * W + p0 * W
+            # The last tile reads NR columns from its start: past x's end only near it.
+            direct = in_place and base + x_offsets[T - 1] + (used - 1) // NR * NR + NR <= x.size
+            data, taps = (x, x_offsets) if direct else (stage, offsets)
+            if not direct:
+                _stage(x, (n * C + g * Cg) * H * W, Cg, H, W, p0, sh, sw, ph, pw, height, width,
+                       stage)  # fmt: skip
+                base = 0
             for j0 in range(0, used, NR):
                 count = min(NR, used - j0)
                 i_lo, i_hi = j0 // width, min((j0 + count - 1) // width + 1, rows)
                 for pk in range((Kg + MR - 1) // MR):
                     m = min(MR, Kg - pk * MR)
                     micro_kernel(
-                        T, a, g * group + pk * T * MR, stage, offsets, 0, j0,
+                        T, a, g * group + pk * T * MR, data, taps, 0, base + j0,
                         tile, 0, NR, m, count, True, bias, g * Kg + pk * MR,
                     )  # fmt: skip
                     for i in range(i_lo, i_hi):
@@ -311,7 +326,7 @@ def forward(x, weight, bias, y, g: ConvGeometry, *, transposed_weight=None) -> N
         _forward_tiles(
             x.reshape(-1), a, p.offsets[:T], bias, y.reshape(-1), g.N, g.C, g.H, g.W, g.K,
             g.groups, g.P, g.Q, g.stride_h, g.stride_w, g.pad_h, g.pad_w,
-            (p.rows, p.height, p.width, p.stage), work,
+            (p.rows, p.height, p.width, p.stage), work, p.x_offsets, p.in_place,
         )  # fmt: skip
         return
     _forward(
