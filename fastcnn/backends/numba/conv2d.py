@@ -189,9 +189,19 @@ UNPACKED_COLUMNS = 512
 
 def direct_weight_gradient(grad_y, x, grad_weight, g: ConvGeometry) -> None:
     layout = PhaseLayout(g)
-    buffer = _phase_split(x, g, layout)
     parts = numba.get_num_threads()
-    if g.groups == 1 and layout.columns >= UNPACKED_COLUMNS:
+    target = grad_weight.reshape(-1)
+    unpacked = g.groups == 1 and layout.columns >= UNPACKED_COLUMNS
+    if unpacked and is_gemm(g) and g.P * g.Q % direct.LANES == 0 and x.flags.c_contiguous:
+        # x and grad_y read as they are: no copy of either (their planes end on a lane).
+        PQ = g.P * g.Q
+        direct.padded_weight_gradient(
+            x.reshape(-1), g.C * PQ, _tap_offsets(g), grad_y.reshape(-1), PQ, g.K * PQ, PQ,
+            g.N, g.K, parts, target,
+        )  # fmt: skip
+        return
+    buffer = _phase_split(x, g, layout)
+    if unpacked:
         # grad_y copied into the phase buffer's row pitch (zero garbage columns), then a
         # GEMM that reads the shifted input rows in place: no transposing pack of x.
         rows = panels(g.K) * MR
@@ -200,17 +210,16 @@ def direct_weight_gradient(grad_y, x, grad_weight, g: ConvGeometry) -> None:
         direct.pad_gradient_rows(
             grad_y.reshape(-1), g.N, g.K, g.P, g.Q, layout.width, rows, length, padded
         )
-        target = grad_weight.reshape(-1)
         direct.padded_weight_gradient(
-            buffer, layout.image, _tap_offsets(g), padded, length, g.N, g.K, parts, target
-        )
+            buffer, layout.image, _tap_offsets(g), padded, g.N * length, length, length,
+            g.N, g.K, parts, target,
+        )  # fmt: skip
         if not np.isnan(target).any():  # else an inf or NaN in a garbage column: recompute
             return
     G, Kg, T = g.groups, g.K // g.groups, g.C // g.groups * g.R * g.S
     split_outputs = g.K * T >= SPLIT_OUTPUTS or parts == 1
     dtype = x.dtype
     partial = scratch("conv2d.partial", 1 if split_outputs else parts * g.K * T, dtype)
-    target = grad_weight.reshape(-1)
     direct.weight_gradient(
         buffer, layout.image, g.C // G * layout.channel, _tap_offsets(g), grad_y.reshape(-1),
         g.N, G, Kg, g.P, g.Q, layout.width, parts, split_outputs,

@@ -247,11 +247,12 @@ def pad_gradient_rows(gy, N, K, P, Q, width, rows, length, out):
 
 @jit(inline="always")
 def _gradient_block(
-    gyp, N, length, buffer, image, offsets, k0, t0, n0, n1, r_lo, r_hi, grad_weight,
+    gyp, a_row, a_image, buffer, image, offsets, k0, t0, n0, n1, r_lo, r_hi, grad_weight,
     K, T, first,
 ):  # fmt: skip
     # grad_weight[k0 + i, t0 + j] (=, or += unless first) sum over images n0..n1 and
-    # positions r_lo..r_hi of gyp[k0 + i, n, r] * buffer[n*image + offsets[t0 + j] + r].
+    # positions r_lo..r_hi of gyp[(k0 + i)*a_row + n*a_image + r] *
+    # buffer[n*image + offsets[t0 + j] + r]. Rows and taps past the last repeat it.
     acc = numba.carray(_stack_like(_BLOCK, gyp), _BLOCK)
     for e in range(_BLOCK):
         acc[e] = 0
@@ -261,21 +262,19 @@ def _gradient_block(
     o3 = offsets[min(t0 + 3, T - 1)]
     # Slices made once per block and unsigned indices into them: the loop carries no
     # wraparound or clamping arithmetic (a signed index would turn loads into gathers).
-    row = N * length
-    a = k0 * row
-    a0 = gyp[a + 0 * row : a + 1 * row]
-    a1 = gyp[a + 1 * row : a + 2 * row]
-    a2 = gyp[a + 2 * row : a + 3 * row]
-    a3 = gyp[a + 3 * row : a + 4 * row]
-    a4 = gyp[a + 4 * row : a + 5 * row]
-    a5 = gyp[a + 5 * row : a + 6 * row]
+    a0 = gyp[min(k0 + 0, K - 1) * a_row :]
+    a1 = gyp[min(k0 + 1, K - 1) * a_row :]
+    a2 = gyp[min(k0 + 2, K - 1) * a_row :]
+    a3 = gyp[min(k0 + 3, K - 1) * a_row :]
+    a4 = gyp[min(k0 + 4, K - 1) * a_row :]
+    a5 = gyp[min(k0 + 5, K - 1) * a_row :]
     b0 = buffer[o0:]
     b1 = buffer[o1:]
     b2 = buffer[o2:]
     b3 = buffer[o3:]
     count = _unsigned(r_hi - r_lo)
     for n in range(n0, n1):
-        a = _unsigned(n * length + r_lo)
+        a = _unsigned(n * a_image + r_lo)
         b = _unsigned(n * image + r_lo)
         for u in range(_ZERO, count, _LANES):
             for lane in range(_LANES):
@@ -329,10 +328,14 @@ def _gradient_block(
 
 
 @jit(parallel=True)
-def padded_weight_gradient(buffer, image, offsets, gyp, length, N, K, parts, grad_weight):
-    """grad_weight[k, t] = sum over n, r of gyp[k, n, r] * buffer[n*image + offsets[t] + r]
-    (one group): the weight gradient with grad_y padded by :func:`pad_gradient_rows`, so the
-    shifted input rows are read in place, unpacked. FLOPs: 2 * K * T * N * length.
+def padded_weight_gradient(
+    buffer, image, offsets, gyp, a_row, a_image, length, N, K, parts, grad_weight
+):
+    """grad_weight[k, t] = sum over n and r < length of gyp[k*a_row + n*a_image + r] *
+    buffer[n*image + offsets[t] + r] (one group): the weight gradient with grad_y padded by
+    :func:`pad_gradient_rows` (a_row = N*length, a_image = length), or grad_y itself when
+    its planes have no garbage columns and a whole number of LANES (a 1x1 convolution),
+    so the shifted input rows are read in place, unpacked. FLOPs: 2 * K * T * N * length.
 
     A garbage column multiplies a zero of grad_y, so it adds exactly 0 unless the input
     there is inf or NaN: the caller recomputes when the result holds a NaN. Each thread
@@ -355,7 +358,7 @@ def padded_weight_gradient(buffer, image, offsets, gyp, length, N, K, parts, gra
                 for bk in range(blocks_k):
                     for bt in range(lo, hi):
                         _gradient_block(
-                            gyp, N, length, buffer, image, offsets, bk * ROWS, bt * TAPS,
+                            gyp, a_row, a_image, buffer, image, offsets, bk * ROWS, bt * TAPS,
                             n0, n1, r_lo, r_hi, grad_weight, K, T, first,
                         )  # fmt: skip
                 first = False
