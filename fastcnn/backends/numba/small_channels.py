@@ -292,12 +292,15 @@ def _forward_tiles(x, a, offsets, bias, y, N, C, H, W, K, G, P, Q, sh, sw, ph, p
                         q_hi = min(Q, j0 + count - i * width)
                         if q_hi <= q_lo:
                             continue  # only garbage columns of row i in this tile
-                        count_q = q_hi - q_lo
+                        # Unsigned indices and no views: a view costs two atomic reference
+                        # count updates, a signed index a wraparound select per element.
+                        count_q = np.uint64(q_hi - q_lo)
                         for kk in range(m):
                             k = g * Kg + pk * MR + kk
-                            target = ((n * K + k) * P + p0 + i) * Q + q_lo
-                            source = kk * NR + i * width - j0 + q_lo
-                            _copy(tile[source:], y[target:], count_q)
+                            target = np.uint64(((n * K + k) * P + p0 + i) * Q + q_lo)
+                            source = np.uint64(kk * NR + i * width - j0 + q_lo)
+                            for q in range(count_q):
+                                y[target + q] = tile[source + q]
 
 
 def _threads() -> int:
