@@ -147,6 +147,21 @@ def _stage(x, source, Cg, H, W, p0, sh, sw, ph, pw, height, width, stage):
         for a in range(sh):
             for i in range(height):
                 h = (p0 + i) * sh + a - ph
+                if sw == 1:  # unsigned indices, no views (see _forward_tiles' copy-out)
+                    o = np.uint64((c * sh + a) * plane + i * width)
+                    inside = 0 <= h < H
+                    j_lo = min(pw, width) if inside else width
+                    j_hi = max(min(width, W + pw), j_lo) if inside else width
+                    for j in range(np.uint64(j_lo)):
+                        stage[o + j] = 0
+                    o_in = o + np.uint64(j_lo)
+                    first = np.uint64(source + (c * H + h) * W + j_lo - pw) if inside else o
+                    for j in range(np.uint64(j_hi - j_lo)):
+                        stage[o_in + j] = x[first + j]
+                    o_hi = o + np.uint64(j_hi)
+                    for j in range(np.uint64(width - j_hi)):
+                        stage[o_hi + j] = 0
+                    continue
                 if sw == 2 and 0 <= h < H:
                     base = ((c * sh + a) * sw) * plane + i * width
                     _deinterleave(x[source + (c * H + h) * W :][:W], pw, width, stage, base, plane)
