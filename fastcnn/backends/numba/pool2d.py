@@ -31,6 +31,7 @@ from numba import prange
 from fastcnn._shapes import PoolGeometry
 from fastcnn.backends import register
 from fastcnn.backends.numba._setup import jit
+from fastcnn.backends.numba.workspace import scratch
 
 # ---------------------------------------------------------------------------- row helpers
 
@@ -387,24 +388,29 @@ def _direct_max_plane_2x2(plane, y_plane, W, P, Q):
 
 
 @jit(inline="always")
-def _direct_argmax_plane_2x2(plane, y_plane, where, W, P, Q):
+def _direct_argmax_plane_2x2(plane, y_plane, where, codes, W, P, Q):
     """Each window row reduced first, then the lower row's pick against the upper's: every
-    tap of the lower row comes later in the scan, so this is the sequential rule."""
+    tap of the lower row comes later in the scan, so this is the sequential rule. The
+    window's column offset goes to codes (float32, the lanes of the values) and becomes an
+    index in a second loop: computed as int64 in the same loop, LLVM's code measured 4x
+    slower."""
+    one, zero, width = np.float32(1), np.float32(0), np.float32(W)
     for p in range(P):
         base = 2 * p * W
         top, bottom = plane[base : base + W], plane[base + W : base + 2 * W]
         y_row, where_row = y_plane[p * Q : p * Q + Q], where[p * Q : p * Q + Q]
         for q in range(Q):
             a, b, c, d = top[2 * q], top[2 * q + 1], bottom[2 * q], bottom[2 * q + 1]
-            right = (b > a) | (b != b)
-            upper = b if right else a
-            upper_at = np.int64(1) if right else np.int64(0)
-            right = (d > c) | (d != d)
-            lower = d if right else c
-            lower_at = np.int64(W + 1) if right else np.int64(W)
-            take = (lower > upper) | (lower != lower)
-            y_row[q] = lower if take else upper
-            where_row[q] = base + 2 * q + (lower_at if take else upper_at)
+            upper_right = (b > a) | (b != b)
+            upper = b if upper_right else a
+            lower_right = (d > c) | (d != d)
+            lower = d if lower_right else c
+            below = (lower > upper) | (lower != lower)
+            y_row[q] = lower if below else upper
+            lower_code = width + (one if lower_right else zero)
+            codes[q] = lower_code if below else (one if upper_right else zero)
+        for q in range(Q):
+            where_row[q] = base + 2 * q + np.int64(codes[q])
 
 
 @jit(parallel=True)
@@ -420,13 +426,14 @@ def _max_pool_direct(x, y, W, R, S, Q, per_task):
 
 
 @jit(parallel=True)
-def _max_pool_direct_indices(x, y, indices, W, R, S, Q, per_task):
+def _max_pool_direct_indices(x, y, indices, codes, W, R, S, Q, per_task):
+    # codes: (tasks, Q) float32 scratch, a row per task.
     P = y.shape[1] // Q
     planes = x.shape[0]
     for task in prange((planes + per_task - 1) // per_task):
         for i in range(task * per_task, min(task * per_task + per_task, planes)):
             if R == 2 and S == 2:
-                _direct_argmax_plane_2x2(x[i], y[i], indices[i], W, P, Q)
+                _direct_argmax_plane_2x2(x[i], y[i], indices[i], codes[task], W, P, Q)
             else:
                 _direct_argmax_plane(x[i], y[i], indices[i], W, R, S, P, Q)
 
@@ -577,9 +584,9 @@ def _avg_arguments(g: PoolGeometry) -> tuple[int, ...]:
 
 
 def _direct(g: PoolGeometry) -> bool:
-    """Stride equal to the kernel, no padding, dilation 1, every window inside x, and rows of
-    fewer than 16 outputs: LLVM then leaves the window loop scalar, which measured 4x the
-    throughput of its 16-lane version (a 112-wide plane is faster on the phase path)."""
+    """Stride equal to the kernel, no padding, dilation 1, every window inside x. The caller
+    also asks for rows of fewer than 16 outputs except for the 2x2 pool with indices: on
+    wider rows LLVM's 16-lane window loop measured slower than the phase path."""
     return (
         g.stride_h == g.R
         and g.stride_w == g.S
@@ -589,7 +596,6 @@ def _direct(g: PoolGeometry) -> bool:
         and g.dilation_w == 1
         and g.P * g.R <= g.H
         and g.Q * g.S <= g.W
-        and g.Q < 16
     )
 
 
@@ -605,13 +611,17 @@ def _planes_per_task(g: PoolGeometry) -> int:
 def max_pool2d(x, y, indices, g: PoolGeometry) -> None:
     if _direct(g):
         per_task = _planes_per_task(g)
-        if indices is None:
+        if indices is None and g.Q < 16:
             _max_pool_direct(_planes(x, g), _planes(y, g), g.W, g.R, g.S, g.Q, per_task)
-        else:
+            return
+        if indices is not None and (g.Q < 16 or g.R == g.S == 2):
+            tasks = -(-(g.N * g.C) // per_task)
+            codes = scratch("max_pool2d_codes", tasks * g.Q, np.float32).reshape(tasks, g.Q)
             _max_pool_direct_indices(
-                _planes(x, g), _planes(y, g), _planes(indices, g), g.W, g.R, g.S, g.Q, per_task
-            )
-        return
+                _planes(x, g), _planes(y, g), _planes(indices, g), codes, g.W, g.R, g.S, g.Q,
+                per_task,
+            )  # fmt: skip
+            return
     if indices is None:
         _max_pool_values(_planes(x, g), _planes(y, g), _max_geometry(g))
     else:
