@@ -413,6 +413,46 @@ def _direct_argmax_plane_2x2(plane, y_plane, where, codes, W, P, Q):
             where_row[q] = base + 2 * q + np.int64(codes[q])
 
 
+@jit(inline="always")
+def _direct_backward_plane_2x2(plane, gradient, grad_plane, codes, W, P, Q):
+    """grad_x of a 2x2/2 pool: the windows do not overlap, so each element gets its window's
+    gradient if it is the window's pick (found as in _direct_argmax_plane_2x2), else 0."""
+    one, zero, width = np.float32(1), np.float32(0), np.float32(W)
+    for p in range(P):
+        base = 2 * p * W
+        top, bottom = plane[base : base + W], plane[base + W : base + 2 * W]
+        for q in range(Q):
+            a, b, c, d = top[2 * q], top[2 * q + 1], bottom[2 * q], bottom[2 * q + 1]
+            upper_right = (b > a) | (b != b)
+            upper = b if upper_right else a
+            lower_right = (d > c) | (d != d)
+            lower = d if lower_right else c
+            below = (lower > upper) | (lower != lower)
+            lower_code = width + (one if lower_right else zero)
+            codes[q] = lower_code if below else (one if upper_right else zero)
+        g_row = gradient[p * Q : p * Q + Q]
+        g_top, g_bottom = grad_plane[base : base + W], grad_plane[base + W : base + 2 * W]
+        for q in range(Q):
+            code, value = codes[q], g_row[q]
+            g_top[2 * q] = value if code == zero else 0.0
+            g_top[2 * q + 1] = value if code == one else 0.0
+            g_bottom[2 * q] = value if code == width else 0.0
+            g_bottom[2 * q + 1] = value if code == width + one else 0.0
+        for w in range(2 * Q, W):  # columns no window covers
+            g_top[w] = 0
+            g_bottom[w] = 0
+    grad_plane[2 * P * W :] = 0  # rows no window covers
+
+
+@jit(parallel=True)
+def _max_pool_backward_direct(grad_y, x, grad_x, codes, W, Q, per_task):
+    P = grad_y.shape[1] // Q
+    planes = x.shape[0]
+    for task in prange((planes + per_task - 1) // per_task):
+        for i in range(task * per_task, min(task * per_task + per_task, planes)):
+            _direct_backward_plane_2x2(x[i], grad_y[i], grad_x[i], codes[task], W, P, Q)
+
+
 @jit(parallel=True)
 def _max_pool_direct(x, y, W, R, S, Q, per_task):
     P = y.shape[1] // Q
@@ -630,6 +670,14 @@ def max_pool2d(x, y, indices, g: PoolGeometry) -> None:
 
 @register("max_pool2d_backward", "numba")
 def max_pool2d_backward(grad_y, x, indices, grad_x, g: PoolGeometry) -> None:
+    if indices is None and _direct(g) and g.R == g.S == 2:
+        per_task = _planes_per_task(g)
+        tasks = -(-(g.N * g.C) // per_task)
+        codes = scratch("max_pool2d_codes", tasks * g.Q, np.float32).reshape(tasks, g.Q)
+        _max_pool_backward_direct(
+            _planes(grad_y, g), _planes(x, g), _planes(grad_x, g), codes, g.W, g.Q, per_task
+        )
+        return
     if indices is None:
         _max_pool_backward_search(
             _planes(grad_y, g), _planes(x, g), _planes(grad_x, g), _max_geometry(g)
