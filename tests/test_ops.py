@@ -9,6 +9,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+import fastcnn.functional as F
 from fastcnn.backends import algorithms, available_backends, has_op
 from fastcnn.testing import assert_close, float64_inputs, poison_outputs, relayout
 from fastcnn.testing.compare import LAYOUTS
@@ -127,3 +128,34 @@ def test_forward_into_out(spec, case, backend):
     actual = spec.forward(inputs, {**case.params, "out": out}, backend)
     assert actual is out
     assert_close(out, expected, spec.tolerance["float32"], f"{spec.name} [{case.name}] out=")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if has_op("max_pool2d", b)])
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"kernel_size": 2},
+        {"kernel_size": 3, "stride": 2, "padding": 1},
+        {"kernel_size": 2, "stride": 1, "dilation": 2, "ceil_mode": True},
+    ],
+)
+def test_max_pool_ties_and_nans_pick_as_the_reference(backend, dtype, params):
+    """Many equal values and several NaNs per window: the same element must win
+    (the first maximum, else the last NaN), so indices and gradients match exactly."""
+    rng = np.random.default_rng()
+    x = rng.integers(-2, 3, size=(2, 3, 11, 18)).astype(dtype)
+    x.flat[rng.choice(x.size, 40, replace=False)] = np.nan
+    expected, expected_indices = F.max_pool2d(x, **params, return_indices=True, backend="reference")
+    with poison_outputs():
+        actual, indices = F.max_pool2d(x, **params, return_indices=True, backend=backend)
+        plain = F.max_pool2d(x, **params, backend=backend)
+    np.testing.assert_array_equal(actual, expected)
+    np.testing.assert_array_equal(plain, expected)
+    np.testing.assert_array_equal(indices, expected_indices)
+    grad_y = rng.standard_normal(expected.shape).astype(dtype)
+    reference_grad = F.max_pool2d_backward(grad_y, x, **params, backend="reference")
+    for given in (None, indices):
+        with poison_outputs():
+            grad_x = F.max_pool2d_backward(grad_y, x, **params, indices=given, backend=backend)
+        np.testing.assert_allclose(grad_x, reference_grad, rtol=1e-6, atol=1e-6)
