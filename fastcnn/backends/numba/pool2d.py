@@ -287,6 +287,33 @@ def _plane_tasks(planes):
     return per_task, (planes + per_task - 1) // per_task
 
 
+def _search_workspace(g: PoolGeometry, dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-task buffers of the phase-plane search, kept between calls: the phase planes
+    (tasks, phase-plane size), the best values and the offsets (tasks, P x columns)."""
+    rows, columns = _phase_plane_shape(
+        g.H, g.W, g.R, g.S, g.P, g.Q, g.stride_h, g.stride_w, g.pad_h, g.pad_w,
+        g.dilation_h, g.dilation_w,
+    )  # fmt: skip
+    tasks = _plane_tasks(g.N * g.C)[1]
+    plane_size = g.stride_h * g.stride_w * rows * columns
+    run = g.P * columns
+    return (
+        scratch("max_pool2d_phase_planes", tasks * plane_size, dtype).reshape(tasks, plane_size),
+        scratch("max_pool2d_best", tasks * run, dtype).reshape(tasks, run),
+        scratch("max_pool2d_offsets", tasks * run, np.int32).reshape(tasks, run),
+    )
+
+
+@jit(inline="always")
+def _task_workspace(workspace, task, g, rows, columns, P):
+    """A task's phase plane (its padding at -inf), best values and offsets, from workspace."""
+    stride_h, stride_w = g[5], g[6]
+    planes, best, offsets = workspace
+    flat = planes[task]
+    flat[:] = -np.inf
+    return flat.reshape((stride_h, stride_w, rows, columns)), best[task], offsets[task]
+
+
 # ---------------------------------------------------------------------------- kernels
 # x, y and the gradients arrive as (N*C, plane size); g is _max_geometry's tuple.
 
@@ -312,7 +339,7 @@ def _max_pool_values(x, y, g):
 
 
 @jit(parallel=True)
-def _max_pool_with_indices(x, y, indices, g):
+def _max_pool_with_indices(x, y, indices, g, workspace):
     H, W, R, S, Q, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w = g
     P = y.shape[1] // Q
     rows, columns = _phase_plane_shape(
@@ -320,9 +347,7 @@ def _max_pool_with_indices(x, y, indices, g):
     )
     per_task, tasks = _plane_tasks(x.shape[0])
     for task in prange(tasks):
-        phase_plane = np.full((stride_h, stride_w, rows, columns), -np.inf, x.dtype)
-        best = np.empty(P * columns, x.dtype)
-        offsets = np.empty(P * columns, np.int32)
+        phase_plane, best, offsets = _task_workspace(workspace, task, g, rows, columns, P)
         for plane_index in range(task * per_task, min(task * per_task + per_task, x.shape[0])):
             _fill_phase_plane(x[plane_index], phase_plane, H, W, stride_h, stride_w, pad_h, pad_w)
             _argmax_plane(phase_plane, best, offsets, P, g)
@@ -490,7 +515,7 @@ def _max_pool_backward_given_indices(grad_y, indices, grad_x):
 
 
 @jit(parallel=True)
-def _max_pool_backward_search(grad_y, x, grad_x, g):
+def _max_pool_backward_search(grad_y, x, grad_x, g, workspace):
     H, W, R, S, Q, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w = g
     P = grad_y.shape[1] // Q
     rows, columns = _phase_plane_shape(
@@ -498,9 +523,7 @@ def _max_pool_backward_search(grad_y, x, grad_x, g):
     )
     per_task, tasks = _plane_tasks(x.shape[0])
     for task in prange(tasks):
-        phase_plane = np.full((stride_h, stride_w, rows, columns), -np.inf, x.dtype)
-        best = np.empty(P * columns, x.dtype)
-        offsets = np.empty(P * columns, np.int32)
+        phase_plane, best, offsets = _task_workspace(workspace, task, g, rows, columns, P)
         for plane_index in range(task * per_task, min(task * per_task + per_task, x.shape[0])):
             _fill_phase_plane(x[plane_index], phase_plane, H, W, stride_h, stride_w, pad_h, pad_w)
             _argmax_plane(phase_plane, best, offsets, P, g)
@@ -665,7 +688,10 @@ def max_pool2d(x, y, indices, g: PoolGeometry) -> None:
     if indices is None:
         _max_pool_values(_planes(x, g), _planes(y, g), _max_geometry(g))
     else:
-        _max_pool_with_indices(_planes(x, g), _planes(y, g), _planes(indices, g), _max_geometry(g))
+        _max_pool_with_indices(
+            _planes(x, g), _planes(y, g), _planes(indices, g), _max_geometry(g),
+            _search_workspace(g, x.dtype),
+        )  # fmt: skip
 
 
 @register("max_pool2d_backward", "numba")
@@ -680,8 +706,9 @@ def max_pool2d_backward(grad_y, x, indices, grad_x, g: PoolGeometry) -> None:
         return
     if indices is None:
         _max_pool_backward_search(
-            _planes(grad_y, g), _planes(x, g), _planes(grad_x, g), _max_geometry(g)
-        )
+            _planes(grad_y, g), _planes(x, g), _planes(grad_x, g), _max_geometry(g),
+            _search_workspace(g, x.dtype),
+        )  # fmt: skip
     else:
         _max_pool_backward_given_indices(
             _planes(grad_y, g), _planes(indices, g), _planes(grad_x, g)
