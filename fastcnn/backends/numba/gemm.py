@@ -67,15 +67,18 @@ def _tile(kc, a, a0, b, offsets, o0, b0, ldb, c, c0, ldc, m, n, first, init, i0)
             value = b_row[j]
             for i in range(MR):
                 acc[i * NR + j] += a_row[i] * value
+    # Stores through a slice too: c[row + j] compiles to scalar loads and stores, which
+    # cost as much as a 64-deep pass of the loop above (150 vs 255 GFLOP/s at kc = 64).
     for i in range(m):
         row = c0 + i * ldc
+        target = c[row : row + n]
         if first:
             start = init[i0 + i]
             for j in range(n):
-                c[row + j] = start + acc[i * NR + j]
+                target[j] = start + acc[i * NR + j]
         else:
             for j in range(n):
-                c[row + j] += acc[i * NR + j]
+                target[j] += acc[i * NR + j]
 
 
 @jit
@@ -189,12 +192,17 @@ def _pack_image_columns(x, depth, plane, W, sh, sw, HW, Q, columns, k0, kc, col0
             p, q = pq // Q, pq % Q
             run = min(NR - j, Q - q, columns - col)
             source = (n * depth + k0) * plane + p * sh * W + q * sw
-        for k in range(kc):
-            row = packed[k * NR + j : k * NR + j + run]
-            start = source + k * plane
-            values = x[start : start + (run - 1) * sw + 1]
-            for u in range(run):
-                row[u] = values[u * sw]
+        if sw == 1:  # a vectorised copy (a runtime stride of 1 stays scalar)
+            for k in range(kc):
+                start = source + k * plane
+                packed[k * NR + j : k * NR + j + run] = x[start : start + run]
+        else:
+            for k in range(kc):
+                row = packed[k * NR + j : k * NR + j + run]
+                start = source + k * plane
+                values = x[start : start + (run - 1) * sw + 1]
+                for u in range(run):
+                    row[u] = values[u * sw]
         j += run
 
 
