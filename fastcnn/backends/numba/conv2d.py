@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 import numba
 import numpy as np
+from numba import prange
 
 from fastcnn._shapes import ConvGeometry
 from fastcnn.backends import register
@@ -158,15 +159,26 @@ def transposed_geometry(g: ConvGeometry) -> ConvGeometry:
     )  # fmt: skip
 
 
-@jit
+#: Input channels per task of the weight transpose (rows of its output).
+_TRANSPOSE_ROWS = 16
+
+
+@jit(parallel=True)
 def _transpose_weight(weight, G, Kg, Cg, R, S, out):
-    for g in range(G):
+    # A block of output rows (g, c0 .. c0 + 16) per task, k outer: each step reads one
+    # contiguous run of the weight and appends to 16 output rows. (Row by row, the reads
+    # stride 18 KB at 512 x 512 x 3 x 3 and fall into two L1 sets: 3.2 ms; this, 0.3.)
+    RS = R * S
+    blocks = (Cg + _TRANSPOSE_ROWS - 1) // _TRANSPOSE_ROWS
+    for task in prange(G * blocks):
+        g, c0 = task // blocks, task % blocks * _TRANSPOSE_ROWS
+        rows = min(_TRANSPOSE_ROWS, Cg - c0)
         for k in range(Kg):
-            for c in range(Cg):
-                source = ((g * Kg + k) * Cg + c) * R * S
-                target = ((g * Cg + c) * Kg + k) * R * S
-                for rs in range(R * S):
-                    out[target + rs] = weight[source + R * S - 1 - rs]
+            source = weight[((g * Kg + k) * Cg + c0) * RS :][: rows * RS]
+            for c in range(rows):
+                target = out[((g * Cg + c0 + c) * Kg + k) * RS :][:RS]
+                for rs in range(RS):
+                    target[rs] = source[c * RS + RS - 1 - rs]
 
 
 def transposed_weight(weight, g: ConvGeometry) -> np.ndarray:
