@@ -79,8 +79,8 @@ def forward(
                 for k in range(Kg):
                     source = k * CHUNK + p * width - j0
                     target = y0 + k * P * Q + p * Q
-                    for q in range(q_lo, q_hi):
-                        y[target + q] = out[source + q]
+                    # A slice copy: indexing y[target + q] copies one scalar at a time.
+                    y[target + q_lo : target + q_hi] = out[source + q_lo : source + q_hi]
 
 
 @jit

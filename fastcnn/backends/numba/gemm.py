@@ -275,6 +275,5 @@ def multiply_images(
                     for i in range(p_lo * MR, min(p_hi * MR, M)):
                         out = (n * M + i) * HW + pq
                         source = ((jp - j_lo) * row_panels * MR + i) * NR + j
-                        for u in range(run):
-                            y[out + u] = c[source + u]
+                        y[out : out + run] = c[source : source + run]  # a vector copy
                     j += run
