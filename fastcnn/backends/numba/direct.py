@@ -19,6 +19,7 @@ from fastcnn.backends.numba.gemm import (
     MR,
     NR,
     _stack_like,
+    lane_sum,
     micro_kernel_packed,
     multiply_rows,
     pack_a,
@@ -316,10 +317,7 @@ def _gradient_block(
                 acc[368 + lane] += v * x3
     for i in range(min(ROWS, K - k0)):
         for j in range(min(TAPS, T - t0)):
-            e = (i * TAPS + j) * LANES
-            total = acc[e]
-            for lane in range(1, LANES):
-                total += acc[e + lane]
+            total = lane_sum(acc, (i * TAPS + j) * LANES)
             target = (k0 + i) * T + t0 + j
             if first:
                 grad_weight[target] = total

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from llvmlite import ir
 from numba import prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
@@ -48,6 +49,34 @@ def _stack_like(typingctx, size, like):
         return cgutils.alloca_once(builder, element, size=count)
 
     return types.CPointer(like.dtype)(size, like), codegen
+
+
+@intrinsic
+def lane_sum(typingctx, array, start):
+    """array[start] + ... + array[start + 15] as one vector reduction (a shuffle tree).
+
+    Written as a loop, LLVM vectorises the sums of a whole register block across blocks
+    with gathers; a dot-product kernel's final sums then cost as much as hundreds of its
+    steps. ``start`` must leave 16 elements in the array (not checked)."""
+    if not isinstance(array, types.Array) or array.dtype not in (types.float32, types.float64):
+        return None
+
+    def codegen(context, builder, signature, args):
+        element = context.get_value_type(array.dtype)
+        vector = ir.VectorType(element, 16)
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        pointer = builder.bitcast(builder.gep(data, [args[1]]), vector.as_pointer())
+        values = builder.load(pointer, align=array.dtype.bitwidth // 8)
+        bits = array.dtype.bitwidth
+        function = cgutils.get_or_insert_function(
+            builder.module,
+            ir.FunctionType(element, [element, vector]),
+            f"llvm.vector.reduce.fadd.v16f{bits}",
+        )
+        zero = ir.Constant(element, 0.0)
+        return builder.call(function, [zero, values], fastmath=("reassoc",))
+
+    return array.dtype(array, types.intp), codegen
 
 
 @jit(inline="always")
