@@ -22,19 +22,16 @@ from fastcnn.backends.numba.gemm import (
     lane_sum,
     micro_kernel_packed,
     multiply_rows,
-    pack_a,
+    pack_groups,
 )
 
 #: Output positions per task: 4 micro-tiles wide; the weights of a group stay in L2.
 CHUNK = 4 * NR
 
 
-@jit
 def pack_weights(weight, G, Kg, T, packed):
     """Each group's (Kg x T) weight matrix, packed into MR-row panels one after another."""
-    group = (Kg + MR - 1) // MR * T * MR
-    for g in range(G):
-        pack_a(weight, g * Kg * T, T, 1, Kg, T, packed, g * group)
+    pack_groups(weight, G, Kg * T, T, 1, Kg, T, packed)
 
 
 @jit(parallel=True)

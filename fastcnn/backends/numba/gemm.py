@@ -126,6 +126,23 @@ def micro_kernel_packed(kc, a, a0, b, b0, c, c0, ldc, m, n, first, init, i0):
     _tile(kc, a, a0, b, _NO_OFFSETS, 0, b0, NR, c, c0, ldc, m, n, first, init, i0)
 
 
+@jit(inline="always")
+def _pack_panel(src, offset, row_stride, col_stride, rows, depth, packed, packed0, p):
+    base = packed0 + p * depth * MR
+    if (p + 1) * MR <= rows:  # a full panel: no bounds test per element
+        for k in range(depth):
+            source = offset + p * MR * row_stride + k * col_stride
+            target = packed[base + k * MR : base + k * MR + MR]
+            for i in range(MR):
+                target[i] = src[source + i * row_stride]
+        return
+    for k in range(depth):
+        for i in range(MR):
+            row = p * MR + i
+            value = src[offset + row * row_stride + k * col_stride] if row < rows else 0
+            packed[base + k * MR + i] = value
+
+
 @jit
 def pack_a(src, offset, row_stride, col_stride, rows, depth, packed, packed0):
     """Copy A (rows x depth, any strides) into MR-row panels at ``packed[packed0:]``:
@@ -135,12 +152,22 @@ def pack_a(src, offset, row_stride, col_stride, rows, depth, packed, packed0):
     ``panels(rows) * depth * MR`` elements.
     """
     for p in range((rows + MR - 1) // MR):
-        base = packed0 + p * depth * MR
-        for k in range(depth):
-            for i in range(MR):
-                row = p * MR + i
-                value = src[offset + row * row_stride + k * col_stride] if row < rows else 0
-                packed[base + k * MR + i] = value
+        _pack_panel(src, offset, row_stride, col_stride, rows, depth, packed, packed0, p)
+
+
+@jit(parallel=True)
+def pack_groups(src, groups, group_offset, row_stride, col_stride, rows, depth, packed):
+    """:func:`pack_a` for ``groups`` matrices (group g's at ``src[g*group_offset:]``,
+    its panels after group g-1's), the panels shared out among the threads. Packing a
+    layer's weights is a pass over all of them each call: 1M elements at 512 -> 2048
+    channels, about 1 ms on one thread."""
+    count = (rows + MR - 1) // MR
+    for task in prange(groups * count):
+        g, p = task // count, task % count
+        _pack_panel(
+            src, g * group_offset, row_stride, col_stride, rows, depth, packed,
+            g * count * depth * MR, p,
+        )  # fmt: skip
 
 
 def panels(rows: int) -> int:

@@ -25,6 +25,7 @@ from fastcnn.backends.numba.gemm import (
     multiply_images,
     multiply_rows,
     pack_a,
+    pack_groups,
     panels,
 )
 from fastcnn.backends.numba.workspace import scratch
@@ -209,7 +210,7 @@ def input_gradient(grad_y, weight, grad_x, g: ConvGeometry) -> None:
     if (g.R, g.S, g.stride_h, g.stride_w, g.pad_h, g.pad_w, G) == (1, 1, 1, 1, 0, 0, 1):
         # grad_x[n] = W^T @ grad_y[n]: the forward GEMM with A = W^T (C x K).
         packed = scratch("im2col.packed_transposed", panels(g.C) * g.K * MR, dtype)
-        pack_a(weight.reshape(-1), 0, 1, g.C, g.C, g.K, packed, 0)
+        pack_groups(weight.reshape(-1), 1, 0, 1, g.C, g.C, g.K, packed)
         zero = scratch("im2col.zero_rows", g.C, dtype, zeroed=True)
         _multiply_images(packed, g.C, g.K, grad_y, g.N, g.H * g.W, zero, grad_x)
         return
