@@ -103,6 +103,14 @@ def _tap_offsets(g: ConvGeometry) -> np.ndarray:
     return offsets
 
 
+@functools.lru_cache(maxsize=256)
+def _channel_offsets(C: int, plane: int) -> np.ndarray:
+    """c * plane for each channel: where each channel starts in one image (read-only)."""
+    offsets = np.arange(C, dtype=np.int64) * plane
+    offsets.flags.writeable = False
+    return offsets
+
+
 def _phase_split(x, g: ConvGeometry, layout: PhaseLayout) -> np.ndarray:
     buffer = scratch("conv2d.phases", layout.size, x.dtype)
     split_phases(
@@ -204,11 +212,18 @@ def direct_weight_gradient(grad_y, x, grad_weight, g: ConvGeometry) -> None:
     parts = numba.get_num_threads()
     target = grad_weight.reshape(-1)
     unpacked = g.groups == 1 and layout.columns >= UNPACKED_COLUMNS
-    if unpacked and is_gemm(g) and g.P * g.Q % direct.LANES == 0 and x.flags.c_contiguous:
-        # x and grad_y read as they are: no copy of either (their planes end on a lane).
-        PQ = g.P * g.Q
+    PQ = g.P * g.Q
+    if unpacked and PQ % direct.LANES == 0 and (is_gemm(g) or im2col.is_strided_pointwise(g)):
+        # x (or, strided, the inputs the forward read, gathered) and grad_y read as they
+        # are: their planes end on a lane, so no garbage columns.
+        source = x.reshape(-1)
+        if not is_gemm(g):
+            source = scratch("conv2d.subsampled", g.N * g.C * PQ, x.dtype)
+            im2col.subsample(
+                x.reshape(-1), g.N, g.C, g.H, g.W, g.P, g.Q, g.stride_h, g.stride_w, source
+            )
         direct.padded_weight_gradient(
-            x.reshape(-1), g.C * PQ, _tap_offsets(g), grad_y.reshape(-1), PQ, g.K * PQ, PQ,
+            source, g.C * PQ, _channel_offsets(g.C, PQ), grad_y.reshape(-1), PQ, g.K * PQ, PQ,
             g.N, g.K, parts, target,
         )  # fmt: skip
         return

@@ -202,17 +202,54 @@ def _multiply_images(packed, M, depth, x, N, HW, init, y, H=0, W=0, Q=0, sh=1, s
     )  # fmt: skip
 
 
+@jit(parallel=True)
+def subsample(x, N, C, H, W, P, Q, sh, sw, out):
+    """out[n, c, p, q] = x[n, c, p*sh, q*sw]: the inputs a strided 1x1 convolution reads."""
+    for plane in prange(N * C):
+        for p in range(P):
+            source = x[(plane * H + p * sh) * W :][: (Q - 1) * sw + 1]
+            target = out[(plane * P + p) * Q :][:Q]
+            for q in range(Q):
+                target[q] = source[q * sw]
+
+
+@jit(parallel=True)
+def _spread(values, N, C, H, W, P, Q, sh, sw, out):
+    """out[n, c, p*sh, q*sw] = values[n, c, p, q], zero everywhere else."""
+    for plane in prange(N * C):
+        target = out[plane * H * W : (plane + 1) * H * W]
+        target[:] = 0
+        for p in range(P):
+            row = target[p * sh * W :][: (Q - 1) * sw + 1]
+            source = values[(plane * P + p) * Q :][:Q]
+            for q in range(Q):
+                row[q * sw] = source[q]
+
+
+def is_strided_pointwise(g: ConvGeometry) -> bool:
+    """1x1, no padding, one group, a stride above 1: a GEMM over the strided inputs."""
+    shape = (g.R, g.S, g.pad_h, g.pad_w, g.groups)
+    return shape == (1, 1, 0, 0, 1) and (g.stride_h, g.stride_w) != (1, 1)
+
+
 def input_gradient(grad_y, weight, grad_x, g: ConvGeometry) -> None:
     G, Kg = g.groups, g.K // g.groups
     T = g.C // G * g.R * g.S
     parts = numba.get_num_threads()
     dtype = grad_x.dtype
-    if (g.R, g.S, g.stride_h, g.stride_w, g.pad_h, g.pad_w, G) == (1, 1, 1, 1, 0, 0, 1):
-        # grad_x[n] = W^T @ grad_y[n]: the forward GEMM with A = W^T (C x K).
+    pointwise = (g.R, g.S, g.stride_h, g.stride_w, g.pad_h, g.pad_w, G) == (1, 1, 1, 1, 0, 0, 1)
+    if pointwise or is_strided_pointwise(g):
+        # grad_x[n] = W^T @ grad_y[n]: the forward GEMM with A = W^T (C x K); strided,
+        # into the positions the forward read (every sh-th row, sw-th column), zero between.
         packed = scratch("im2col.packed_transposed", panels(g.C) * g.K * MR, dtype)
         pack_groups(weight.reshape(-1), 1, 0, 1, g.C, g.C, g.K, packed)
         zero = scratch("im2col.zero_rows", g.C, dtype, zeroed=True)
-        _multiply_images(packed, g.C, g.K, grad_y, g.N, g.H * g.W, zero, grad_x)
+        if pointwise:
+            _multiply_images(packed, g.C, g.K, grad_y, g.N, g.H * g.W, zero, grad_x)
+            return
+        values = scratch("im2col.strided_gradient", g.N * g.C * g.P * g.Q, dtype)
+        _multiply_images(packed, g.C, g.K, grad_y, g.N, g.P * g.Q, zero, values)
+        _spread(values, g.N, g.C, g.H, g.W, g.P, g.Q, g.stride_h, g.stride_w, grad_x.reshape(-1))
         return
     _input_gradient(
         grad_y.reshape(-1), weight.reshape(-1), grad_x.reshape(-1), g.N, g.C, g.H, g.W, g.K,
