@@ -203,12 +203,14 @@ def sum_parts(partial, parts, out):
 
 
 #: The unpacked weight-gradient kernel: a ROWS x TAPS block of grad_weight, LANES
-#: positions of the reduction per step (24 zmm accumulators in float32, plus 6 rows of
-#: grad_y and one tap row: 31 registers).
-ROWS = 6
-TAPS = 4
+#: positions of the reduction per step (24 zmm accumulators in float32, 3 tap rows and
+#: one row of grad_y: 28 registers). The rows of grad_y stay in L1 across the blocks of
+#: taps, whose rows stream from L2: 8 x 3 moves a quarter less from L2 per FMA than
+#: 6 x 4, and measured 3-8% faster.
+ROWS = 8
+TAPS = 3
 LANES = 16
-#: Reduction positions per pass over grad_weight: 6 rows of 1024 (24 KB) stay in L1.
+#: Reduction positions per pass over grad_weight: 8 rows of 1024 (32 KB) stay in L1.
 DEPTH = 1024
 _BLOCK = ROWS * TAPS * LANES
 _ZERO = np.uint64(0)
@@ -257,7 +259,6 @@ def _gradient_block(
     o0 = offsets[min(t0, T - 1)]
     o1 = offsets[min(t0 + 1, T - 1)]
     o2 = offsets[min(t0 + 2, T - 1)]
-    o3 = offsets[min(t0 + 3, T - 1)]
     # Slices made once per block and unsigned indices into them: the loop carries no
     # wraparound or clamping arithmetic (a signed index would turn loads into gathers).
     a0 = gyp[min(k0 + 0, K - 1) * a_row :]
@@ -266,10 +267,11 @@ def _gradient_block(
     a3 = gyp[min(k0 + 3, K - 1) * a_row :]
     a4 = gyp[min(k0 + 4, K - 1) * a_row :]
     a5 = gyp[min(k0 + 5, K - 1) * a_row :]
+    a6 = gyp[min(k0 + 6, K - 1) * a_row :]
+    a7 = gyp[min(k0 + 7, K - 1) * a_row :]
     b0 = buffer[o0:]
     b1 = buffer[o1:]
     b2 = buffer[o2:]
-    b3 = buffer[o3:]
     count = _unsigned(r_hi - r_lo)
     for n in range(n0, n1):
         a = _unsigned(n * a_image + r_lo)
@@ -280,38 +282,39 @@ def _gradient_block(
                 x0 = b0[e]
                 x1 = b1[e]
                 x2 = b2[e]
-                x3 = b3[e]
                 e = a + u + lane
                 v = a0[e]
                 acc[0 + lane] += v * x0
                 acc[16 + lane] += v * x1
                 acc[32 + lane] += v * x2
-                acc[48 + lane] += v * x3
                 v = a1[e]
-                acc[64 + lane] += v * x0
-                acc[80 + lane] += v * x1
-                acc[96 + lane] += v * x2
-                acc[112 + lane] += v * x3
+                acc[48 + lane] += v * x0
+                acc[64 + lane] += v * x1
+                acc[80 + lane] += v * x2
                 v = a2[e]
-                acc[128 + lane] += v * x0
-                acc[144 + lane] += v * x1
-                acc[160 + lane] += v * x2
-                acc[176 + lane] += v * x3
+                acc[96 + lane] += v * x0
+                acc[112 + lane] += v * x1
+                acc[128 + lane] += v * x2
                 v = a3[e]
+                acc[144 + lane] += v * x0
+                acc[160 + lane] += v * x1
+                acc[176 + lane] += v * x2
+                v = a4[e]
                 acc[192 + lane] += v * x0
                 acc[208 + lane] += v * x1
                 acc[224 + lane] += v * x2
-                acc[240 + lane] += v * x3
-                v = a4[e]
-                acc[256 + lane] += v * x0
-                acc[272 + lane] += v * x1
-                acc[288 + lane] += v * x2
-                acc[304 + lane] += v * x3
                 v = a5[e]
-                acc[320 + lane] += v * x0
-                acc[336 + lane] += v * x1
-                acc[352 + lane] += v * x2
-                acc[368 + lane] += v * x3
+                acc[240 + lane] += v * x0
+                acc[256 + lane] += v * x1
+                acc[272 + lane] += v * x2
+                v = a6[e]
+                acc[288 + lane] += v * x0
+                acc[304 + lane] += v * x1
+                acc[320 + lane] += v * x2
+                v = a7[e]
+                acc[336 + lane] += v * x0
+                acc[352 + lane] += v * x1
+                acc[368 + lane] += v * x2
     for i in range(min(ROWS, K - k0)):
         for j in range(min(TAPS, T - t0)):
             total = lane_sum(acc, (i * TAPS + j) * LANES)
