@@ -202,6 +202,7 @@ CONV2D = OpSpec(
         _conv("16 -> 32 channels", (2, 16, 14, 14), (32, 16, 3, 3), padding=1),
         _conv("1x1 32 -> 24", (2, 32, 7, 7), (24, 32, 1, 1), bias=False),
         _conv("1x1 stride 2", (2, 12, 48, 47), (8, 12, 1, 1), stride=2),
+        _conv("4 -> 16 channels 5x5", (4, 4, 20, 20), (16, 4, 5, 5)),
         _conv("1x1 stride (2, 3)", (2, 9, 7, 11), (5, 9, 1, 1), stride=(2, 3), bias=False),
         _conv("7x7 stride 2", (1, 3, 23, 23), (8, 3, 7, 7), stride=2, padding=3),
     ),

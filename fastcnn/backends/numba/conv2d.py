@@ -200,18 +200,19 @@ def transposed_weight(weight, g: ConvGeometry) -> np.ndarray:
 #: Above this many weight-gradient elements, the threads split the output instead of the
 #: reduction: per-thread partial sums would cost more than an uneven split.
 SPLIT_OUTPUTS = 1 << 18
-#: From this many flat output positions per image (garbage columns included) the weight
-#: gradient reads the input unpacked (direct.padded_weight_gradient): measured 1.2-1.6x
-#: faster at 56x56 and 28x28 (its reduction runs long between horizontal sums); at 14x14
-#: and 7x7 the packed GEMM (direct.weight_gradient) is 1.1-2x faster.
-UNPACKED_COLUMNS = 512
+#: From this many flat output positions over the batch (garbage columns included) the
+#: weight gradient reads the input unpacked (direct.padded_weight_gradient): its sums
+#: then run long enough between lane sums. Measured (2 threads, float32) 1.2x faster at
+#: 14x14 x 8 images (1792 positions) and 2x at LeNet's 8x8 x 256; the packed GEMM
+#: (direct.weight_gradient) 1.2-1.4x faster at 7x7 x 8 (504) and 14x14 x 1 (224).
+UNPACKED_POSITIONS = 1024
 
 
 def direct_weight_gradient(grad_y, x, grad_weight, g: ConvGeometry) -> None:
     layout = PhaseLayout(g)
     parts = numba.get_num_threads()
     target = grad_weight.reshape(-1)
-    unpacked = g.groups == 1 and layout.columns >= UNPACKED_COLUMNS
+    unpacked = g.groups == 1 and g.N * layout.columns >= UNPACKED_POSITIONS
     PQ = g.P * g.Q
     if unpacked and PQ % direct.LANES == 0 and (is_gemm(g) or im2col.is_strided_pointwise(g)):
         # x (or, strided, the inputs the forward read, gathered) and grad_y read as they
@@ -284,7 +285,11 @@ def conv2d_backward(
     if algo == "depthwise":
         depthwise.backward(grad_y, x, weight, grad_x, grad_weight, g)
     elif algo == "small_channels":
-        small_channels.backward(grad_y, x, weight, grad_x, grad_weight, g)
+        small_channels.input_gradient(grad_y, weight, grad_x, g)
+        if small_channels.owns_weight_gradient(g):
+            small_channels.weight_gradient(grad_y, x, grad_weight, g)
+        else:
+            direct_weight_gradient(grad_y, x, grad_weight, g)
     else:
         _input_gradient(grad_y, weight, grad_x, g, algo)
         direct_weight_gradient(grad_y, x, grad_weight, g)

@@ -47,6 +47,15 @@ def takes(g: ConvGeometry) -> bool:
     return g.C // g.groups <= 8 and g.C // g.groups * g.R * g.S <= 256
 
 
+def owns_weight_gradient(g: ConvGeometry) -> bool:
+    """Whether this module's weight gradient beats the direct algorithm's unpacked one:
+    with few output channels or few taps (LeNet c1: 6 x 25, CIFAR: 32 x 27), its sums per
+    image block are all there is; from 16 output channels and 64 taps (LeNet c2, ResNet
+    conv1) the direct kernel's 8 x 3 blocks summed over many images measured 1.15-2x
+    faster."""
+    return g.K // g.groups < 16 or g.C // g.groups * g.R * g.S < 64
+
+
 class Plan:
     """The staged layout of one geometry: block height, stage shape, tap offsets."""
 
