@@ -42,7 +42,8 @@ def fastcnn_step(batch: int, steps: int, threads: int, backend: str | None) -> l
     def step() -> None:
         optimizer.zero_grad()
         criterion(model(images), labels)
-        model.backward(criterion.backward())
+        # The images need no gradient: PyTorch's autograd skips conv1's input gradient.
+        model.backward(criterion.backward(), input_grad=False)
         optimizer.step()
 
     context = fastcnn.use_backend(backend) if backend else _nothing()

@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> float:
                 labels = to_device(train_labels[batch])
                 loss = criterion(model(images), labels)
                 optimizer.zero_grad()
-                model.backward(criterion.backward())
+                model.backward(criterion.backward(), input_grad=False)
                 optimizer.step()
                 loss_sum += float(loss) * len(batch)
             seconds = time.perf_counter() - started

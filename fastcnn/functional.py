@@ -114,10 +114,14 @@ def _slope(negative_slope) -> float:
     return float(negative_slope)
 
 
+def _flag(name: str, value, meaning: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool ({meaning}), got {value!r}")
+    return value
+
+
 def _bias_flag(bias) -> bool:
-    if not isinstance(bias, bool):
-        raise TypeError(f"bias must be a bool (whether to return grad_bias), got {bias!r}")
-    return bias
+    return _flag("bias", bias, "whether to return grad_bias")
 
 
 def _check_grad(grad_y, expected_shape) -> None:
@@ -203,15 +207,17 @@ def conv2d_backward(
     groups=1,
     *,
     bias: bool = True,
+    input_grad: bool = True,
     algo: str = "auto",
     out=None,
     backend: str | None = None,
 ):
-    """Gradients of :func:`conv2d`: ``(grad_x, grad_weight, grad_bias or None)``.
+    """Gradients of :func:`conv2d`: ``(grad_x or None, grad_weight, grad_bias or None)``.
 
-    ``bias=False`` skips grad_bias. ``out`` is an optional tuple of arrays to write
-    the gradients into (``None`` in place of grad_bias when ``bias=False``). The
-    other arguments are the forward call's.
+    ``bias=False`` skips grad_bias; ``input_grad=False`` skips grad_x (a network's
+    first layer, whose input needs no gradient: it is often the costlier half). ``out``
+    is an optional tuple of arrays to write the gradients into (``None`` in place of
+    those skipped). The other arguments are the forward call's.
     """
     xp = array_module(grad_y=grad_y, x=x, weight=weight)
     dtype = float_dtype(grad_y=grad_y, x=x, weight=weight)
@@ -220,12 +226,13 @@ def conv2d_backward(
     )
     _check_grad(grad_y, geometry.output_shape)
     with_bias = _bias_flag(bias)
+    with_input = _flag("input_grad", input_grad, "whether to return grad_x")
     kernel, algo_args = _algorithm_kernel("conv2d_backward", xp, backend, algo)
     grad_x, grad_weight, grad_bias = _outputs(
         xp,
         dtype,
         out,
-        [x.shape, weight.shape, (geometry.K,) if with_bias else None],
+        [x.shape if with_input else None, weight.shape, (geometry.K,) if with_bias else None],
         [("grad_y", grad_y), ("x", x), ("weight", weight)],
     )
     if geometry.N == 0:
@@ -497,22 +504,33 @@ def linear(x, weight, bias=None, *, out=None, backend: str | None = None):
     return y
 
 
-def linear_backward(grad_y, x, weight, *, bias: bool = True, out=None, backend: str | None = None):
-    """Gradients of :func:`linear`: ``(grad_x, grad_weight, grad_bias or None)``.
+def linear_backward(
+    grad_y,
+    x,
+    weight,
+    *,
+    bias: bool = True,
+    input_grad: bool = True,
+    out=None,
+    backend: str | None = None,
+):
+    """Gradients of :func:`linear`: ``(grad_x or None, grad_weight, grad_bias or None)``.
 
-    ``out`` is an optional tuple of arrays to write the gradients into.
+    ``bias`` and ``input_grad`` as in :func:`conv2d_backward`. ``out`` is an optional
+    tuple of arrays to write the gradients into.
     """
     xp = array_module(grad_y=grad_y, x=x, weight=weight)
     dtype = float_dtype(grad_y=grad_y, x=x, weight=weight)
     rows, in_features, out_features = _shapes.linear_shapes(x.shape, weight.shape, None)
     _check_grad(grad_y, (*x.shape[:-1], out_features))
     with_bias = _bias_flag(bias)
+    with_input = _flag("input_grad", input_grad, "whether to return grad_x")
     kernel = _kernel("linear_backward", xp, backend)
     grad_x, grad_weight, grad_bias = _outputs(
         xp,
         dtype,
         out,
-        [x.shape, weight.shape, (out_features,) if with_bias else None],
+        [x.shape if with_input else None, weight.shape, (out_features,) if with_bias else None],
         [("grad_y", grad_y), ("x", x), ("weight", weight)],
     )
     if rows == 0:
@@ -524,7 +542,7 @@ def linear_backward(grad_y, x, weight, *, bias: bool = True, out=None, backend: 
             contiguous(xp, grad_y).reshape(rows, out_features),
             contiguous(xp, x).reshape(rows, in_features),
             contiguous(xp, weight),
-            grad_x.reshape(rows, in_features),
+            None if grad_x is None else grad_x.reshape(rows, in_features),
             grad_weight,
             grad_bias,
         )

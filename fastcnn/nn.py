@@ -479,10 +479,28 @@ class Sequential(Module):
             x = module(x)
         return x
 
-    def backward(self, grad):
-        for module in reversed(self._modules.values()):
+    def backward(self, grad, *, input_grad: bool = True):
+        """Runs the children's backward in reverse. With ``input_grad=False`` (the input
+        needs no gradient, as a batch of images) the children before the first one with
+        parameters are skipped and that one computes only its parameters' gradients
+        (a :class:`Conv2d`, :class:`Linear` or :class:`Sequential`; another kind still
+        computes its input gradient, which is dropped); returns None."""
+        if not isinstance(input_grad, bool):
+            raise TypeError(f"input_grad must be a bool, got {input_grad!r}")
+        modules = list(self._modules.values())
+        first = 0
+        if not input_grad:
+            first = next((i for i, m in enumerate(modules) if any(m.parameters())), len(modules))
+        for index in range(len(modules) - 1, first - 1, -1):
+            module = modules[index]
+            if index == first and not input_grad:
+                if isinstance(module, (Conv2d, Linear, Sequential)):
+                    module.backward(grad, input_grad=False)
+                else:
+                    module.backward(grad)
+                return None
             grad = module.backward(grad)
-        return grad
+        return None if not input_grad else grad
 
 
 # ------------------------------------------------------------------ layers with parameters
@@ -554,12 +572,15 @@ class Conv2d(Module):
         out = self._buffer("y", lambda: self._output_shape(x), x)
         return F.conv2d(x, self.weight.data, bias, *self._geometry(), out=out)
 
-    def backward(self, grad):
+    def backward(self, grad, *, input_grad: bool = True):
+        """As :meth:`Module.backward`; ``input_grad=False`` computes only the parameters'
+        gradients and returns None (the first layer of a network)."""
         x = self._saved_for_backward()
-        out = _gradient_buffers(self, x, grad)
+        out = _gradient_buffers(self, x, input_grad)
         grad_x, grad_weight, grad_bias = F.conv2d_backward(
-            grad, x, self.weight.data, *self._geometry(), bias=self.bias is not None, out=out
-        )
+            grad, x, self.weight.data, *self._geometry(), bias=self.bias is not None,
+            input_grad=input_grad, out=out,
+        )  # fmt: skip
         self._accumulate(self.weight, grad_weight)
         self._accumulate(self.bias, grad_bias)
         return grad_x
@@ -600,11 +621,12 @@ class Linear(Module):
         bias = None if self.bias is None else self.bias.data
         return F.linear(x, self.weight.data, bias, out=out)
 
-    def backward(self, grad):
+    def backward(self, grad, *, input_grad: bool = True):
+        """As :meth:`Conv2d.backward`."""
         x = self._saved_for_backward()
-        out = _gradient_buffers(self, x, grad)
+        out = _gradient_buffers(self, x, input_grad)
         grad_x, grad_weight, grad_bias = F.linear_backward(
-            grad, x, self.weight.data, bias=self.bias is not None, out=out
+            grad, x, self.weight.data, bias=self.bias is not None, input_grad=input_grad, out=out
         )
         self._accumulate(self.weight, grad_weight)
         self._accumulate(self.bias, grad_bias)
@@ -617,13 +639,13 @@ class Linear(Module):
         )
 
 
-def _gradient_buffers(layer: Module, x, grad) -> tuple | None:
+def _gradient_buffers(layer: Module, x, input_grad: bool) -> tuple | None:
     """Kept (grad_x, grad_weight, grad_bias) buffers of a layer with weight and bias."""
     if layer._buffers is None:
         return None
     bias = layer.bias
     return (
-        layer._buffer("grad_x", lambda: x.shape, x),
+        layer._buffer("grad_x", lambda: x.shape, x) if input_grad else None,
         layer._buffer("grad_weight", lambda: layer.weight.shape, x),
         None if bias is None else layer._buffer("grad_bias", lambda: bias.shape, x),
     )

@@ -434,3 +434,29 @@ def test_training_step_allocates_nothing_after_the_first():
     # Every activation and gradient of the convolutional part is 64 KiB or more; the
     # interpreter's own small objects (frames, tuples, geometries) stay near 20 KiB.
     assert peak < 48 * 1024, f"a step allocated {peak} bytes"
+
+
+@pytest.mark.parametrize("reuse", [False, True])
+def test_backward_without_the_input_gradient(reuse):
+    """input_grad=False returns None and leaves every parameter's gradient as with True,
+    also when layers without parameters come first."""
+    x = np.random.default_rng(0).standard_normal((3, 2, 10, 10)).astype(np.float32)
+    grads = []
+    for input_grad in (True, False):
+        fastcnn.manual_seed(0)
+        model = nn.Sequential(nn.ReLU(), small_lenet(nn, np.float32))
+        if reuse:
+            model.reuse_buffers()
+        y = model(x)
+        result = model.backward(np.ones_like(y), input_grad=input_grad)
+        assert (result is None) == (not input_grad)
+        grads.append([p.grad.copy() for p in model.parameters()])
+    for with_input, without in zip(*grads, strict=True):
+        np.testing.assert_array_equal(without, with_input)
+
+
+def test_backward_input_grad_must_be_a_bool():
+    model = nn.Sequential(nn.Linear(3, 2))
+    model(np.ones((1, 3), np.float32))
+    with pytest.raises(TypeError, match="input_grad"):
+        model.backward(np.ones((1, 2), np.float32), input_grad=0)

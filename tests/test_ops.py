@@ -159,3 +159,38 @@ def test_max_pool_ties_and_nans_pick_as_the_reference(backend, dtype, params):
         with poison_outputs():
             grad_x = F.max_pool2d_backward(grad_y, x, **params, indices=given, backend=backend)
         np.testing.assert_allclose(grad_x, reference_grad, rtol=1e-6, atol=1e-6)
+
+
+def _parameter_gradient_cases():
+    functions = {"conv2d": F.conv2d_backward, "linear": F.linear_backward}
+    for spec in SPECS:
+        if spec.name not in functions:
+            continue
+        for backend in BACKENDS:
+            if has_op(spec.ops[1], backend):
+                for case in spec.cases:
+                    yield pytest.param(
+                        spec, case, backend, functions[spec.name],
+                        id=f"{spec.name}-{case.name}-{backend}".replace(" ", "_"),
+                    )  # fmt: skip
+
+
+@pytest.mark.parametrize(("spec", "case", "backend", "backward"), list(_parameter_gradient_cases()))
+def test_parameter_gradients_without_the_input_gradient(spec, case, backend, backward):
+    """input_grad=False: no grad_x, and the parameters' gradients are still right."""
+    rng = np.random.default_rng()
+    inputs = spec.make_inputs(case, "float32", rng)
+    wide = float64_inputs(inputs)
+    y = spec.forward(wide, case.params, "reference")
+    grad_y = rng.standard_normal(y.shape)
+    expected = spec.backward(wide, case.params, grad_y, y, "reference")
+    with poison_outputs():
+        grad_x, grad_weight, grad_bias = backward(
+            grad_y.astype(np.float32), inputs["x"], inputs["weight"], **case.params,
+            bias="bias" in inputs, input_grad=False, backend=backend,
+        )  # fmt: skip
+    assert grad_x is None
+    label = f"{spec.name} [{case.name}]"
+    assert_close(grad_weight, expected["weight"], spec.tolerance["float32"], f"weight, {label}")
+    if "bias" in inputs:
+        assert_close(grad_bias, expected["bias"], spec.tolerance["float32"], f"bias, {label}")

@@ -23,7 +23,7 @@ array C-contiguous, all float arrays of one dtype, float32 or float64; ``g`` is 
 garbage and every element must be written; a ``None`` output is not wanted)::
 
     conv2d(x, weight, bias | None, y, g)
-    conv2d_backward(grad_y, x, weight, grad_x, grad_weight, grad_bias | None, g)
+    conv2d_backward(grad_y, x, weight, grad_x | None, grad_weight, grad_bias | None, g)
     max_pool2d(x, y, indices | None, g)          # indices: int64, flat over H*W
     max_pool2d_backward(grad_y, x, indices | None, grad_x, g)
     avg_pool2d(x, y, g)
@@ -35,7 +35,7 @@ garbage and every element must be written; a ``None`` output is not wanted)::
     sigmoid(x, y);  sigmoid_backward(grad_y, y, grad_x)
     tanh(x, y);     tanh_backward(grad_y, y, grad_x)
     linear(x, weight, bias | None, y)            # x (M, in), weight (out, in), y (M, out)
-    linear_backward(grad_y, x, weight, grad_x, grad_weight, grad_bias | None)
+    linear_backward(grad_y, x, weight, grad_x | None, grad_weight, grad_bias | None)
     softmax(x, y);  log_softmax(x, y)            # (M, C), over the last axis
     cross_entropy(logits, labels, losses)        # (M, C), int64 (M,), (M,) per-row losses
     cross_entropy_backward(logits, labels, row_scale, grad_logits)

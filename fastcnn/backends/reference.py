@@ -90,7 +90,8 @@ def conv2d_backward(grad_y, x, weight, grad_x, grad_weight, grad_bias, g: ConvGe
     # Rows and columns of x that no window reaches (the "crop") get zero gradient.
     full = np.zeros((g.N, g.C, g.H + g.pad_h + gxp.shape[2], g.W + g.pad_w + gxp.shape[3]))
     full[:, :, : gxp.shape[2], : gxp.shape[3]] = gxp
-    grad_x[...] = full[:, :, g.pad_h : g.pad_h + g.H, g.pad_w : g.pad_w + g.W]
+    if grad_x is not None:
+        grad_x[...] = full[:, :, g.pad_h : g.pad_h + g.H, g.pad_w : g.pad_w + g.W]
     grad_weight[...] = gw.reshape(grad_weight.shape)
     if grad_bias is not None:
         grad_bias[...] = _f64(grad_y).sum(axis=(0, 2, 3))
@@ -258,7 +259,8 @@ def linear(x, weight, bias, y) -> None:
 @register("linear_backward", "reference")
 def linear_backward(grad_y, x, weight, grad_x, grad_weight, grad_bias) -> None:
     gy = _f64(grad_y)
-    grad_x[...] = gy @ _f64(weight)
+    if grad_x is not None:
+        grad_x[...] = gy @ _f64(weight)
     grad_weight[...] = gy.T @ _f64(x)
     if grad_bias is not None:
         grad_bias[...] = gy.sum(axis=0)

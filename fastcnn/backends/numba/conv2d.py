@@ -285,13 +285,15 @@ def conv2d_backward(
     if algo == "depthwise":
         depthwise.backward(grad_y, x, weight, grad_x, grad_weight, g)
     elif algo == "small_channels":
-        small_channels.input_gradient(grad_y, weight, grad_x, g)
+        if grad_x is not None:
+            small_channels.input_gradient(grad_y, weight, grad_x, g)
         if small_channels.owns_weight_gradient(g):
             small_channels.weight_gradient(grad_y, x, grad_weight, g)
         else:
             direct_weight_gradient(grad_y, x, grad_weight, g)
     else:
-        _input_gradient(grad_y, weight, grad_x, g, algo)
+        if grad_x is not None:
+            _input_gradient(grad_y, weight, grad_x, g, algo)
         direct_weight_gradient(grad_y, x, grad_weight, g)
     if grad_bias is not None:
         _sum_channels(grad_y.reshape(-1), g.N, g.K, g.P * g.Q, grad_bias)

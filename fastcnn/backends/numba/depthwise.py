@@ -251,14 +251,16 @@ def forward(x, weight, bias, y, g: ConvGeometry) -> None:
 def backward(grad_y, x, weight, grad_x, grad_weight, g: ConvGeometry) -> None:
     """grad_x: stride 1 as the forward pass with the flipped weight, stride 2 row by row
     over two staged grad_y rows; grad_weight: per-thread partial sums
-    over the planes, one pass over x and grad_y."""
+    over the planes, one pass over x and grad_y. ``grad_x`` None: not wanted."""
     if not (takes_ring(g) and g.N * g.C > 0):
         small_channels.backward(grad_y, x, weight, grad_x, grad_weight, g)
         return
     from fastcnn.backends.numba.conv2d import transposed_geometry
 
     t = transposed_geometry(g)
-    if g.stride_h == 1 and takes_ring(t) and t.pad_h >= 0 and t.pad_w >= 0:
+    if grad_x is None:
+        pass
+    elif g.stride_h == 1 and takes_ring(t) and t.pad_h >= 0 and t.pad_w >= 0:
         flipped = scratch("depthwise.flipped", weight.size, weight.dtype)
         flipped[:] = weight.reshape(g.K, 9)[:, ::-1].reshape(-1)
         _ring(grad_y, flipped, None, grad_x, t)

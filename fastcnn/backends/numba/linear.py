@@ -52,7 +52,8 @@ def linear(x, weight, bias, y) -> None:
 @register("linear_backward", "numba")
 def linear_backward(grad_y, x, weight, grad_x, grad_weight, grad_bias) -> None:
     with _blas_threads(2 * x.shape[0] * x.shape[1] * weight.shape[0]):
-        np.matmul(grad_y, weight, out=grad_x)
+        if grad_x is not None:
+            np.matmul(grad_y, weight, out=grad_x)
         np.matmul(grad_y.T, x, out=grad_weight)
     if grad_bias is not None:
         np.sum(grad_y, axis=0, out=grad_bias)

@@ -468,5 +468,7 @@ def input_gradient(grad_y, weight, grad_x, g: ConvGeometry) -> None:
 
 
 def backward(grad_y, x, weight, grad_x, grad_weight, g: ConvGeometry) -> None:
-    input_gradient(grad_y, weight, grad_x, g)
+    """Both gradients; ``grad_x`` None: not wanted."""
+    if grad_x is not None:
+        input_gradient(grad_y, weight, grad_x, g)
     weight_gradient(grad_y, x, grad_weight, g)
