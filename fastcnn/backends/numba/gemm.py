@@ -79,6 +79,28 @@ def lane_sum(typingctx, array, start):
     return array.dtype(array, types.intp), codegen
 
 
+@intrinsic
+def prefetch(typingctx, array, index):
+    """Ask for the cache line holding ``array[index]`` to come into L1 (a hint: an
+    address past the array's end is harmless, it never faults)."""
+    if not isinstance(array, types.Array):
+        return None
+
+    def codegen(context, builder, signature, args):
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        pointer = builder.bitcast(builder.gep(data, [args[1]]), ir.IntType(8).as_pointer())
+        function = cgutils.get_or_insert_function(
+            builder.module,
+            ir.FunctionType(ir.VoidType(), [pointer.type] + [ir.IntType(32)] * 3),
+            "llvm.prefetch.p0",
+        )
+        flags = [ir.Constant(ir.IntType(32), value) for value in (0, 3, 1)]  # read, keep, data
+        builder.call(function, [pointer, *flags])
+        return context.get_dummy_value()
+
+    return types.none(array, types.intp), codegen
+
+
 @jit(inline="always")
 def _tile(kc, a, a0, b, offsets, o0, b0, ldb, c, c0, ldc, m, n, first, init, i0):
     # The micro-kernel proper: row k of B starts at b[b0 + k*ldb], or at
@@ -223,6 +245,8 @@ def multiply_rows(
 #: panel that fits L1) on every ResNet-50 1x1 layer: half the passes over C, and the
 #: 64 KB panel is read from L2 at a rate the micro-kernel sustains.
 KC_IMAGES = 256
+#: Rows ahead that :func:`_pack_image_columns` prefetches.
+AHEAD = 8
 #: Column panels per task of :func:`multiply_images` (their packed B: 256 KB, in L2).
 PANELS_IMAGES = 4
 
@@ -251,6 +275,11 @@ def _pack_image_columns(x, depth, plane, W, sh, sw, HW, Q, columns, k0, kc, col0
         if sw == 1:  # a vectorised copy (a runtime stride of 1 stays scalar)
             for k in range(kc):
                 start = source + k * plane
+                # The rows are planes apart: too many streams for the hardware
+                # prefetcher when x comes from DRAM. Ask for row k + AHEAD's lines now.
+                ahead = start + AHEAD * plane
+                for line in range(0, run, 16):
+                    prefetch(x, ahead + line)
                 packed[k * NR + j : k * NR + j + run] = x[start : start + run]
         else:
             for k in range(kc):
