@@ -186,3 +186,34 @@ def test_gpu_comparison_finds_the_crossover(smoke_run):
     assert comparison["gpu_speedup_with_copies"] == pytest.approx(4.0)
     # CPU 1e-4 * b against GPU 3.5e-4 + 1e-6 * b: the GPU first wins at batch 4.
     assert comparison["crossover_batch"] == 4
+
+
+def _summarize_module():
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "summarize.py"
+    spec = importlib.util.spec_from_file_location("summarize", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_summarize_repeats_takes_the_median_ratio_per_case_and_geomeans_per_suite():
+    summarize = _summarize_module()
+
+    def run(ours_a, ours_b):
+        results = []
+        for case, ours in (("resnet50 a", ours_a), ("resnet50 b", ours_b)):
+            common = {"op": "conv2d", "case": case, "direction": "fwd", "status": "ok"}
+            results.append({**common, "library": "torch", "median_s": 1.0})
+            results.append(
+                {**common, "library": "fastcnn", "backend": "numba", "algo": "auto",
+                 "median_s": ours}
+            )  # fmt: skip
+        return {"results": results}
+
+    # case a: ratios 1, 2, 4 -> median 2; case b: 0.5, 0.5, 8 -> median 0.5; geomean 1.
+    text = summarize.summarize_repeats([run(1.0, 2.0), run(0.5, 2.0), run(0.25, 0.125)])
+    assert "| 1.00, 2.00, 4.00 | **2.00** |" in text
+    assert "| 0.50, 0.50, 8.00 | **0.50** |" in text
+    assert "| conv2d | resnet50 | fwd | numba:auto | 2 | **1.00** |" in text
