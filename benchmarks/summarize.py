@@ -69,8 +69,9 @@ def _geomean(values: list[float]) -> float:
 
 
 def summarize_repeats(documents: list[dict]) -> str:
-    """Per case: median ms of both libraries over the runs, every run's ratio, the median
-    ratio; then the geometric mean of the median ratios per suite and direction."""
+    """Per case: fastcnn's median run (its ms, rate and % of the roofline), the peer's
+    median ms, every run's ratio and their median; then the geometric mean of the median
+    ratios per suite and direction."""
     runs: dict[tuple, list[tuple[dict, dict]]] = {}
     for document in documents:
         peers = {
@@ -85,18 +86,22 @@ def summarize_repeats(documents: list[dict]) -> str:
             name = result["backend"] + (f":{result['algo']}" if result.get("algo") else "")
             runs.setdefault((*key, name), []).append((result, peers[key]))
     lines = [
-        "| op | case | dir | backend | ms | torch ms | torch/ours per run | median |",
-        "|---|---|---|---|---|---|---|---|",
+        "| op | case | dir | backend | ms | rate | % roof | torch ms | torch/ours per run "
+        "| median |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     suites: dict[tuple[str, str, str, str], list[float]] = {}
     for (op, case, direction, name), pairs in runs.items():
         ratios = [peer["median_s"] / ours["median_s"] for ours, peer in pairs]
-        ours_ms = statistics.median(ours["median_s"] for ours, _ in pairs) * 1e3
+        ours_runs = [ours for ours, _ in pairs]
+        typical = sorted(ours_runs, key=lambda r: r["median_s"])[(len(ours_runs) - 1) // 2]
         peer_ms = statistics.median(peer["median_s"] for _, peer in pairs) * 1e3
         median = statistics.median(ratios)
         each = ", ".join(f"{ratio:.2f}" for ratio in ratios)
-        lines.append(f"| {op} | {case} | {direction} | {name} | {ours_ms:.3g} | "
-                     f"{peer_ms:.3g} | {each} | **{median:.2f}** |")  # fmt: skip
+        lines.append(f"| {op} | {case} | {direction} | {name} | "
+                     f"{typical['median_s'] * 1e3:.3g} | {_rate(typical)} | "
+                     f"{100 * typical['roofline_fraction']:.0f}% | {peer_ms:.3g} | {each} | "
+                     f"**{median:.2f}** |")  # fmt: skip
         suites.setdefault((op, case.split()[0], direction, name), []).append(median)
     lines += ["", "| op | suite | dir | backend | cases | geomean of medians |"]
     lines.append("|---|---|---|---|---|---|")

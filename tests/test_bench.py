@@ -208,7 +208,8 @@ def test_summarize_repeats_takes_the_median_ratio_per_case_and_geomeans_per_suit
             results.append({**common, "library": "torch", "median_s": 1.0})
             results.append(
                 {**common, "library": "fastcnn", "backend": "numba", "algo": "auto",
-                 "median_s": ours}
+                 "median_s": ours, "bound": "compute", "flops_per_s": 2e9 / ours,
+                 "roofline_fraction": 0.5}
             )  # fmt: skip
         return {"results": results}
 
