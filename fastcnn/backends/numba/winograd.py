@@ -91,14 +91,14 @@ LANES = 16
 
 
 @jit(inline="always")
-def _transform_pass(d0, d1, d2, d3, d4, d5, out):
-    """out[e*NR + j] = (B^T d)[e] for the six rows d0..d5 (NR each) at each j < NR.
+def _transform_pass(d0, d1, d2, d3, d4, d5, out, n):
+    """out[e*NR + j] = (B^T d)[e] for the six rows d0..d5 (NR each) at each j < n.
     B^T = [[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
            [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]].
     Indexed by the loop index plus constants only: an index with a variable offset gets
     a wraparound select (it might be negative), which turns vector loads into gathers."""
     two, four, five = out.dtype.type(2), out.dtype.type(4), out.dtype.type(5)
-    for j in range(NR):
+    for j in range(n):
         a0, a1, a2, a3, a4, a5 = d0[j], d1[j], d2[j], d3[j], d4[j], d5[j]
         out[j] = four * a0 - five * a2 + a4
         out[NR + j] = a3 + a4 - four * (a1 + a2)
@@ -160,9 +160,12 @@ def _input_transform(x, N, C, H, W, pad_h, pad_w, tiles_h, tiles_w, V, work):
         zeros[:] = 0
         first = p * NR
         end = min(first + NR, total)
-        if end - first < NR:  # the last panel: zero patches past the last tile
-            for t in range(48 * _ROW):
-                patches[t] = 0
+        # Tiles transformed: up to the last one, in whole chunks of LANES (a 7x7 image at
+        # batch 8 fills half a panel, 14x14 at batch 1 a quarter); V past them is zero.
+        n = min(NR, (end - first + LANES - 1) // LANES * LANES)
+        if end - first < n:  # zero the patches of the chunk past the last tile
+            for r in range(48):
+                patches[r * _ROW + end - first : r * _ROW + n] = 0
         tile = first
         while tile < end:
             n, rest = tile // (tiles_h * tiles_w), tile % (tiles_h * tiles_w)
@@ -189,21 +192,22 @@ def _input_transform(x, N, C, H, W, pad_h, pad_w, tiles_h, tiles_w, V, work):
                 patches[base + 3 * _ROW : base + 3 * _ROW + NR],
                 patches[base + 4 * _ROW : base + 4 * _ROW + NR],
                 patches[base + 5 * _ROW : base + 5 * _ROW + NR],
-                rows[r * 6 * NR : (r + 1) * 6 * NR],
+                rows[r * 6 * NR : (r + 1) * 6 * NR], n,
             )  # fmt: skip
         for e in range(6):  # columns[e, e'] = (B^T d B)[e', e]
             _transform_pass(
                 rows[e * NR : (e + 1) * NR], rows[(6 + e) * NR : (7 + e) * NR],
                 rows[(12 + e) * NR : (13 + e) * NR], rows[(18 + e) * NR : (19 + e) * NR],
                 rows[(24 + e) * NR : (25 + e) * NR], rows[(30 + e) * NR : (31 + e) * NR],
-                columns[e * 6 * NR : (e + 1) * 6 * NR],
+                columns[e * 6 * NR : (e + 1) * 6 * NR], n,
             )  # fmt: skip
         for e in range(6):
             for e2 in range(6):
                 out = V[((p * 36 + e2 * 6 + e) * C + c) * NR :][:NR]
                 transformed = columns[(e * 6 + e2) * NR : (e * 6 + e2 + 1) * NR]
-                for j in range(NR):
+                for j in range(n):
                     out[j] = transformed[j]
+                out[n:] = 0
 
 
 @jit
