@@ -162,10 +162,10 @@ def _input_transform(x, N, C, H, W, pad_h, pad_w, tiles_h, tiles_w, V, work):
         end = min(first + NR, total)
         # Tiles transformed: up to the last one, in whole chunks of LANES (a 7x7 image at
         # batch 8 fills half a panel, 14x14 at batch 1 a quarter); V past them is zero.
-        n = min(NR, (end - first + LANES - 1) // LANES * LANES)
-        if end - first < n:  # zero the patches of the chunk past the last tile
+        used = min(NR, (end - first + LANES - 1) // LANES * LANES)
+        if end - first < used:  # zero the patches of the chunk past the last tile
             for r in range(48):
-                patches[r * _ROW + end - first : r * _ROW + n] = 0
+                patches[r * _ROW + end - first : r * _ROW + used] = 0
         tile = first
         while tile < end:
             n, rest = tile // (tiles_h * tiles_w), tile % (tiles_h * tiles_w)
@@ -192,22 +192,22 @@ def _input_transform(x, N, C, H, W, pad_h, pad_w, tiles_h, tiles_w, V, work):
                 patches[base + 3 * _ROW : base + 3 * _ROW + NR],
                 patches[base + 4 * _ROW : base + 4 * _ROW + NR],
                 patches[base + 5 * _ROW : base + 5 * _ROW + NR],
-                rows[r * 6 * NR : (r + 1) * 6 * NR], n,
+                rows[r * 6 * NR : (r + 1) * 6 * NR], used,
             )  # fmt: skip
         for e in range(6):  # columns[e, e'] = (B^T d B)[e', e]
             _transform_pass(
                 rows[e * NR : (e + 1) * NR], rows[(6 + e) * NR : (7 + e) * NR],
                 rows[(12 + e) * NR : (13 + e) * NR], rows[(18 + e) * NR : (19 + e) * NR],
                 rows[(24 + e) * NR : (25 + e) * NR], rows[(30 + e) * NR : (31 + e) * NR],
-                columns[e * 6 * NR : (e + 1) * 6 * NR], n,
+                columns[e * 6 * NR : (e + 1) * 6 * NR], used,
             )  # fmt: skip
         for e in range(6):
             for e2 in range(6):
                 out = V[((p * 36 + e2 * 6 + e) * C + c) * NR :][:NR]
                 transformed = columns[(e * 6 + e2) * NR : (e * 6 + e2 + 1) * NR]
-                for j in range(n):
+                for j in range(used):
                     out[j] = transformed[j]
-                out[n:] = 0
+                out[used:] = 0
 
 
 @jit
