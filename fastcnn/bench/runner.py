@@ -202,7 +202,8 @@ def method_summary(settings: BenchSettings, environment: dict[str, str]) -> str:
         f"first call timed apart, 1 warm-up, median of >= {settings.min_runs} runs and "
         f">= {settings.min_time:g} s (at most {settings.max_runs}); "
         f"inputs rotated over >= 2 sets (>= 2x the {last_level_cache_bytes() // 2**20} MiB cache); "
-        "outputs preallocated (out=) where the API allows"
+        "outputs preallocated (out=) where the API allows, one per call site for every "
+        "input set (the peer's fresh outputs come back warm from its allocator)"
     )
 
 
