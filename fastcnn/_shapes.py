@@ -108,6 +108,14 @@ def pair(name: str, value: object, *, minimum: int) -> tuple[int, int]:
     return values
 
 
+def flag(name: str, value: object, meaning: str = "") -> bool:
+    """``value`` itself, checked to be a bool; ``meaning`` explains it in the error."""
+    if not isinstance(value, bool):
+        what = f" ({meaning})" if meaning else ""
+        raise TypeError(f"{name} must be a bool{what}, got {value!r}")
+    return value
+
+
 def positive_int(name: str, value: object) -> int:
     if not _is_int(value):
         raise TypeError(f"{name} must be an int, got {value!r}")
@@ -209,10 +217,8 @@ def pool2d_geometry(
         stride_h, stride_w = pair("stride", stride, minimum=1)
     pad_h, pad_w = pair("padding", padding, minimum=0)
     dilation_h, dilation_w = pair("dilation", dilation, minimum=1)
-    if not isinstance(ceil_mode, bool):
-        raise TypeError(f"ceil_mode must be a bool, got {ceil_mode!r}")
-    if not isinstance(count_include_pad, bool):
-        raise TypeError(f"count_include_pad must be a bool, got {count_include_pad!r}")
+    flag("ceil_mode", ceil_mode)
+    flag("count_include_pad", count_include_pad)
     if pad_h > R // 2 or pad_w > S // 2:
         raise ValueError(
             f"padding must be at most half of kernel_size, got padding=({pad_h}, {pad_w}) "

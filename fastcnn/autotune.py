@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fastcnn import _cache_dirs
+from fastcnn import _cache_dirs, _shapes
 
 __all__ = ["autotune", "cache_path", "choose", "is_enabled"]
 
@@ -42,8 +42,7 @@ _memory: dict[str, str] = {}
 def autotune(enable: bool = True) -> None:
     """Turn autotuning of ``algo="auto"`` on (``True``) or off."""
     global _enabled
-    if not isinstance(enable, bool):
-        raise TypeError(f"enable must be a bool, got {enable!r}")
+    _shapes.flag("enable", enable)
     _enabled = enable
 
 

@@ -114,14 +114,8 @@ def _slope(negative_slope) -> float:
     return float(negative_slope)
 
 
-def _flag(name: str, value, meaning: str) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool ({meaning}), got {value!r}")
-    return value
-
-
 def _bias_flag(bias) -> bool:
-    return _flag("bias", bias, "whether to return grad_bias")
+    return _shapes.flag("bias", bias, "whether to return grad_bias")
 
 
 def _check_grad(grad_y, expected_shape) -> None:
@@ -226,7 +220,7 @@ def conv2d_backward(
     )
     _check_grad(grad_y, geometry.output_shape)
     with_bias = _bias_flag(bias)
-    with_input = _flag("input_grad", input_grad, "whether to return grad_x")
+    with_input = _shapes.flag("input_grad", input_grad, "whether to return grad_x")
     kernel, algo_args = _algorithm_kernel("conv2d_backward", xp, backend, algo)
     grad_x, grad_weight, grad_bias = _outputs(
         xp,
@@ -281,8 +275,7 @@ def max_pool2d(
     xp = array_module(x=x)
     dtype = float_dtype(x=x)
     geometry = _shapes.pool2d_geometry(x.shape, kernel_size, stride, padding, dilation, ceil_mode)
-    if not isinstance(return_indices, bool):
-        raise TypeError(f"return_indices must be a bool, got {return_indices!r}")
+    _shapes.flag("return_indices", return_indices)
     kernel = _kernel("max_pool2d", xp, backend)
     if return_indices:
         if out is not None and (not isinstance(out, (tuple, list)) or len(out) != 2):
@@ -524,7 +517,7 @@ def linear_backward(
     rows, in_features, out_features = _shapes.linear_shapes(x.shape, weight.shape, None)
     _check_grad(grad_y, (*x.shape[:-1], out_features))
     with_bias = _bias_flag(bias)
-    with_input = _flag("input_grad", input_grad, "whether to return grad_x")
+    with_input = _shapes.flag("input_grad", input_grad, "whether to return grad_x")
     kernel = _kernel("linear_backward", xp, backend)
     grad_x, grad_weight, grad_bias = _outputs(
         xp,

@@ -238,8 +238,7 @@ class Module:
         >>> model(np.ones((4, 3), np.float32)) is first
         True
         """
-        if not isinstance(enabled, bool):
-            raise TypeError(f"enabled must be a bool, got {enabled!r}")
+        _shapes.flag("enabled", enabled)
         for module in self.modules():
             object.__setattr__(module, "_buffers", {} if enabled else None)
         return self
@@ -314,8 +313,7 @@ class Module:
         No layer here behaves differently in the two modes (there is no dropout or
         batch norm yet); the flag is kept so models read as they do in PyTorch.
         """
-        if not isinstance(mode, bool):
-            raise TypeError(f"mode must be a bool, got {mode!r}")
+        _shapes.flag("mode", mode)
         for module in self.modules():
             object.__setattr__(module, "training", mode)
         return self
@@ -485,8 +483,7 @@ class Sequential(Module):
         parameters are skipped and that one computes only its parameters' gradients
         (a :class:`Conv2d`, :class:`Linear` or :class:`Sequential`; another kind still
         computes its input gradient, which is dropped); returns None."""
-        if not isinstance(input_grad, bool):
-            raise TypeError(f"input_grad must be a bool, got {input_grad!r}")
+        _shapes.flag("input_grad", input_grad, "whether to return the input's gradient")
         modules = list(self._modules.values())
         first = 0
         if not input_grad:

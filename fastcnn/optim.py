@@ -21,6 +21,7 @@ import numbers
 from collections.abc import Iterable
 from typing import Any
 
+from fastcnn import _shapes
 from fastcnn._arrays import array_module
 from fastcnn.nn import Parameter
 
@@ -137,8 +138,7 @@ class SGD(Optimizer):
             group[name] = _non_negative(name, group[name])
         if not isinstance(group["dampening"], numbers.Real):
             raise TypeError(f"dampening must be a real number, got {group['dampening']!r}")
-        if not isinstance(group["nesterov"], bool):
-            raise TypeError(f"nesterov must be a bool, got {group['nesterov']!r}")
+        _shapes.flag("nesterov", group["nesterov"])
         if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
 

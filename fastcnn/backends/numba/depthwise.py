@@ -255,12 +255,16 @@ def backward(grad_y, x, weight, grad_x, grad_weight, g: ConvGeometry) -> None:
     if not (takes_ring(g) and g.N * g.C > 0):
         small_channels.backward(grad_y, x, weight, grad_x, grad_weight, g)
         return
+    if grad_x is not None:
+        _input_gradient(grad_y, weight, grad_x, g)
+    _weight_gradient(grad_y, x, grad_weight, g)
+
+
+def _input_gradient(grad_y, weight, grad_x, g: ConvGeometry) -> None:
     from fastcnn.backends.numba.conv2d import transposed_geometry
 
     t = transposed_geometry(g)
-    if grad_x is None:
-        pass
-    elif g.stride_h == 1 and takes_ring(t) and t.pad_h >= 0 and t.pad_w >= 0:
+    if g.stride_h == 1 and takes_ring(t) and t.pad_h >= 0 and t.pad_w >= 0:
         flipped = scratch("depthwise.flipped", weight.size, weight.dtype)
         flipped[:] = weight.reshape(g.K, 9)[:, ::-1].reshape(-1)
         _ring(grad_y, flipped, None, grad_x, t)
@@ -268,4 +272,3 @@ def backward(grad_y, x, weight, grad_x, grad_weight, g: ConvGeometry) -> None:
         _input_gradient_stride2(grad_y, weight, grad_x, g)
     else:
         small_channels.input_gradient(grad_y, weight, grad_x, g)
-    _weight_gradient(grad_y, x, grad_weight, g)

@@ -281,6 +281,12 @@ def _gather_weights(weight, first, rows, Kc, Cg, out):
                         out[t * Kc * Cg + (c0 + c) * Kc + kk] = zero
 
 
+@jit(inline="always")
+def _u_row(lines, size, e2, u):
+    """u[:size] = ((G w) G^T)[e1, e2] from the three lines of row e1 (:func:`_filter_lines`)."""
+    _filter_row(e2, lines[:size], lines[size : 2 * size], lines[2 * size : 3 * size], u[:size])
+
+
 @jit
 def _filter_lines(weights, size, e1, lines):
     """lines[s, :] = (G w)[e1, s] for s < 3, from :func:`_gather_weights`'s layout."""
@@ -387,13 +393,7 @@ def _multiply_and_store(
         for e1 in range(6):
             _filter_lines(weights, size, e1, lines)
             for e2 in range(6):
-                _filter_row(
-                    e2,
-                    lines[:size],
-                    lines[size : 2 * size],
-                    lines[2 * size : 3 * size],
-                    u[:size],
-                )  # u[c*Kc + kk] = (G w G^T)[e1, e2] = U[xi][kk, c]
+                _u_row(lines, size, e2, u)  # u[c*Kc + kk] = (G w G^T)[e1, e2] = U[xi][kk, c]
                 xi = e1 * 6 + e2
                 for p in range(count):
                     b0 = ((panel0 + p) * 36 + xi) * C * NR + g * Cg * NR
@@ -468,13 +468,7 @@ def _multiply_few(
         for e1 in range(6):
             _filter_lines(weights, size, e1, lines)
             for e2 in range(6):
-                _filter_row(
-                    e2,
-                    lines[:size],
-                    lines[size : 2 * size],
-                    lines[2 * size : 3 * size],
-                    u[:size],
-                )  # u[c*NR + kk] = U[xi][kk, c]: row c of U[xi]^T
+                _u_row(lines, size, e2, u)  # u[c*NR + kk] = U[xi][kk, c]: row c of U[xi]^T
                 xi = e1 * 6 + e2
                 for i0 in range(0, rows_t, MR):
                     # rows i of A = V[xi]^T: a[c*NR + i0 + i] = V[0, xi, g*Cg + c, i0 + i]
