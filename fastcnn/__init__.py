@@ -8,6 +8,7 @@
 
 from fastcnn import functional, nn, optim
 from fastcnn._config import set_num_threads, show_config
+from fastcnn._explain import explain_conv2d
 from fastcnn._random import manual_seed
 from fastcnn.autotune import autotune
 from fastcnn.backends import BackendUnavailableError, available_backends, use_backend
@@ -20,6 +21,7 @@ __all__ = [
     "__version__",
     "autotune",
     "available_backends",
+    "explain_conv2d",
     "functional",
     "load",
     "manual_seed",

@@ -68,15 +68,17 @@ def float_dtype(**arrays) -> np.dtype:
     return dtype
 
 
-def integer_indices(name: str, indices, bound: int, xp: ModuleType):
-    """Check integer indices (class labels, max-pool positions) in ``[0, bound)`` and
+def integer_indices(name: str, indices, bound: int, xp: ModuleType, lowest: int = 0):
+    """Check integer indices (class labels, max-pool positions) in ``[lowest, bound)`` and
     return them as contiguous int64: a kernel may then index with them unchecked."""
     if indices.dtype.kind not in "iu":
         raise TypeError(f"{name} must be an integer array of indices, got {indices.dtype}")
     if indices.size:
         low, high = int(indices.min()), int(indices.max())
-        if low < 0 or high >= bound:
-            raise ValueError(f"{name} must lie in [0, {bound}), got values in [{low}, {high}]")
+        if low < lowest or high >= bound:
+            raise ValueError(
+                f"{name} must lie in [{lowest}, {bound}), got values in [{low}, {high}]"
+            )
     return xp.ascontiguousarray(indices, dtype=xp.int64)
 
 

@@ -96,8 +96,8 @@ def _time(run: Callable[[], None]) -> float:
     return best
 
 
-def _runs(geometry, dtype, direction: str, runners: Mapping[str, Callable]):
-    """One closure per algorithm name that runs the kernel on random data of this shape."""
+def _run(geometry, dtype, direction: str, runners: Mapping[str, Callable]):
+    """A function of an algorithm's name that runs it on random data of this shape."""
     g = geometry
     rng = np.random.default_rng(0)
 
@@ -106,34 +106,34 @@ def _runs(geometry, dtype, direction: str, runners: Mapping[str, Callable]):
 
     x = array(g.N, g.C, g.H, g.W)
     weight = array(g.K, g.C // g.groups, g.R, g.S)
-    y = np.empty((g.N, g.K, g.P, g.Q), dtype)
-    if direction == "forward":
-        return lambda name: lambda: runners["forward"](x, weight, None, y, g, name)
-    grad_y = array(g.N, g.K, g.P, g.Q)
-    grad_x, grad_weight = np.empty_like(x), np.empty_like(weight)
-    return lambda name: (
-        lambda: runners["backward"](grad_y, x, weight, grad_x, grad_weight, None, g, name)
-    )
+    y = array(g.N, g.K, g.P, g.Q)
+    arguments = {
+        "forward": (x, weight, np.empty_like(y)),
+        "input_gradient": (y, weight, np.empty_like(x)),
+        "weight_gradient": (y, x, np.empty_like(weight)),
+    }[direction]
+    return lambda name: lambda: runners[direction](name, *arguments, g)
 
 
 def choose(
     geometry,
     dtype,
-    backward: bool,
+    direction: str,
     default: str,
     names: Sequence[str],
     runners: Mapping[str, Callable],
     backend: str = "numba",
 ) -> str:
-    """The algorithm for ``algo="auto"``: ``default`` unless autotuning is on, then the
-    fastest of ``names`` (timed once per key, remembered in memory and on disk).
+    """The algorithm for ``algo="auto"`` in ``direction`` ("forward", "input_gradient" or
+    "weight_gradient"): ``default`` unless autotuning is on, then the fastest of ``names``
+    (timed once per key, remembered in memory and on disk).
 
-    ``runners["forward"]`` / ``runners["backward"]`` are the backend's kernels, called
-    with an explicit algorithm name (never ``"auto"``, so no recursion).
+    ``runners[direction](name, *arrays, geometry)`` runs one algorithm of the backend
+    (forward: x, weight, y; input_gradient: grad_y, weight, grad_x; weight_gradient:
+    grad_y, x, grad_weight).
     """
     if not _enabled or len(names) < 2:
         return default
-    direction = "backward" if backward else "forward"
     key = _key(geometry, dtype, direction, backend)
     with _lock:
         if key in _memory:
@@ -143,7 +143,7 @@ def choose(
         if stored in names:
             _memory[key] = stored
             return stored
-        run = _runs(geometry, dtype, direction, runners)
+        run = _run(geometry, dtype, direction, runners)
         timings = {name: _time(run(name)) for name in names}
         best = min(timings, key=timings.__getitem__)
         _memory[key] = best

@@ -17,6 +17,7 @@ functions also take ``out=``, an array of the output's shape and dtype to write 
 
 from __future__ import annotations
 
+import math
 import numbers
 from types import ModuleType
 
@@ -24,7 +25,7 @@ import numpy as np
 
 from fastcnn import _shapes
 from fastcnn._arrays import array_module, contiguous, empty, float_dtype, integer_indices
-from fastcnn.backends import algorithms, select
+from fastcnn.backends import algorithm_table, select
 
 __all__ = [
     "avg_pool2d",
@@ -59,20 +60,52 @@ def _kernel(op: str, xp: ModuleType, backend: str | None):
     return select(op, on_gpu=xp is not np, keyword=backend)[1]
 
 
-def _algorithm_kernel(op: str, xp: ModuleType, backend: str | None, algo: str):
-    """The kernel for ``op`` and the arguments that pass it ``algo``.
+def _conv_algorithms(op: str, xp: ModuleType, backend, algo, g, directions, dtype):
+    """The kernel for ``op`` and the keyword arguments that name its algorithm(s).
 
-    ``"auto"`` lets the backend choose; any other name must be one the backend offers.
+    ``algo`` is ``"auto"``, an algorithm's name, or (conv2d_backward) a pair of names for
+    (input gradient, weight gradient). A name the backend does not offer, or one that
+    cannot take one of ``directions`` of this case, raises ``ValueError`` naming those
+    that can, before any kernel runs. ``"auto"`` is resolved here (the backend's
+    heuristic or autotuning) so the kernel runs exactly the algorithm it is given.
     """
-    if not isinstance(algo, str):
-        raise TypeError(f"algo must be a str, got {algo!r}")
     name, kernel = select(op, on_gpu=xp is not np, keyword=backend)
-    offered = algorithms(op, name)
-    if algo != "auto" and algo not in offered:
-        raise ValueError(
-            f"algo must be 'auto' or one of {offered} on backend {name!r}, got {algo!r}"
-        )
-    return kernel, ((algo,) if offered else ())
+    table = algorithm_table(op, name)
+    pair = isinstance(algo, tuple) and len(algo) == 2 and all(isinstance(a, str) for a in algo)
+    if isinstance(algo, str):
+        wanted = {direction: algo for direction in directions}
+    elif pair and op == "conv2d_backward":
+        wanted = {"input_gradient": algo[0], "weight_gradient": algo[1]}
+        wanted = {direction: wanted[direction] for direction in directions}
+    else:
+        expected = "a str" if op == "conv2d" else "a str or a pair (input, weight) of str"
+        raise TypeError(f"algo must be {expected}, got {algo!r}")
+    if table is None:
+        bad = sorted({a for a in wanted.values() if a != "auto"})
+        if bad:
+            raise ValueError(f"backend {name!r} offers no algorithms for {op}, got algo={bad[0]!r}")
+        return kernel, {}
+    chosen = {}
+    for direction, requested in wanted.items():
+        if requested != "auto" and requested not in table.names:
+            raise ValueError(
+                f"algo must be 'auto' or one of {tuple(table.names)} on backend {name!r}, "
+                f"got {requested!r}"
+            )
+        able = [a for a in table.names if table.takes(a, g, direction)]
+        if requested == "auto":
+            chosen[direction] = table.choose(g, direction, dtype) if g.N else able[-1]
+        elif requested in able:
+            chosen[direction] = requested
+        else:
+            what = direction.replace("_", " ")
+            raise ValueError(
+                f"algo={requested!r} cannot take the {what} of this convolution on backend "
+                f"{name!r}; the algorithms that can: {able}"
+            )
+    if op == "conv2d":
+        return kernel, {"algo": chosen["forward"]}
+    return kernel, {"algo": (chosen.get("input_gradient"), chosen["weight_gradient"])}
 
 
 def _output(xp: ModuleType, shape, dtype, out, inputs=()):
@@ -118,6 +151,20 @@ def _bias_flag(bias) -> bool:
     return _shapes.flag("bias", bias, "whether to return grad_bias")
 
 
+def _scalar_gradient(grad_output, reduction: str) -> float:
+    """The gradient of a reduced loss: a real number, or an array of one element
+    (a 0-d array as PyTorch passes, or shape (1,))."""
+    if isinstance(grad_output, numbers.Real) and not isinstance(grad_output, bool):
+        return float(grad_output)
+    size, kind = getattr(grad_output, "size", None), getattr(grad_output, "dtype", None)
+    if size != 1 or getattr(kind, "kind", "") not in "fiu":
+        raise ValueError(
+            f"grad_output must be a real scalar or an array of one element for "
+            f"reduction={reduction!r}, got {grad_output!r}"
+        )
+    return float(grad_output.reshape(()).item())
+
+
 def _check_grad(grad_y, expected_shape) -> None:
     if grad_y.shape != tuple(expected_shape):
         raise ValueError(
@@ -153,8 +200,10 @@ def conv2d(
     padding : int, pair of ints, ``"valid"`` or ``"same"`` (TensorFlow's rule, so
         ``"same"`` also works with stride > 1: output size ``ceil(H / stride)``)
     groups : int dividing C and K; ``groups == C`` is a depthwise convolution
-    algo : ``"auto"`` (the backend chooses; see ``fastcnn.autotune``) or the name of
-        one of the backend's algorithms, e.g. ``"direct"``, ``"im2col"``, ``"winograd"``
+    algo : ``"auto"`` (the backend chooses; see ``fastcnn.autotune`` and
+        :func:`explain_conv2d`) or the name of one of the backend's algorithms, e.g.
+        ``"direct"``, ``"im2col"``, ``"winograd"``; one that cannot take this case
+        raises ``ValueError`` naming those that can
 
     Returns
     -------
@@ -177,8 +226,8 @@ def conv2d(
         dilation,
         groups,
     )
-    kernel, algo_args = _algorithm_kernel("conv2d", xp, backend, algo)
     y = _output(xp, geometry.output_shape, dtype, out, [("x", x), ("weight", weight)])
+    kernel, algo_args = _conv_algorithms("conv2d", xp, backend, algo, geometry, ("forward",), dtype)
     if y.size:
         kernel(
             contiguous(xp, x),
@@ -186,7 +235,7 @@ def conv2d(
             contiguous(xp, bias),
             y,
             geometry,
-            *algo_args,
+            **algo_args,
         )
     return y
 
@@ -202,7 +251,7 @@ def conv2d_backward(
     *,
     bias: bool = True,
     input_grad: bool = True,
-    algo: str = "auto",
+    algo: str | tuple[str, str] = "auto",
     out=None,
     backend: str | None = None,
 ):
@@ -211,7 +260,9 @@ def conv2d_backward(
     ``bias=False`` skips grad_bias; ``input_grad=False`` skips grad_x (a network's
     first layer, whose input needs no gradient: it is often the costlier half). ``out``
     is an optional tuple of arrays to write the gradients into (``None`` in place of
-    those skipped). The other arguments are the forward call's.
+    those skipped). ``algo`` names one algorithm for both gradients, or a pair
+    ``(input gradient, weight gradient)``: not every algorithm has both (Winograd has
+    no weight gradient). The other arguments are the forward call's.
     """
     xp = array_module(grad_y=grad_y, x=x, weight=weight)
     dtype = float_dtype(grad_y=grad_y, x=x, weight=weight)
@@ -221,7 +272,10 @@ def conv2d_backward(
     _check_grad(grad_y, geometry.output_shape)
     with_bias = _bias_flag(bias)
     with_input = _shapes.flag("input_grad", input_grad, "whether to return grad_x")
-    kernel, algo_args = _algorithm_kernel("conv2d_backward", xp, backend, algo)
+    directions = ("input_gradient",) * with_input + ("weight_gradient",)
+    kernel, algo_args = _conv_algorithms(
+        "conv2d_backward", xp, backend, algo, geometry, directions, dtype
+    )
     grad_x, grad_weight, grad_bias = _outputs(
         xp,
         dtype,
@@ -242,7 +296,7 @@ def conv2d_backward(
             grad_weight,
             grad_bias,
             geometry,
-            *algo_args,
+            **algo_args,
         )
     return grad_x, grad_weight, grad_bias
 
@@ -266,6 +320,10 @@ def max_pool2d(
 
     With ``return_indices=True`` also returns the int64 position of each maximum,
     flattened over (H, W) of its plane, as PyTorch does; ``out`` is then a pair.
+
+    A window of -inf only reports its first tap inside x. A window lying wholly in the
+    padding (possible with dilation or ``ceil_mode``) gives -inf, as PyTorch, and index
+    -1 (PyTorch's index there is unspecified); no gradient flows from it.
 
     >>> x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
     >>> max_pool2d(x, 2)[0, 0]
@@ -318,7 +376,8 @@ def max_pool2d_backward(
             raise ValueError(
                 f"indices must have shape {geometry.output_shape}, got {indices.shape}"
             )
-        indices = integer_indices("indices", indices, geometry.H * geometry.W, xp)
+        # -1 marks a window lying wholly in the padding (see max_pool2d)
+        indices = integer_indices("indices", indices, geometry.H * geometry.W, xp, lowest=-1)
     kernel = _kernel("max_pool2d_backward", xp, backend)
     grad_x = _output(xp, x.shape, dtype, out, [("grad_y", grad_y), ("x", x)])
     if grad_x.size:
@@ -549,7 +608,8 @@ def linear_backward(
 def _rows_last(xp, x, axis: int):
     """x with ``axis`` moved last, contiguous, as (rows, classes)."""
     moved = xp.moveaxis(x, axis, -1)
-    return xp.ascontiguousarray(moved).reshape(-1, x.shape[axis]), moved.shape
+    rows = math.prod(moved.shape[:-1])  # not -1: an empty axis leaves it ambiguous
+    return xp.ascontiguousarray(moved).reshape(rows, x.shape[axis]), moved.shape
 
 
 def _softmax_family(op: str, x, axis, out, backend):
@@ -656,9 +716,7 @@ def cross_entropy_backward(
     else:
         scale = 1.0
         if grad_output is not None:
-            if not isinstance(grad_output, numbers.Real) and getattr(grad_output, "size", 0) != 1:
-                raise ValueError(f"grad_output must be a scalar for reduction={reduction!r}")
-            scale = float(grad_output)
+            scale = _scalar_gradient(grad_output, reduction)
         if reduction == "mean" and rows:
             scale /= rows
         row_scale = xp.full(rows, scale, dtype)

@@ -107,3 +107,22 @@ def test_info_command():
         [sys.executable, "-m", "fastcnn", "info"], capture_output=True, text=True, check=True
     )
     assert "backends:" in result.stdout
+
+
+def test_every_full_backend_implements_every_op():
+    """A forgotten import would otherwise fall back to another backend silently."""
+    for record in backends.RECORDS:
+        if record.full and backends.backend_status()[record.name][0]:
+            assert backends.ops_of(record.name) == sorted(backends.SIGNATURES), record.name
+
+
+def test_registering_an_unknown_op_or_backend_fails():
+    with pytest.raises(ValueError, match="unknown op"):
+        backends.register("conv3d", "numba")
+    with pytest.raises(ValueError, match="unknown backend"):
+        backends.register("relu", "fortran")
+
+
+def test_a_backend_takes_the_arrays_of_its_device():
+    with pytest.raises(TypeError, match="NumPy"):
+        backends.select("relu", on_gpu=True, keyword="numba")

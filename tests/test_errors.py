@@ -65,9 +65,9 @@ def _expand():
 
 
 @pytest.mark.parametrize(("spec", "error", "backend"), list(_expand()))
-def test_bad_input_raises(spec, error, backend):
+def test_bad_input_raises(spec, error, backend, rng):
     base = spec.cases[0]
-    inputs = spec.make_inputs(base, np.float32, np.random.default_rng())
+    inputs = spec.make_inputs(base, np.float32, rng)
     if error.mutate is not None:
         error.mutate(inputs)
     params = {**base.params, **error.params}
@@ -84,9 +84,9 @@ def _backward_expand():
 
 
 @pytest.mark.parametrize(("spec", "backend"), list(_backward_expand()))
-def test_backward_checks_its_gradient(spec, backend):
+def test_backward_checks_its_gradient(spec, backend, rng):
     case = spec.cases[0]
-    inputs = spec.make_inputs(case, np.float32, np.random.default_rng())
+    inputs = spec.make_inputs(case, np.float32, rng)
     y = spec.forward(inputs, case.params, "reference")
     if y.ndim == 0:  # a reduced loss takes a scalar gradient
         pytest.skip("scalar gradient")
@@ -101,8 +101,8 @@ def test_unknown_backend_names_the_choices():
         F.relu(np.ones(3), backend="fortran")
 
 
-def test_indices_are_checked():
-    x = np.random.default_rng().standard_normal((1, 2, 4, 4))
+def test_indices_are_checked(rng):
+    x = rng.standard_normal((1, 2, 4, 4))
     y, indices = F.max_pool2d(x, 2, return_indices=True)
     with pytest.raises(ValueError, match="indices"):
         F.max_pool2d_backward(np.ones_like(y), x, 2, indices=indices + 100)

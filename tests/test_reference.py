@@ -27,9 +27,12 @@ def _torch_params(params: dict) -> dict:
 
 
 @pytest.mark.parametrize(("spec", "case"), list(_cases()))
-def test_reference_matches_pytorch(spec, case):
+def test_reference_matches_pytorch(spec, case, rng):
     torch = pytest.importorskip("torch")
-    rng = np.random.default_rng()
+    if "beyond_torch" in case.tags:
+        # PyTorch reports an unspecified index for a window wholly in the padding, and its
+        # backward then writes outside the gradient (heap corruption): nothing to compare.
+        pytest.skip("a case PyTorch leaves undefined")
     inputs = spec.make_inputs(case, np.float64, rng)
     tensors = {k: torch.from_numpy(v.copy()) for k, v in inputs.items()}
     for name in spec.differentiable:
@@ -47,9 +50,9 @@ def test_reference_matches_pytorch(spec, case):
         assert_close(gradient, tensors[name].grad.numpy(), 1e-12, f"grad of {name}")
 
 
-def test_max_pool_indices_match_pytorch():
+def test_max_pool_indices_match_pytorch(rng):
     torch = pytest.importorskip("torch")
-    x = np.random.default_rng().standard_normal((2, 3, 10, 9))
+    x = rng.standard_normal((2, 3, 10, 9))
     x[0, 0, 1, 1] = x[0, 0, 1, 2] = 9.0  # a tie: the first maximum wins
     x[1, 2, 4, 4] = np.nan
     for params in (
@@ -75,9 +78,10 @@ def _numeric_gradient(loss, array, index, step=1e-6):
 
 
 @pytest.mark.parametrize(("spec", "case"), list(_cases(with_backward=True)))
-def test_reference_gradients_match_finite_differences(spec, case):
+def test_reference_gradients_match_finite_differences(spec, case, rng):
     """d/dinput of sum(forward(inputs) * grad_y), on a random sample of elements."""
-    rng = np.random.default_rng()
+    if "beyond_torch" in case.tags:
+        pytest.skip("-inf outputs (windows wholly in the padding): no finite differences")
     inputs = spec.make_inputs(case, np.float64, rng)
     y = spec.forward(inputs, case.params, "reference")
     grad_y = rng.standard_normal(y.shape)

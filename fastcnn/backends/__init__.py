@@ -17,31 +17,11 @@ Selection, first rule that applies:
 A backend named by rules 1-3 never falls back silently: if it lacks the op, the
 call raises.
 
-Kernel signatures (inputs, then preallocated outputs, then plain parameters; every
-array C-contiguous, all float arrays of one dtype, float32 or float64; ``g`` is a
-``ConvGeometry`` or ``PoolGeometry`` from ``fastcnn._shapes``; outputs start with
-garbage and every element must be written; a ``None`` output is not wanted)::
-
-    conv2d(x, weight, bias | None, y, g)
-    conv2d_backward(grad_y, x, weight, grad_x | None, grad_weight, grad_bias | None, g)
-    max_pool2d(x, y, indices | None, g)          # indices: int64, flat over H*W
-    max_pool2d_backward(grad_y, x, indices | None, grad_x, g)
-    avg_pool2d(x, y, g)
-    avg_pool2d_backward(grad_y, grad_x, g)
-    relu(x, y)                                   # elementwise ops get 1-D arrays
-    relu_backward(grad_y, x, grad_x)
-    leaky_relu(x, y, negative_slope)
-    leaky_relu_backward(grad_y, x, grad_x, negative_slope)
-    sigmoid(x, y);  sigmoid_backward(grad_y, y, grad_x)
-    tanh(x, y);     tanh_backward(grad_y, y, grad_x)
-    linear(x, weight, bias | None, y)            # x (M, in), weight (out, in), y (M, out)
-    linear_backward(grad_y, x, weight, grad_x | None, grad_weight, grad_bias | None)
-    softmax(x, y);  log_softmax(x, y)            # (M, C), over the last axis
-    cross_entropy(logits, labels, losses)        # (M, C), int64 (M,), (M,) per-row losses
-    cross_entropy_backward(logits, labels, row_scale, grad_logits)
-                                                 # grad = (softmax - onehot) * row_scale[:, None]
-
-Kernels are called only with a non-empty batch (N, M >= 1).
+Kernel signatures are :data:`SIGNATURES`: inputs, then preallocated outputs, then
+plain parameters; every array C-contiguous, all float arrays of one dtype, float32 or
+float64; ``g`` is a ``ConvGeometry`` or ``PoolGeometry`` from ``fastcnn._shapes``;
+outputs start with garbage and every element must be written; a ``None`` output is not
+wanted. Kernels are called only with a non-empty batch (N, M >= 1).
 """
 
 from __future__ import annotations
@@ -52,21 +32,92 @@ import importlib
 import os
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
 
-#: Every backend fastcnn knows, in the order show_config() lists them.
-BACKENDS = ("reference", "numba", "cpp", "cuda")
-#: CPU backends, fastest first: the order in which NumPy calls fall back.
+
+@dataclass(frozen=True)
+class Backend:
+    """What the registry knows of a backend before importing it.
+
+    ``device`` is where its arrays live ("cpu": NumPy, "gpu": CuPy); ``automatic``
+    whether the array type alone may pick it (rules 4 below; a testing backend such as
+    an emulator is only ever named); ``full`` whether it must implement every op of
+    :data:`SIGNATURES` (a test fails when one is missing); ``module`` the module under
+    ``fastcnn.backends`` that registers its kernels.
+    """
+
+    name: str
+    device: str
+    automatic: bool
+    full: bool
+    install: str
+    module: str
+
+
+#: Every backend fastcnn knows, in the order show_config() lists them; among those
+#: chosen automatically for an array type, the first available that has the op wins.
+RECORDS: tuple[Backend, ...] = (
+    Backend("reference", "cpu", True, True, "it needs only NumPy", "reference"),
+    Backend("numba", "cpu", True, True, "pip install numba", "numba"),
+    Backend(
+        "cpp",
+        "cpu",
+        True,
+        False,
+        "reinstall fastcnn with a C++ compiler and CMake present: pip install --no-cache-dir .",
+        "cpp",
+    ),
+    Backend(
+        "cuda",
+        "gpu",
+        True,
+        False,
+        "pip install 'fastcnn[cuda]' (CuPy) on a machine with an NVIDIA GPU",
+        "cuda",
+    ),
+)
+_RECORDS = {record.name: record for record in RECORDS}
+#: Backend names, in :data:`RECORDS` order.
+BACKENDS = tuple(_RECORDS)
+#: Automatic CPU backends, fastest first: the order in which NumPy calls fall back.
 CPU_BACKENDS = ("numba", "cpp", "reference")
 #: What to install when a backend is missing.
-INSTALL_HINTS = {
-    "reference": "it needs only NumPy",
-    "numba": "pip install numba",
-    "cpp": "reinstall fastcnn with a C++ compiler and CMake present: pip install --no-cache-dir .",
-    "cuda": "pip install 'fastcnn[cuda]' (CuPy) on a machine with an NVIDIA GPU",
+INSTALL_HINTS = {record.name: record.install for record in RECORDS}
+
+#: Every op a backend may register, with its kernel's signature (see the docstring).
+SIGNATURES = {
+    "conv2d": "x, weight, bias | None, y, g, *, algo",
+    "conv2d_backward": (
+        "grad_y, x, weight, grad_x | None, grad_weight, grad_bias | None, g, *, algo"
+    ),
+    # indices: int64, flat over H*W; -1 for a window lying wholly in the padding
+    "max_pool2d": "x, y, indices | None, g",
+    "max_pool2d_backward": "grad_y, x, indices | None, grad_x, g",
+    "avg_pool2d": "x, y, g",
+    "avg_pool2d_backward": "grad_y, grad_x, g",
+    # elementwise ops get 1-D arrays
+    "relu": "x, y",
+    "relu_backward": "grad_y, x, grad_x",
+    "leaky_relu": "x, y, negative_slope",
+    "leaky_relu_backward": "grad_y, x, grad_x, negative_slope",
+    "sigmoid": "x, y",
+    "sigmoid_backward": "grad_y, y, grad_x",
+    "tanh": "x, y",
+    "tanh_backward": "grad_y, y, grad_x",
+    # x (M, in), weight (out, in), y (M, out)
+    "linear": "x, weight, bias | None, y",
+    "linear_backward": "grad_y, x, weight, grad_x | None, grad_weight, grad_bias | None",
+    # (M, C), over the last axis; cross_entropy: int64 labels (M,), per-row losses (M,);
+    # its backward: grad = (softmax - onehot) * row_scale[:, None]
+    "softmax": "x, y",
+    "log_softmax": "x, y",
+    "cross_entropy": "logits, labels, losses",
+    "cross_entropy_backward": "logits, labels, row_scale, grad_logits",
 }
 
 _kernels: dict[tuple[str, str], Callable] = {}
-_algorithms: dict[tuple[str, str], tuple[str, ...]] = {}
+_algorithms: dict[tuple[str, str], Any] = {}
 _status: dict[str, tuple[bool, str]] = {}
 _load_lock = threading.RLock()
 _context_backend: contextvars.ContextVar[str | None] = contextvars.ContextVar(
@@ -78,28 +129,42 @@ class BackendUnavailableError(RuntimeError):
     """A known backend cannot run here (its library or device is missing)."""
 
 
-def register(
-    op: str, backend: str, algorithms: tuple[str, ...] = ()
-) -> Callable[[Callable], Callable]:
+def record(name: str) -> Backend:
+    """The record of backend ``name`` (``KeyError`` for an unknown name)."""
+    return _RECORDS[name]
+
+
+def register(op: str, backend: str, algorithms: Any = None) -> Callable[[Callable], Callable]:
     """Decorator: make ``fn`` the implementation of ``op`` on ``backend``.
 
-    ``algorithms`` names the algorithms the kernel offers for ``algo=`` (conv2d);
-    such a kernel takes the chosen name, or ``"auto"``, as its last argument.
+    ``algorithms`` (conv2d): the backend's algorithm table, with ``names``,
+    ``takes(name, g, direction)``, ``heuristic(g, direction) -> (name, why)`` and
+    ``choose(g, direction, dtype)`` (what ``"auto"`` runs); the kernel then takes the
+    resolved name by keyword, ``algo=``.
     """
-    if backend not in BACKENDS:
+    if backend not in _RECORDS:
         raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
+    if op not in SIGNATURES:
+        raise ValueError(f"unknown op {op!r}; expected one of {sorted(SIGNATURES)}")
 
     def decorate(fn: Callable) -> Callable:
         _kernels[(op, backend)] = fn
-        _algorithms[(op, backend)] = tuple(algorithms)
+        if algorithms is not None:
+            _algorithms[(op, backend)] = algorithms
         return fn
 
     return decorate
 
 
+def algorithm_table(op: str, backend: str) -> Any:
+    """The algorithm table ``backend`` registered for ``op``, or None."""
+    return _algorithms.get((op, backend))
+
+
 def algorithms(op: str, backend: str) -> tuple[str, ...]:
     """The algorithms ``backend`` offers for ``op`` besides ``"auto"`` (may be empty)."""
-    return _algorithms.get((op, backend), ())
+    table = _algorithms.get((op, backend))
+    return () if table is None else tuple(table.names)
 
 
 def _load(backend: str) -> tuple[bool, str]:
@@ -107,7 +172,7 @@ def _load(backend: str) -> tuple[bool, str]:
     with _load_lock:
         if backend not in _status:
             try:
-                module = importlib.import_module(f"fastcnn.backends.{backend}")
+                module = importlib.import_module(f"fastcnn.backends.{_RECORDS[backend].module}")
                 reason = getattr(module, "UNAVAILABLE_REASON", None)
                 _status[backend] = (reason is None, reason or "ok")
             except Exception as error:  # any import failure makes the backend unavailable
@@ -175,11 +240,12 @@ def requested_backend(keyword: str | None) -> str | None:
 
 def select(op: str, on_gpu: bool, keyword: str | None = None) -> tuple[str, Callable]:
     """Pick the implementation of ``op`` by the rules in this module's docstring."""
+    device = "gpu" if on_gpu else "cpu"
     name = requested_backend(keyword)
     if name is not None:
         check_backend_name(name)
-        if (name == "cuda") != on_gpu:
-            expected = "CuPy" if name == "cuda" else "NumPy"
+        if _RECORDS[name].device != device:
+            expected = "CuPy" if _RECORDS[name].device == "gpu" else "NumPy"
             got = "CuPy" if on_gpu else "NumPy"
             raise TypeError(f"backend {name!r} takes {expected} arrays, got {got} arrays")
         kernel = _kernels.get((op, name))
@@ -188,10 +254,11 @@ def select(op: str, on_gpu: bool, keyword: str | None = None) -> tuple[str, Call
                 f"backend {name!r} does not implement {op!r}; it implements {ops_of(name)}"
             )
         return name, kernel
-    candidates = ("cuda",) if on_gpu else CPU_BACKENDS
+    order = CPU_BACKENDS if device == "cpu" else BACKENDS
+    candidates = [n for n in order if _RECORDS[n].device == device and _RECORDS[n].automatic]
     for name in candidates:
         if _load(name)[0] and (op, name) in _kernels:
             return name, _kernels[(op, name)]
-    if on_gpu:
-        check_backend_name("cuda")
+    for name in candidates:
+        check_backend_name(name)  # raises, saying what to install
     raise NotImplementedError(f"no available backend implements {op!r}")

@@ -130,18 +130,24 @@ def _window_positions(g: PoolGeometry):
     return np.where(inside, h * g.W + w, -1).reshape(g.P, g.Q, g.R * g.S)
 
 
-def _argmax_taps(windows):
-    """Per window, the tap PyTorch picks: the last NaN if any, else the first maximum."""
+def _argmax_taps(windows, g: PoolGeometry):
+    """Per window, the tap PyTorch picks: the last NaN if any, else the first maximum,
+    and for a window of -inf only its first tap inside x (the first tap, whose position
+    is -1, when the window lies wholly in the padding)."""
     is_nan = np.isnan(windows)
     last_nan = windows.shape[-1] - 1 - np.argmax(is_nan[..., ::-1], axis=-1)
-    first_max = np.argmax(np.where(is_nan, -np.inf, windows), axis=-1)
+    values = np.where(is_nan, -np.inf, windows)
+    first_max = np.argmax(values, axis=-1)
+    first_inside = np.argmax(_window_positions(g) >= 0, axis=-1)
+    all_minus_inf = np.take_along_axis(values, first_max[..., None], axis=-1)[..., 0] == -np.inf
+    first_max = np.where(all_minus_inf, first_inside, first_max)
     return np.where(is_nan.any(axis=-1), last_nan, first_max)
 
 
 @register("max_pool2d", "reference")
 def max_pool2d(x, y, indices, g: PoolGeometry) -> None:
     windows = _pool_windows(x, g, -np.inf)
-    taps = _argmax_taps(windows)
+    taps = _argmax_taps(windows, g)
     y[...] = np.take_along_axis(windows, taps[..., None], axis=-1)[..., 0]
     if indices is not None:
         positions = np.broadcast_to(_window_positions(g), windows.shape)
@@ -151,12 +157,14 @@ def max_pool2d(x, y, indices, g: PoolGeometry) -> None:
 @register("max_pool2d_backward", "reference")
 def max_pool2d_backward(grad_y, x, indices, grad_x, g: PoolGeometry) -> None:
     if indices is None:
-        taps = _argmax_taps(_pool_windows(x, g, -np.inf))
+        taps = _argmax_taps(_pool_windows(x, g, -np.inf), g)
         positions = np.broadcast_to(_window_positions(g), (*taps.shape, g.R * g.S))
         indices = np.take_along_axis(positions, taps[..., None], axis=-1)[..., 0]
     planes = np.zeros((g.N * g.C, g.H * g.W))
     rows = np.repeat(np.arange(g.N * g.C), g.P * g.Q)
-    np.add.at(planes, (rows, np.asarray(indices).reshape(-1)), _f64(grad_y).reshape(-1))
+    positions = np.asarray(indices).reshape(-1)
+    inside = positions >= 0  # -1: a window wholly in the padding sends no gradient
+    np.add.at(planes, (rows[inside], positions[inside]), _f64(grad_y).reshape(-1)[inside])
     grad_x[...] = planes.reshape(grad_x.shape)
 
 

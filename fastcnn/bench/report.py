@@ -55,7 +55,10 @@ def table_rows(document: dict) -> list[tuple[str, ...]]:
         case = f"{result['op']} {result['case']}"
         if document["settings"].get("batch") is not None:
             case += f" N={result['batch']}"
-        head = (case, result["direction"], result["variant"])
+        variant = result["variant"]
+        if result.get("ran") and result["ran"] != result.get("algo"):
+            variant += f" ({result['ran']})"  # what "auto" ran
+        head = (case, result["direction"], variant)
         if result["status"] != "ok":
             rows.append((*head, "error: " + result.get("error", "")[:90], *[""] * 6))
             continue

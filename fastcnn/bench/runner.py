@@ -122,7 +122,12 @@ def plan(settings: BenchSettings) -> tuple[list[Task], list[str]]:
                         notes.append(note)
                 else:
                     algos = ["auto"]
-                ours += [Task(**common, library="fastcnn", backend=backend, algo=a) for a in algos]
+                for algo in algos:
+                    task = Task(**common, library="fastcnn", backend=backend, algo=algo)
+                    if _takes(task, case):
+                        ours.append(task)
+                    else:
+                        notes.append(f"{task.variant} cannot take {op} {case.name} {direction}")
             tasks += ours
             peer_has_it = spec.torch_forward is not None
             if ours and settings.vs == PEER and peer_has_it:
@@ -217,6 +222,43 @@ class Progress:
     def close(self) -> None: ...
 
 
+def _geometry_directions(task: Task) -> tuple[str, ...]:
+    return ("forward",) if task.direction == "fwd" else ("input_gradient", "weight_gradient")
+
+
+def _algorithms_run(task: Task, case) -> str | None:
+    """The algorithm(s) a conv2d task runs: ``"auto"`` resolved by the heuristic, one name
+    per gradient for the backward ("winograd+direct"); None for ops without algorithms."""
+    from fastcnn.backends import algorithm_table
+    from fastcnn.testing.specs import conv_geometry
+
+    op = "conv2d" if task.direction == "fwd" else "conv2d_backward"
+    table = (
+        None if task.library == PEER or task.op != "conv2d" else algorithm_table(op, task.backend)
+    )
+    if table is None or task.algo is None:
+        return None
+    g = conv_geometry(case)
+    names = [
+        table.heuristic(g, direction)[0] if task.algo == "auto" else task.algo
+        for direction in _geometry_directions(task)
+    ]
+    return "+".join(dict.fromkeys(names))
+
+
+def _takes(task: Task, case) -> bool:
+    """Whether the task's named algorithm takes its case in every direction it runs."""
+    from fastcnn.backends import algorithm_table
+    from fastcnn.testing.specs import conv_geometry
+
+    op = "conv2d" if task.direction == "fwd" else "conv2d_backward"
+    table = algorithm_table(op, task.backend)
+    if table is None or task.algo in (None, "auto"):
+        return True
+    g = conv_geometry(case)
+    return all(table.takes(task.algo, g, d) for d in _geometry_directions(task))
+
+
 def _result_record(task: Task, reply: dict, ceilings: dict) -> dict:
     from fastcnn.bench.calls import flops_and_bytes
     from fastcnn.bench.cases import resolve_case
@@ -236,6 +278,9 @@ def _result_record(task: Task, reply: dict, ceilings: dict) -> dict:
         "bytes": nbytes,
         "intensity": flops / nbytes if nbytes else 0.0,
     }
+    ran = _algorithms_run(task, case)
+    if ran:
+        record["ran"] = ran
     record.update({k: v for k, v in reply.items() if k not in ("status", "error")})
     record["status"] = reply.get("status", "error")
     if record["status"] != "ok":

@@ -86,6 +86,11 @@ _RESULT = {
         "backend": {"type": "string"},
         "algo": {"type": ["string", "null"]},
         "variant": {"type": "string", "description": "backend or backend:algo"},
+        "ran": {
+            "type": "string",
+            "description": "conv2d: the algorithm that ran (auto resolved), one per gradient "
+            "for the backward joined by '+'",
+        },
         "device": {"enum": ["cpu", "gpu"]},
         "flops": {"type": "number", "description": "floating-point operations of one call"},
         "bytes": {"type": "number", "description": "bytes one call must move (spec cost)"},

@@ -26,7 +26,8 @@ class Case:
     """One call: the shapes of its array inputs and its keyword parameters.
 
     ``scale`` multiplies the random inputs (large values test numerical stability);
-    ``tags`` name the benchmark suites a case belongs to.
+    ``tags`` name the benchmark suites a case belongs to, and ``"beyond_torch"`` marks a
+    case whose result PyTorch leaves undefined (not compared with it).
     """
 
     name: str
@@ -93,7 +94,7 @@ def _without(params: dict, *names: str) -> dict:
 # ---------------------------------------------------------------------------- convolution
 
 
-def _conv_geometry(case: Case) -> _shapes.ConvGeometry:
+def conv_geometry(case: Case) -> _shapes.ConvGeometry:
     params = {"stride": 1, "padding": 0, "dilation": 1, "groups": 1, **case.params}
     return _shapes.conv2d_geometry(
         case.shapes["x"],
@@ -107,7 +108,7 @@ def _conv_geometry(case: Case) -> _shapes.ConvGeometry:
 
 
 def _conv_cost(case: Case, itemsize: int, direction: str) -> tuple[float, float]:
-    g = _conv_geometry(case)
+    g = conv_geometry(case)
     x, w, y = g.N * g.C * g.H * g.W, g.K * (g.C // g.groups) * g.R * g.S, g.N * g.K * g.P * g.Q
     if direction == "fwd":
         return g.flops, itemsize * (x + w + y)
@@ -117,7 +118,7 @@ def _conv_cost(case: Case, itemsize: int, direction: str) -> tuple[float, float]
 
 def _conv_torch(torch_functional, t, params):
     case = Case("", {k: tuple(v.shape) for k, v in t.items()}, params)
-    g = _conv_geometry(case)
+    g = conv_geometry(case)
     x = t["x"]
     if (g.pad_bottom, g.pad_right) == (g.pad_h, g.pad_w):  # torch pads symmetrically itself
         return torch_functional.conv2d(
@@ -205,6 +206,25 @@ CONV2D = OpSpec(
         _conv("4 -> 16 channels 5x5", (4, 4, 20, 20), (16, 4, 5, 5)),
         _conv("1x1 stride (2, 3)", (2, 9, 7, 11), (5, 9, 1, 1), stride=(2, 3), bias=False),
         _conv("7x7 stride 2", (1, 3, 23, 23), (8, 3, 7, 7), stride=2, padding=3),
+        # Regressions: shapes that once gave wrong results or corrupted the heap.
+        _conv("7x7 pad 3, chunk from a garbage column", (2, 8, 32, 32), (8, 8, 7, 7), padding=3),
+        _conv("1x3 on 40x19, chunk from a garbage column", (1, 1, 40, 19), (1, 1, 1, 3)),
+        _conv("15x15 kernel", (1, 2, 26, 26), (2, 2, 15, 15), bias=False),
+        _conv("padding past the kernel", (2, 4, 8, 8), (4, 4, 3, 3), padding=(0, 3)),
+        _conv("1x1 padded", (1, 1, 6, 7), (1, 1, 1, 1), padding=1),
+        _conv(
+            "same, even kernel, groups 2", (1, 8, 16, 16), (8, 4, 2, 1), padding="same", groups=2
+        ),
+        # Both sides of each fast path's threshold (the path census checks each one ran).
+        _conv("winograd 60 tiles (few)", (1, 8, 24, 40), (8, 8, 3, 3), padding=1),
+        _conv("winograd 66 tiles (panels)", (1, 8, 24, 44), (8, 8, 3, 3), padding=1),
+        _conv("weight gradient 1023 positions (packed)", (1, 8, 31, 33), (8, 8, 1, 1)),
+        _conv("weight gradient 1024 positions (unpacked)", (1, 8, 32, 32), (8, 8, 1, 1)),
+        _conv("weight gradient 2^18 elements (split)", (1, 512, 4, 4), (512, 512, 1, 1)),
+        _conv("small channels: 8 channels, 256 taps", (1, 8, 10, 10), (4, 8, 4, 8)),
+        _conv("small channels: 8 channels, 264 taps", (1, 8, 10, 12), (4, 8, 3, 11)),
+        _conv("small channels: 9 channels", (2, 9, 8, 8), (4, 9, 3, 3), padding=1),
+        _conv("small channels: two row blocks", (1, 2, 48, 48), (4, 2, 3, 3), padding=1),
     ),
     errors=(
         ErrorCase("weight channels", ValueError, r"weight\.shape\[1\]", mutate=_shrink_channels),
@@ -463,6 +483,9 @@ _POOL_CASES = (
     _pool("stride larger than kernel", (2, 2, 11, 11), kernel_size=2, stride=3),
     _pool("batch 0", (0, 3, 4, 4), kernel_size=2),
     _pool("odd sizes", (3, 5, 13, 7), kernel_size=3, stride=(1, 2), padding=1),
+    _pool("2x2, rows of 15", (2, 2, 6, 30), kernel_size=2),
+    _pool("2x2, rows of 16", (2, 2, 6, 32), kernel_size=2),
+    _pool("3x3/3, rows of 16", (1, 2, 9, 48), kernel_size=3),
 )
 
 _POOL_BENCH = (
@@ -495,6 +518,34 @@ MAX_POOL2D = OpSpec(
             dilation=(2, 3),
             stride=2,
             ceil_mode=True,
+        ),
+        _pool(
+            "2x2 with indices", (2, 3, 8, 8), kernel_size=2, return_indices=True, use_indices=True
+        ),
+        _pool(
+            "3x3/3 rows of 16 with indices",
+            (1, 2, 9, 48),
+            kernel_size=3,
+            return_indices=True,
+            use_indices=True,
+        ),
+        _pool(
+            "window wholly in the padding",
+            (1, 2, 1, 3),
+            kernel_size=2,
+            dilation=2,
+            padding=1,
+            return_indices=True,
+            use_indices=True,
+            tags=("beyond_torch",),
+        ),
+        _pool(
+            "rows wholly in the padding",
+            (2, 2, 2, 7),
+            kernel_size=(2, 3),
+            dilation=(3, 1),
+            padding=1,
+            tags=("beyond_torch",),
         ),
         _pool(
             "returned indices",
@@ -558,6 +609,8 @@ def _elementwise_cost(case: Case, itemsize: int, direction: str) -> tuple[float,
 _ELEMENTWISE_CASES = (
     Case("4-D", {"x": (2, 3, 4, 5)}),
     Case("vector with tail", {"x": (1027,)}),
+    Case("one chunk", {"x": (1 << 16,)}),
+    Case("one chunk and one", {"x": ((1 << 16) + 1,)}),
     Case("one element", {"x": (1,)}),
     Case("empty", {"x": (0, 3)}),
     Case("large values", {"x": (3, 100)}, scale=50.0),
@@ -647,6 +700,8 @@ LINEAR = OpSpec(
         _linear("3-D", (2, 4, 7), (5, 7)),
         _linear("batch 0", (0, 7), (3, 7)),
         _linear("wide", (33, 130), (17, 130)),
+        _linear("just below 2^26 FLOPs (one BLAS thread)", (255, 512), (256, 512)),
+        _linear("2^26 FLOPs (threaded BLAS)", (256, 512), (256, 512)),
     ),
     errors=(
         ErrorCase(
@@ -682,6 +737,9 @@ def _softmax(name) -> OpSpec:
             Case("vector", {"x": (7,)}),
             Case("logits of 1e8", {"x": (3, 6)}, scale=1e8),
             Case("empty", {"x": (0, 5)}),
+            Case("empty axis", {"x": (3, 0)}),
+            Case("one block", {"x": (4, 8192)}),
+            Case("above one block", {"x": (2, 20000)}),
         ),
         errors=(
             ErrorCase("axis out of range", ValueError, "axis", params={"axis": 2}),

@@ -16,6 +16,7 @@ from llvmlite import ir
 from numba import prange, types
 from numba.extending import intrinsic, overload
 
+from fastcnn import _census
 from fastcnn.backends import register
 from fastcnn.backends.numba._setup import jit
 
@@ -259,12 +260,23 @@ def _tanh_backward_parallel(grad_y, y, grad_x):
 
 
 # ---------------------------------------------------------------------------- registered kernels
+
+_census.declare("numba", "activation.serial", "activation.chunks")
+
+
+def _serial(size: int) -> bool:
+    """Arrays of one chunk run serially: no thread-pool start."""
+    serial = size <= CHUNK
+    _census.record("numba", "activation.serial" if serial else "activation.chunks")
+    return serial
+
+
 # An array of one chunk runs serially: starting the thread pool costs more than the work.
 
 
 @register("relu", "numba")
 def relu(x, y) -> None:
-    if y.size <= CHUNK:
+    if _serial(y.size):
         _relu_span(x, y, 0, y.size)
     else:
         _relu_parallel(x, y)
@@ -272,7 +284,7 @@ def relu(x, y) -> None:
 
 @register("relu_backward", "numba")
 def relu_backward(grad_y, x, grad_x) -> None:
-    if grad_x.size <= CHUNK:
+    if _serial(grad_x.size):
         _relu_backward_span(grad_y, x, grad_x, 0, grad_x.size)
     else:
         _relu_backward_parallel(grad_y, x, grad_x)
@@ -280,7 +292,7 @@ def relu_backward(grad_y, x, grad_x) -> None:
 
 @register("leaky_relu", "numba")
 def leaky_relu(x, y, negative_slope) -> None:
-    if y.size <= CHUNK:
+    if _serial(y.size):
         _leaky_relu_span(x, y, float(negative_slope), 0, y.size)
     else:
         _leaky_relu_parallel(x, y, float(negative_slope))
@@ -288,7 +300,7 @@ def leaky_relu(x, y, negative_slope) -> None:
 
 @register("leaky_relu_backward", "numba")
 def leaky_relu_backward(grad_y, x, grad_x, negative_slope) -> None:
-    if grad_x.size <= CHUNK:
+    if _serial(grad_x.size):
         _leaky_relu_backward_span(grad_y, x, grad_x, float(negative_slope), 0, grad_x.size)
     else:
         _leaky_relu_backward_parallel(grad_y, x, grad_x, float(negative_slope))
@@ -296,7 +308,7 @@ def leaky_relu_backward(grad_y, x, grad_x, negative_slope) -> None:
 
 @register("sigmoid", "numba")
 def sigmoid(x, y) -> None:
-    if y.size <= CHUNK:
+    if _serial(y.size):
         _sigmoid_span(x, y, 0, y.size)
     else:
         _sigmoid_parallel(x, y)
@@ -304,7 +316,7 @@ def sigmoid(x, y) -> None:
 
 @register("sigmoid_backward", "numba")
 def sigmoid_backward(grad_y, y, grad_x) -> None:
-    if grad_x.size <= CHUNK:
+    if _serial(grad_x.size):
         _sigmoid_backward_span(grad_y, y, grad_x, 0, grad_x.size)
     else:
         _sigmoid_backward_parallel(grad_y, y, grad_x)
@@ -312,7 +324,7 @@ def sigmoid_backward(grad_y, y, grad_x) -> None:
 
 @register("tanh", "numba")
 def tanh(x, y) -> None:
-    if y.size <= CHUNK:
+    if _serial(y.size):
         _tanh_span(x, y, 0, y.size)
     else:
         _tanh_parallel(x, y)
@@ -320,7 +332,7 @@ def tanh(x, y) -> None:
 
 @register("tanh_backward", "numba")
 def tanh_backward(grad_y, y, grad_x) -> None:
-    if grad_x.size <= CHUNK:
+    if _serial(grad_x.size):
         _tanh_backward_span(grad_y, y, grad_x, 0, grad_x.size)
     else:
         _tanh_backward_parallel(grad_y, y, grad_x)

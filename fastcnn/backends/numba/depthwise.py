@@ -15,10 +15,36 @@ import numba
 import numpy as np
 from numba import prange
 
+from fastcnn import _census
 from fastcnn._shapes import ConvGeometry
-from fastcnn.backends.numba import small_channels
+from fastcnn.backends.numba import direct, small_channels, transposed
 from fastcnn.backends.numba._setup import jit
 from fastcnn.backends.numba.workspace import scratch
+
+_census.declare(
+    "numba",
+    "depthwise.forward.ring",
+    "depthwise.forward.small_channels",
+    "depthwise.input_gradient.ring",
+    "depthwise.input_gradient.ring_stride_2",
+    "depthwise.input_gradient.small_channels",
+    "depthwise.weight_gradient.ring",
+    "depthwise.weight_gradient.small_channels",
+    "depthwise.weight_gradient.nonfinite_retry",
+)
+
+
+def takes(g: ConvGeometry, direction: str) -> bool:
+    """One input channel per group (depthwise, any channel multiplier); what the ring
+    does not take runs the small-channel kernels, whose input gradient is stride 1 only."""
+    if direction == "input_gradient" and not transposed.applies(g):
+        return takes_ring(g)
+    return g.C == g.groups
+
+
+def pays(g: ConvGeometry) -> bool:
+    """Depthwise with more than one group (C = 1 is a dense convolution)."""
+    return g.C == g.groups > 1
 
 
 def takes_ring(g: ConvGeometry) -> bool:
@@ -145,7 +171,7 @@ def _ring_work(g: ConvGeometry, dtype) -> np.ndarray:
     return scratch("depthwise.ring", numba.get_num_threads() * 4 * s * (g.Q + 2 // s), dtype)
 
 
-def _weight_gradient(grad_y, x, grad_weight, g: ConvGeometry) -> None:
+def _ring_weight_gradient_sums(grad_y, x, grad_weight, g: ConvGeometry) -> None:
     threads = numba.get_num_threads()
     partial = scratch("depthwise.partial", threads * g.C * 9, x.dtype)
     _ring_weight_gradient(
@@ -242,33 +268,37 @@ def _ring(x, weight, bias, y, g: ConvGeometry) -> None:
 
 
 def forward(x, weight, bias, y, g: ConvGeometry) -> None:
-    if takes_ring(g) and g.N * g.C > 0:
+    if takes_ring(g):
+        _census.record("numba", "depthwise.forward.ring")
         _ring(x, weight, bias, y, g)
     else:
+        _census.record("numba", "depthwise.forward.small_channels")
         small_channels.forward(x, weight, bias, y, g)
 
 
-def backward(grad_y, x, weight, grad_x, grad_weight, g: ConvGeometry) -> None:
-    """grad_x: stride 1 as the forward pass with the flipped weight, stride 2 row by row
-    over two staged grad_y rows; grad_weight: per-thread partial sums
-    over the planes, one pass over x and grad_y. ``grad_x`` None: not wanted."""
-    if not (takes_ring(g) and g.N * g.C > 0):
-        small_channels.backward(grad_y, x, weight, grad_x, grad_weight, g)
-        return
-    if grad_x is not None:
-        _input_gradient(grad_y, weight, grad_x, g)
-    _weight_gradient(grad_y, x, grad_weight, g)
-
-
-def _input_gradient(grad_y, weight, grad_x, g: ConvGeometry) -> None:
-    from fastcnn.backends.numba.conv2d import transposed_geometry
-
-    t = transposed_geometry(g)
-    if g.stride_h == 1 and takes_ring(t) and t.pad_h >= 0 and t.pad_w >= 0:
+def input_gradient(grad_y, weight, grad_x, g: ConvGeometry) -> None:
+    """Stride 1: the ring forward with the flipped weight on the transposed geometry;
+    stride 2: row by row over two staged grad_y rows."""
+    t = transposed.geometry(g) if transposed.applies(g) else None
+    if t is not None and takes_ring(g) and t.pad_h >= 0 and t.pad_w >= 0:
+        _census.record("numba", "depthwise.input_gradient.ring")
         flipped = scratch("depthwise.flipped", weight.size, weight.dtype)
         flipped[:] = weight.reshape(g.K, 9)[:, ::-1].reshape(-1)
         _ring(grad_y, flipped, None, grad_x, t)
-    elif g.stride_h == 2:
+    elif takes_ring(g) and g.stride_h == 2:
+        _census.record("numba", "depthwise.input_gradient.ring_stride_2")
         _input_gradient_stride2(grad_y, weight, grad_x, g)
     else:
+        _census.record("numba", "depthwise.input_gradient.small_channels")
         small_channels.input_gradient(grad_y, weight, grad_x, g)
+
+
+def weight_gradient(grad_y, x, grad_weight, g: ConvGeometry) -> None:
+    """Per-thread partial sums over the planes, one pass over x and grad_y."""
+    if takes_ring(g):
+        _census.record("numba", "depthwise.weight_gradient.ring")
+        _ring_weight_gradient_sums(grad_y, x, grad_weight, g)
+        direct.redo_if_nan(grad_y, x, grad_weight, g, "depthwise.weight_gradient.nonfinite_retry")
+    else:
+        _census.record("numba", "depthwise.weight_gradient.small_channels")
+        small_channels.weight_gradient(grad_y, x, grad_weight, g)

@@ -9,10 +9,15 @@ shifted row of the phase buffer, so bounds and padding never reach the inner loo
 
 from __future__ import annotations
 
+import functools
+
 import numba
 import numpy as np
 from numba import prange
 
+from fastcnn import _census
+from fastcnn._shapes import ConvGeometry
+from fastcnn.backends.numba import pointwise, transposed
 from fastcnn.backends.numba._setup import jit
 from fastcnn.backends.numba.gemm import (
     KC,
@@ -23,7 +28,10 @@ from fastcnn.backends.numba.gemm import (
     micro_kernel_packed,
     multiply_rows,
     pack_groups,
+    panels,
 )
+from fastcnn.backends.numba.phases import PhaseLayout, phase_split, tap_offsets
+from fastcnn.backends.numba.workspace import scratch
 
 #: Output positions per task: 4 micro-tiles wide; the weights of a group stay in L2.
 CHUNK = 4 * NR
@@ -35,7 +43,7 @@ def pack_weights(weight, G, Kg, T, packed):
 
 
 @jit(parallel=True)
-def forward(
+def _forward(
     buffer, image, group_stride, offsets, packed, G, Kg, columns, width, P, Q, init, y,
     parts, staging, tail,
 ):  # fmt: skip
@@ -74,6 +82,10 @@ def forward(
             for p in range(j0 // width, min((j0 + count - 1) // width + 1, P)):
                 q_lo = max(0, j0 - p * width)
                 q_hi = min(Q, j0 + count - p * width)
+                if q_hi <= q_lo:
+                    # The chunk starts in row p's garbage columns: nothing of row p. (The
+                    # slice bounds below would go negative for k = 0 and wrap around.)
+                    continue
                 for k in range(Kg):
                     source = k * CHUNK + p * width - j0
                     target = y0 + k * P * Q + p * Q
@@ -127,7 +139,7 @@ def _pack_taps(buffer, image, group_base, offsets, t0, Q, PQ, width, r0, kc, pac
 
 
 @jit(parallel=True)
-def weight_gradient(
+def _packed_weight_gradient(
     buffer, image, group_stride, offsets, gy, N, G, Kg, P, Q, width, parts, split_outputs,
     a_scratch, b_scratch, zero, partial, grad_weight,
 ):  # fmt: skip
@@ -192,7 +204,7 @@ def weight_gradient(
 
 
 @jit(parallel=True)
-def sum_parts(partial, parts, out):
+def _sum_parts(partial, parts, out):
     """out[e] = sum over parts of partial[part*out.size + e]."""
     size = out.size
     for e in prange(size):
@@ -223,7 +235,7 @@ def _unsigned(value):
 
 
 @jit(parallel=True)
-def pad_gradient_rows(gy, N, K, P, Q, width, rows, length, out):
+def _pad_gradient_rows(gy, N, K, P, Q, width, rows, length, out):
     """out[(k*N + n)*length + p*width + q] = grad_y[n, k, p, q], zero at the garbage
     columns q >= Q, past P*width and for k >= K: grad_y in the phase buffer's row pitch,
     each channel's images one after another."""
@@ -326,12 +338,12 @@ def _gradient_block(
 
 
 @jit(parallel=True)
-def padded_weight_gradient(
+def _padded_weight_gradient(
     buffer, image, offsets, gyp, a_row, a_image, length, N, K, parts, grad_weight
 ):
     """grad_weight[k, t] = sum over n and r < length of gyp[k*a_row + n*a_image + r] *
     buffer[n*image + offsets[t] + r] (one group): the weight gradient with grad_y padded by
-    :func:`pad_gradient_rows` (a_row = N*length, a_image = length), or grad_y itself when
+    :func:`_pad_gradient_rows` (a_row = N*length, a_image = length), or grad_y itself when
     its planes have no garbage columns and a whole number of LANES (a 1x1 convolution),
     so the shifted input rows are read in place, unpacked. FLOPs: 2 * K * T * N * length.
 
@@ -360,3 +372,151 @@ def padded_weight_gradient(
                             n0, n1, r_lo, r_hi, grad_weight, K, T, first,
                         )  # fmt: skip
                 first = False
+
+
+# ---------------------------------------------------------------------------- drivers
+
+_census.declare(
+    "numba",
+    "direct.forward",
+    "direct.forward.staged_rows",
+    "direct.weight_gradient.unpacked_in_place",
+    "direct.weight_gradient.unpacked",
+    "direct.weight_gradient.unpacked_nonfinite_retry",
+    "direct.weight_gradient.packed",
+    "direct.weight_gradient.packed_split_outputs",
+)
+
+
+def takes(g: ConvGeometry, direction: str) -> bool:
+    """Every forward pass and weight gradient; the input gradient of stride 1 only (the
+    forward on the transposed geometry: a strided one is im2col's col2im)."""
+    return direction != "input_gradient" or transposed.applies(g)
+
+
+def _init(bias, K: int, dtype) -> np.ndarray:
+    return scratch("conv2d.zero_bias", K, dtype, zeroed=True) if bias is None else bias
+
+
+def forward(x, weight, bias, y, g: ConvGeometry) -> None:
+    layout = PhaseLayout(g)
+    # Rows with garbage columns are staged per chunk and copied out without them.
+    _census.record(
+        "numba", "direct.forward" if layout.width == g.Q else "direct.forward.staged_rows"
+    )
+    buffer = phase_split(x, g, layout)
+    G, Kg = g.groups, g.K // g.groups
+    T = g.C // G * g.R * g.S
+    packed = scratch("conv2d.packed_weights", G * panels(Kg) * T * MR, x.dtype)
+    pack_weights(weight.reshape(-1), G, Kg, T, packed)
+    parts = numba.get_num_threads()
+    staging = scratch("conv2d.staging", parts * Kg * CHUNK, x.dtype)
+    _forward(
+        buffer, layout.image, g.C // G * layout.channel, tap_offsets(g), packed,
+        G, Kg, layout.columns, layout.width, g.P, g.Q, _init(bias, g.K, x.dtype), y.reshape(-1),
+        parts, staging, staging[:1],
+    )  # fmt: skip
+
+
+def input_gradient(grad_y, weight, grad_x, g: ConvGeometry) -> None:
+    transposed.input_gradient(forward, grad_y, weight, grad_x, g)
+
+
+@functools.lru_cache(maxsize=256)
+def _channel_offsets(C: int, plane: int) -> np.ndarray:
+    """c * plane for each channel: where each channel starts in one image (read-only)."""
+    offsets = np.arange(C, dtype=np.int64) * plane
+    offsets.flags.writeable = False
+    return offsets
+
+
+#: Above this many weight-gradient elements, the threads split the output instead of the
+#: reduction: per-thread partial sums would cost more than an uneven split.
+SPLIT_OUTPUTS = 1 << 18
+#: From this many flat output positions over the batch (garbage columns included) the
+#: weight gradient reads the input unpacked (:func:`_padded_weight_gradient`): its sums
+#: then run long enough between lane sums. Measured (2 threads, float32) 1.2x faster at
+#: 14x14 x 8 images (1792 positions) and 2x at LeNet's 8x8 x 256; the packed GEMM
+#: (:func:`packed_weight_gradient`) 1.2-1.4x faster at 7x7 x 8 (504) and 14x14 x 1 (224).
+UNPACKED_POSITIONS = 1024
+
+
+def weight_gradient(grad_y, x, grad_weight, g: ConvGeometry) -> None:
+    """The unpacked kernel over many positions of one group, else the packed GEMM."""
+    layout = PhaseLayout(g)
+    parts = numba.get_num_threads()
+    target = grad_weight.reshape(-1)
+    if g.groups > 1 or g.N * layout.columns < UNPACKED_POSITIONS:
+        packed_weight_gradient(grad_y, x, grad_weight, g)
+        return
+    PQ = g.P * g.Q
+    in_place = pointwise.is_pointwise(g) or pointwise.is_strided_pointwise(g)
+    if PQ % LANES == 0 and in_place:
+        # x (or, strided, the inputs the forward read, gathered) and grad_y read as they
+        # are: their planes end on a lane, so no garbage columns.
+        _census.record("numba", "direct.weight_gradient.unpacked_in_place")
+        source = x.reshape(-1)
+        if not pointwise.is_pointwise(g):
+            source = scratch("conv2d.subsampled", g.N * g.C * PQ, x.dtype)
+            pointwise.subsample(
+                x.reshape(-1), g.N, g.C, g.H, g.W, g.P, g.Q, g.stride_h, g.stride_w, source
+            )
+        _padded_weight_gradient(
+            source, g.C * PQ, _channel_offsets(g.C, PQ), grad_y.reshape(-1), PQ, g.K * PQ, PQ,
+            g.N, g.K, parts, target,
+        )  # fmt: skip
+        return
+    # grad_y copied into the phase buffer's row pitch (zero garbage columns), then a
+    # GEMM that reads the shifted input rows in place: no transposing pack of x.
+    _census.record("numba", "direct.weight_gradient.unpacked")
+    buffer = phase_split(x, g, layout)
+    rows = panels(g.K) * MR
+    length = -(-layout.columns // LANES) * LANES
+    padded = scratch("conv2d.padded_gradient", g.N * rows * length, x.dtype)
+    _pad_gradient_rows(grad_y.reshape(-1), g.N, g.K, g.P, g.Q, layout.width, rows, length, padded)
+    _padded_weight_gradient(
+        buffer, layout.image, tap_offsets(g), padded, g.N * length, length, length,
+        g.N, g.K, parts, target,
+    )  # fmt: skip
+    redo_if_nan(
+        grad_y, x, grad_weight, g, "direct.weight_gradient.unpacked_nonfinite_retry", buffer
+    )
+
+
+def redo_if_nan(grad_y, x, grad_weight, g: ConvGeometry, path: str, buffer=None) -> None:
+    """For weight-gradient kernels that sum over garbage columns (grad_y zero there, x
+    whatever the row holds): 0 x inf is NaN where the true sum may be finite or +-inf.
+    A NaN in the result is then recomputed by the packed GEMM, which reads only the
+    real positions (and gives NaN again where x really makes one)."""
+    if np.isnan(grad_weight).any():
+        _census.record("numba", path)
+        packed_weight_gradient(grad_y, x, grad_weight, g, buffer)
+
+
+def packed_weight_gradient(grad_y, x, grad_weight, g: ConvGeometry, buffer=None) -> None:
+    """grad_weight as a GEMM (K x taps) over the N*P*Q positions, both operands packed
+    per block from grad_y and the phase-split x (im2col's columns, made block by block).
+    ``buffer``: x already phase-split by the caller."""
+    layout = PhaseLayout(g)
+    if buffer is None:
+        buffer = phase_split(x, g, layout)
+    parts = numba.get_num_threads()
+    G, Kg, T = g.groups, g.K // g.groups, g.C // g.groups * g.R * g.S
+    split_outputs = g.K * T >= SPLIT_OUTPUTS or parts == 1
+    _census.record(
+        "numba",
+        "direct.weight_gradient.packed_split_outputs" if split_outputs
+        else "direct.weight_gradient.packed",
+    )  # fmt: skip
+    dtype = x.dtype
+    target = grad_weight.reshape(-1)
+    partial = scratch("conv2d.partial", 1 if split_outputs else parts * g.K * T, dtype)
+    _packed_weight_gradient(
+        buffer, layout.image, g.C // G * layout.channel, tap_offsets(g), grad_y.reshape(-1),
+        g.N, G, Kg, g.P, g.Q, layout.width, parts, split_outputs,
+        scratch("conv2d.gradient_rows", parts * panels(Kg) * KC * MR, dtype),
+        scratch("conv2d.gradient_taps", parts * KC * NR, dtype),
+        scratch("conv2d.zero_rows", Kg, dtype, zeroed=True), partial, target,
+    )  # fmt: skip
+    if not split_outputs:
+        _sum_parts(partial, parts, target)

@@ -14,7 +14,9 @@ import numba
 import numpy as np
 from numba import prange
 
+from fastcnn import _census
 from fastcnn._shapes import ConvGeometry
+from fastcnn.backends.numba import direct
 from fastcnn.backends.numba._setup import jit
 from fastcnn.backends.numba.direct import pack_weights
 from fastcnn.backends.numba.gemm import (
@@ -28,9 +30,26 @@ from fastcnn.backends.numba.gemm import (
     pack_groups,
     panels,
 )
+from fastcnn.backends.numba.pointwise import is_pointwise, is_strided_pointwise, spread
 from fastcnn.backends.numba.workspace import scratch
 
 CHUNK = 4 * NR
+
+_census.declare(
+    "numba",
+    "im2col.forward.pointwise",
+    "im2col.forward.strided_pointwise",
+    "im2col.forward.columns",
+    "im2col.input_gradient.pointwise",
+    "im2col.input_gradient.strided_pointwise",
+    "im2col.input_gradient.col2im",
+)
+
+
+def takes(g: ConvGeometry, direction: str) -> bool:
+    """Every case, in every direction (the weight gradient: the packed GEMM over the
+    column blocks, :func:`direct.packed_weight_gradient`)."""
+    return True
 
 
 @jit
@@ -104,15 +123,18 @@ def forward(x, weight, bias, y, g: ConvGeometry) -> None:
     pack_weights(weight.reshape(-1), G, Kg, T, packed)
     init = scratch("im2col.zero_bias", g.K, x.dtype, zeroed=True) if bias is None else bias
     plain = (g.R, g.S, g.stride_h, g.stride_w, g.pad_h, g.pad_w) == (1, 1, 1, 1, 0, 0)
-    if plain and G == 1:
+    if is_pointwise(g):
+        _census.record("numba", "im2col.forward.pointwise")
         _multiply_images(packed, g.K, g.C, x, g.N, g.H * g.W, init, y)
         return
-    if (g.R, g.S, g.pad_h, g.pad_w, G) == (1, 1, 0, 0, 1):  # strided 1x1: a GEMM too
+    if is_strided_pointwise(g):  # a GEMM too
+        _census.record("numba", "im2col.forward.strided_pointwise")
         _multiply_images(
             packed, g.K, g.C, x, g.N, g.P * g.Q, init, y, g.H, g.W,
             g.Q, g.stride_h, g.stride_w,
         )  # fmt: skip
         return
+    _census.record("numba", "im2col.forward.columns")
     _forward(
         x.reshape(-1), packed, init, y.reshape(-1), g.N, g.C, g.H, g.W, g.K, G, g.R, g.S,
         g.P, g.Q, g.stride_h, g.stride_w, g.pad_h, g.pad_w, g.dilation_h, g.dilation_w, plain,
@@ -202,42 +224,12 @@ def _multiply_images(packed, M, depth, x, N, HW, init, y, H=0, W=0, Q=0, sh=1, s
     )  # fmt: skip
 
 
-@jit(parallel=True)
-def subsample(x, N, C, H, W, P, Q, sh, sw, out):
-    """out[n, c, p, q] = x[n, c, p*sh, q*sw]: the inputs a strided 1x1 convolution reads."""
-    for plane in prange(N * C):
-        for p in range(P):
-            source = x[(plane * H + p * sh) * W :][: (Q - 1) * sw + 1]
-            target = out[(plane * P + p) * Q :][:Q]
-            for q in range(Q):
-                target[q] = source[q * sw]
-
-
-@jit(parallel=True)
-def _spread(values, N, C, H, W, P, Q, sh, sw, out):
-    """out[n, c, p*sh, q*sw] = values[n, c, p, q], zero everywhere else."""
-    for plane in prange(N * C):
-        target = out[plane * H * W : (plane + 1) * H * W]
-        target[:] = 0
-        for p in range(P):
-            row = target[p * sh * W :][: (Q - 1) * sw + 1]
-            source = values[(plane * P + p) * Q :][:Q]
-            for q in range(Q):
-                row[q * sw] = source[q]
-
-
-def is_strided_pointwise(g: ConvGeometry) -> bool:
-    """1x1, no padding, one group, a stride above 1: a GEMM over the strided inputs."""
-    shape = (g.R, g.S, g.pad_h, g.pad_w, g.groups)
-    return shape == (1, 1, 0, 0, 1) and (g.stride_h, g.stride_w) != (1, 1)
-
-
 def input_gradient(grad_y, weight, grad_x, g: ConvGeometry) -> None:
     G, Kg = g.groups, g.K // g.groups
     T = g.C // G * g.R * g.S
     parts = numba.get_num_threads()
     dtype = grad_x.dtype
-    pointwise = (g.R, g.S, g.stride_h, g.stride_w, g.pad_h, g.pad_w, G) == (1, 1, 1, 1, 0, 0, 1)
+    pointwise = is_pointwise(g)
     if pointwise or is_strided_pointwise(g):
         # grad_x[n] = W^T @ grad_y[n]: the forward GEMM with A = W^T (C x K); strided,
         # into the positions the forward read (every sh-th row, sw-th column), zero between.
@@ -245,12 +237,15 @@ def input_gradient(grad_y, weight, grad_x, g: ConvGeometry) -> None:
         pack_groups(weight.reshape(-1), 1, 0, 1, g.C, g.C, g.K, packed)
         zero = scratch("im2col.zero_rows", g.C, dtype, zeroed=True)
         if pointwise:
+            _census.record("numba", "im2col.input_gradient.pointwise")
             _multiply_images(packed, g.C, g.K, grad_y, g.N, g.H * g.W, zero, grad_x)
             return
+        _census.record("numba", "im2col.input_gradient.strided_pointwise")
         values = scratch("im2col.strided_gradient", g.N * g.C * g.P * g.Q, dtype)
         _multiply_images(packed, g.C, g.K, grad_y, g.N, g.P * g.Q, zero, values)
-        _spread(values, g.N, g.C, g.H, g.W, g.P, g.Q, g.stride_h, g.stride_w, grad_x.reshape(-1))
+        spread(values, g.N, g.C, g.H, g.W, g.P, g.Q, g.stride_h, g.stride_w, grad_x.reshape(-1))
         return
+    _census.record("numba", "im2col.input_gradient.col2im")
     _input_gradient(
         grad_y.reshape(-1), weight.reshape(-1), grad_x.reshape(-1), g.N, g.C, g.H, g.W, g.K,
         g.groups, g.R, g.S, g.P, g.Q, g.stride_h, g.stride_w, g.pad_h, g.pad_w,
@@ -261,3 +256,7 @@ def input_gradient(grad_y, weight, grad_x, g: ConvGeometry) -> None:
         scratch("im2col.columns", parts * T * CHUNK, dtype),
         scratch("im2col.tail", parts * Kg * NR, dtype),
     )  # fmt: skip
+
+
+def weight_gradient(grad_y, x, grad_weight, g: ConvGeometry) -> None:
+    direct.packed_weight_gradient(grad_y, x, grad_weight, g)

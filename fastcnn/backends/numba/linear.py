@@ -17,12 +17,14 @@ import contextlib
 
 import numpy as np
 
+from fastcnn import _census
 from fastcnn.backends import register
 
 #: Products of fewer FLOPs than this run on one BLAS thread (about 0.25 ms on one core).
 THREADED_BLAS_FLOPS = 1 << 26
 
 _blas = None
+_census.declare("numba", "linear.one_thread", "linear.threaded")
 
 
 def _blas_threads(flops: int):
@@ -33,7 +35,9 @@ def _blas_threads(flops: int):
     """
     global _blas
     if flops >= THREADED_BLAS_FLOPS:
+        _census.record("numba", "linear.threaded")
         return contextlib.nullcontext()
+    _census.record("numba", "linear.one_thread")
     if _blas is None:
         from threadpoolctl import ThreadpoolController
 

@@ -12,12 +12,15 @@ buffer of about the padded input's size.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from numba import prange
 
 from fastcnn._shapes import ConvGeometry
 from fastcnn.backends.numba._setup import jit
 from fastcnn.backends.numba.gemm import NR
+from fastcnn.backends.numba.workspace import scratch
 
 
 class PhaseLayout:
@@ -91,3 +94,21 @@ def split_phases(x, N, C, H, W, stride_h, stride_w, pad_h, pad_w, height, width,
                             inside[j] = values[j * stride_w]
                     out[j_hi:] = 0
     buffer[N * image :] = 0
+
+
+@functools.lru_cache(maxsize=256)
+def tap_offsets(g: ConvGeometry) -> np.ndarray:
+    """The phase layout's tap offsets, made once per geometry (read-only)."""
+    offsets = PhaseLayout(g).tap_offsets(g)
+    offsets.flags.writeable = False
+    return offsets
+
+
+def phase_split(x, g: ConvGeometry, layout: PhaseLayout) -> np.ndarray:
+    """x split into the phase layout, in the calling thread's workspace."""
+    buffer = scratch("conv2d.phases", layout.size, x.dtype)
+    split_phases(
+        x.reshape(-1), g.N, g.C, g.H, g.W, g.stride_h, g.stride_w, g.pad_h, g.pad_w,
+        layout.height, layout.width, buffer,
+    )  # fmt: skip
+    return buffer

@@ -28,6 +28,7 @@ import numba
 import numpy as np
 from numba import prange
 
+from fastcnn import _census
 from fastcnn._shapes import PoolGeometry
 from fastcnn.backends import register
 from fastcnn.backends.numba._setup import jit
@@ -245,23 +246,22 @@ def _argmax_plane(phase_plane, best, offsets, P, g):
 
 @jit(inline="always")
 def _first_tap_inside(p, q, g):
-    """The flat position PyTorch reports for a window of -inf only: its first tap inside x."""
-    H, W, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w = (
-        g[0],
-        g[1],
-        g[5],
-        g[6],
-        g[7],
-        g[8],
-        g[9],
-        g[10],
-    )
+    """The flat position reported for a window of -inf only: its first tap inside x, or
+    -1 when the window lies wholly in the padding (no gradient flows from it)."""
+    H, W, R, S = g[0], g[1], g[2], g[3]
+    stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w = g[5], g[6], g[7], g[8], g[9], g[10]
     h, w = p * stride_h - pad_h, q * stride_w - pad_w
-    while h < 0:
+    r = 0
+    while r < R and h < 0:
         h += dilation_h
-    while w < 0:
+        r += 1
+    s = 0
+    while s < S and w < 0:
         w += dilation_w
-    return min(h, H - 1) * W + min(w, W - 1)
+        s += 1
+    if r == R or s == S or h >= H or w >= W:
+        return -1
+    return h * W + w
 
 
 @jit(inline="always")
@@ -511,7 +511,9 @@ def _max_pool_backward_given_indices(grad_y, indices, grad_x):
         gradient, where, grad_plane = grad_y[plane_index], indices[plane_index], grad_x[plane_index]
         grad_plane[:] = 0
         for k in range(gradient.size):
-            grad_plane[np.uint64(where[k])] += gradient[k]  # checked to lie in [0, H*W)
+            position = where[k]  # checked to lie in [-1, H*W); -1: wholly in the padding
+            if position >= 0:
+                grad_plane[np.uint64(position)] += gradient[k]
 
 
 @jit(parallel=True)
@@ -537,10 +539,12 @@ def _max_pool_backward_search(grad_y, x, grad_x, g, workspace):
                     offset = offsets_row[q]
                     if offset == NO_TAP:
                         position = _first_tap_inside(p, q, g)
+                        if position < 0:
+                            continue  # a window wholly in the padding
                     else:
                         position = base + q * stride_w + offset
-                    # Unsigned: a position is never negative, and Numba then skips the
-                    # negative-index fix-up.
+                    # Unsigned: the position is not negative here, and Numba then skips
+                    # the negative-index fix-up.
                     grad_plane[np.uint64(position)] += row[q]
 
 
@@ -670,14 +674,31 @@ def _planes_per_task(g: PoolGeometry) -> int:
     return max(1, min(balanced, -(-32768 // max(1, g.H * g.W))))
 
 
+_census.declare(
+    "numba",
+    "max_pool2d.direct",
+    "max_pool2d.direct_indices",
+    "max_pool2d.search",
+    "max_pool2d.search_indices",
+    "max_pool2d_backward.direct_2x2",
+    "max_pool2d_backward.search",
+    "max_pool2d_backward.given_indices",
+)
+
+#: Rows of fewer outputs than this take the direct window loop (see :func:`_direct`).
+DIRECT_ROWS = 16
+
+
 @register("max_pool2d", "numba")
 def max_pool2d(x, y, indices, g: PoolGeometry) -> None:
     if _direct(g):
         per_task = _planes_per_task(g)
-        if indices is None and g.Q < 16:
+        if indices is None and g.Q < DIRECT_ROWS:
+            _census.record("numba", "max_pool2d.direct")
             _max_pool_direct(_planes(x, g), _planes(y, g), g.W, g.R, g.S, g.Q, per_task)
             return
-        if indices is not None and (g.Q < 16 or g.R == g.S == 2):
+        if indices is not None and (g.Q < DIRECT_ROWS or g.R == g.S == 2):
+            _census.record("numba", "max_pool2d.direct_indices")
             tasks = -(-(g.N * g.C) // per_task)
             codes = scratch("max_pool2d_codes", tasks * g.Q, np.float32).reshape(tasks, g.Q)
             _max_pool_direct_indices(
@@ -686,8 +707,10 @@ def max_pool2d(x, y, indices, g: PoolGeometry) -> None:
             )  # fmt: skip
             return
     if indices is None:
+        _census.record("numba", "max_pool2d.search")
         _max_pool_values(_planes(x, g), _planes(y, g), _max_geometry(g))
     else:
+        _census.record("numba", "max_pool2d.search_indices")
         _max_pool_with_indices(
             _planes(x, g), _planes(y, g), _planes(indices, g), _max_geometry(g),
             _search_workspace(g, x.dtype),
@@ -697,6 +720,7 @@ def max_pool2d(x, y, indices, g: PoolGeometry) -> None:
 @register("max_pool2d_backward", "numba")
 def max_pool2d_backward(grad_y, x, indices, grad_x, g: PoolGeometry) -> None:
     if indices is None and _direct(g) and g.R == g.S == 2:
+        _census.record("numba", "max_pool2d_backward.direct_2x2")
         per_task = _planes_per_task(g)
         tasks = -(-(g.N * g.C) // per_task)
         codes = scratch("max_pool2d_codes", tasks * g.Q, np.float32).reshape(tasks, g.Q)
@@ -705,11 +729,13 @@ def max_pool2d_backward(grad_y, x, indices, grad_x, g: PoolGeometry) -> None:
         )
         return
     if indices is None:
+        _census.record("numba", "max_pool2d_backward.search")
         _max_pool_backward_search(
             _planes(grad_y, g), _planes(x, g), _planes(grad_x, g), _max_geometry(g),
             _search_workspace(g, x.dtype),
         )  # fmt: skip
     else:
+        _census.record("numba", "max_pool2d_backward.given_indices")
         _max_pool_backward_given_indices(
             _planes(grad_y, g), _planes(indices, g), _planes(grad_x, g)
         )

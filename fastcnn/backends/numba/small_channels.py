@@ -23,8 +23,9 @@ import numba
 import numpy as np
 from numba import prange
 
+from fastcnn import _census
 from fastcnn._shapes import ConvGeometry
-from fastcnn.backends.numba import im2col
+from fastcnn.backends.numba import direct, transposed
 from fastcnn.backends.numba._setup import jit
 from fastcnn.backends.numba.gemm import MR, NR, micro_kernel, pack_a, panels
 from fastcnn.backends.numba.workspace import scratch
@@ -40,14 +41,36 @@ BLOCK = 1536
 MICRO_KERNEL_CHANNELS = 4
 
 
-def takes(g: ConvGeometry) -> bool:
+_census.declare(
+    "numba",
+    "small_channels.forward.sweeps",
+    "small_channels.forward.tiles",
+    "small_channels.forward.tiles_in_place",
+    "small_channels.weight_gradient",
+    "small_channels.weight_gradient.nonfinite_retry",
+)
+
+
+def takes(g: ConvGeometry, direction: str) -> bool:
+    """Every forward pass and weight gradient; the input gradient of stride 1 only (the
+    forward on the transposed geometry: a strided one is im2col's col2im)."""
+    return direction != "input_gradient" or transposed.applies(g)
+
+
+#: The most input channels per group, and taps per output, for which "auto" picks this
+#: algorithm (see :func:`pays`).
+PAYS_CHANNELS = 8
+PAYS_TAPS = 256
+
+
+def pays(g: ConvGeometry) -> bool:
     """Few input channels per group (<= 8) and few taps per output (<= 256): there the
-    copies of the GEMM-based algorithms cost as much as the multiplies. Every case runs
-    here; the others are faster through the GEMM micro-kernel."""
-    return g.C // g.groups <= 8 and g.C // g.groups * g.R * g.S <= 256
+    copies of the GEMM-based algorithms cost as much as the multiplies; above, the
+    others are faster through the GEMM micro-kernel."""
+    return g.C // g.groups <= PAYS_CHANNELS and g.C // g.groups * g.R * g.S <= PAYS_TAPS
 
 
-def owns_weight_gradient(g: ConvGeometry) -> bool:
+def pays_weight_gradient(g: ConvGeometry) -> bool:
     """Whether this module's weight gradient beats the direct algorithm's unpacked one:
     with few output channels or few taps (LeNet c1: 6 x 25, CIFAR: 32 x 27), its sums per
     image block are all there is; from 16 output channels and 64 taps (LeNet c2, ResNet
@@ -81,7 +104,11 @@ class Plan:
         self.offsets = offsets
         # Without padding and with stride 1 the stage is x's rows themselves: the taps
         # read x in place (plane H*W apart), see _forward_tiles.
-        self.in_place = g.pad_h == g.pad_w == 0 and sh == sw == 1
+        # Every padding side counts: "same" with an even kernel pads only the bottom/right,
+        # and in place the last rows would read the next plane instead of zeros.
+        self.in_place = (g.pad_h, g.pad_w, g.pad_bottom, g.pad_right) == (0, 0, 0, 0) and (
+            sh == sw == 1
+        )
         self.x_offsets = ((c * g.H + rr) * g.W + ss).astype(np.int64)
 
 
@@ -160,7 +187,9 @@ def _stage(x, source, Cg, H, W, p0, sh, sw, ph, pw, height, width, stage):
                 if sw == 1:  # unsigned indices, no views (see _forward_tiles' copy-out)
                     o = np.uint64((c * sh + a) * plane + i * width)
                     inside = 0 <= h < H
-                    j_lo = min(pw, width) if inside else width
+                    # pw < 0 (the transposed geometry of an input gradient crops): column j
+                    # reads x column j - pw, so the first j_lo = clamp(pw, 0, width) are zero.
+                    j_lo = min(max(pw, 0), width) if inside else width
                     j_hi = max(min(width, W + pw), j_lo) if inside else width
                     for j in range(np.uint64(j_lo)):
                         stage[o + j] = 0
@@ -347,6 +376,12 @@ def forward(x, weight, bias, y, g: ConvGeometry, *, transposed_weight=None) -> N
     work = scratch("small_channels.work", threads * _part_size(p.stage, p.block), x.dtype)
     Kg = g.K // g.groups
     if Kg >= MICRO_KERNEL_CHANNELS:
+        tiles = (
+            "small_channels.forward.tiles_in_place"
+            if p.in_place
+            else "small_channels.forward.tiles"
+        )
+        _census.record("numba", tiles)
         T = p.taps
         panel = panels(Kg) * T * MR
         a = scratch("small_channels.panels", g.groups * panel, x.dtype)
@@ -357,6 +392,7 @@ def forward(x, weight, bias, y, g: ConvGeometry, *, transposed_weight=None) -> N
             (p.rows, p.height, p.width, p.stage), work, p.x_offsets, p.in_place,
         )  # fmt: skip
         return
+    _census.record("numba", "small_channels.forward.sweeps")
     _forward(
         x.reshape(-1), w, p.offsets, bias, y.reshape(-1), g.N, g.C, g.H, g.W, g.K, g.groups,
         g.P, g.Q, g.stride_h, g.stride_w, g.pad_h, g.pad_w,
@@ -438,6 +474,7 @@ def _weight_gradient(gy, x, offsets, partial, N, C, H, W, K, G, P, Q, sh, sw, ph
 
 
 def weight_gradient(grad_y, x, grad_weight, g: ConvGeometry) -> None:
+    _census.record("numba", "small_channels.weight_gradient")
     p = plan(g)
     Kg = g.K // g.groups
     threads = _threads()
@@ -452,23 +489,12 @@ def weight_gradient(grad_y, x, grad_weight, g: ConvGeometry) -> None:
     )  # fmt: skip
     parts = partial.reshape(threads, g.K, T4)[:, :, : p.taps]
     np.sum(parts, axis=0, out=grad_weight.reshape(g.K, p.taps))
+    direct.redo_if_nan(grad_y, x, grad_weight, g, "small_channels.weight_gradient.nonfinite_retry")
 
 
 def input_gradient(grad_y, weight, grad_x, g: ConvGeometry) -> None:
-    """grad_x: for stride 1 the forward pass with the flipped, transposed weight;
-    otherwise im2col's GEMM and col2im (the outputs of a strided convolution do not
-    share this module's staged layout: a scatter through it measured 2.4-3x slower,
-    34 against 11.5 ms on ResNet-50's conv1)."""
-    if g.stride_h == 1 and g.stride_w == 1:
-        from fastcnn.backends.numba.conv2d import transposed_geometry
-
-        forward(grad_y, None, None, grad_x, transposed_geometry(g), transposed_weight=weight)
-        return
-    im2col.input_gradient(grad_y, weight, grad_x, g)
-
-
-def backward(grad_y, x, weight, grad_x, grad_weight, g: ConvGeometry) -> None:
-    """Both gradients; ``grad_x`` None: not wanted."""
-    if grad_x is not None:
-        input_gradient(grad_y, weight, grad_x, g)
-    weight_gradient(grad_y, x, grad_weight, g)
+    """Stride 1: the forward pass with the flipped, transposed weight, packed here (no
+    transposed copy). A strided input gradient is im2col's: its outputs do not share this
+    module's staged layout, and a scatter through it measured 2.4-3x slower (34 against
+    11.5 ms on ResNet-50's conv1)."""
+    forward(grad_y, None, None, grad_x, transposed.geometry(g), transposed_weight=weight)

@@ -14,6 +14,7 @@ import math
 
 from numba import prange
 
+from fastcnn import _census
 from fastcnn.backends import register
 from fastcnn.backends.numba._setup import jit
 from fastcnn.backends.numba.activation import exp_nonpositive
@@ -122,9 +123,19 @@ def _cross_entropy_backward(logits, labels, row_scale, grad_logits):
         grad_row[labels[m]] -= row_scale[m]
 
 
+_census.declare("numba", "softmax.serial", "softmax.blocks")
+
+
+def _serial(size: int) -> bool:
+    """Inputs of one block run serially: no thread-pool start."""
+    serial = size <= BLOCK
+    _census.record("numba", "softmax.serial" if serial else "softmax.blocks")
+    return serial
+
+
 @register("softmax", "numba")
 def softmax(x, y) -> None:
-    if x.size <= BLOCK:
+    if _serial(x.size):
         _softmax_serial(x, y)
     else:
         _softmax_parallel(x, y)
@@ -132,7 +143,7 @@ def softmax(x, y) -> None:
 
 @register("log_softmax", "numba")
 def log_softmax(x, y) -> None:
-    if x.size <= BLOCK:
+    if _serial(x.size):
         _log_softmax_serial(x, y)
     else:
         _log_softmax_parallel(x, y)
