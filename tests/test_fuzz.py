@@ -33,8 +33,8 @@ pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 PROFILE = os.environ.get("FASTCNN_FUZZ", "quick")
 #: Examples per test (convolution: CONV_EXAMPLES): quick keeps the default run within
 #: about two minutes; long, CI's, about ten.
-EXAMPLES = {"quick": 25, "long": 1500}[PROFILE]
-CONV_EXAMPLES = {"quick": 80, "long": 6000}[PROFILE]
+EXAMPLES = {"quick": 25, "long": 3000}[PROFILE]
+CONV_EXAMPLES = {"quick": 80, "long": 12000}[PROFILE]
 #: The most multiply-adds of one drawn convolution (keeps each example fast).
 MAX_MACS = {"quick": 2_000_000, "long": 8_000_000}[PROFILE]
 

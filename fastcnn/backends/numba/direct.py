@@ -388,10 +388,8 @@ _census.declare(
 )
 
 
-def takes(g: ConvGeometry, direction: str) -> bool:
-    """Every forward pass and weight gradient; the input gradient of stride 1 only (the
-    forward on the transposed geometry: a strided one is im2col's col2im)."""
-    return direction != "input_gradient" or transposed.applies(g)
+#: Every forward pass and weight gradient; the input gradient of stride 1 only.
+takes = transposed.takes_by_forward
 
 
 def _init(bias, K: int, dtype) -> np.ndarray:

@@ -26,6 +26,13 @@ def applies(g: ConvGeometry) -> bool:
     return g.stride_h == 1 and g.stride_w == 1
 
 
+def takes_by_forward(g: ConvGeometry, direction: str) -> bool:
+    """``takes`` of an algorithm whose input gradient is its own forward pass through
+    :func:`input_gradient`: every forward pass and weight gradient, and the input gradient
+    of stride 1 (a strided one is im2col's col2im)."""
+    return direction != "input_gradient" or applies(g)
+
+
 def geometry(g: ConvGeometry) -> ConvGeometry:
     """The geometry of grad_x as a convolution of grad_y (stride 1 only)."""
     return ConvGeometry(
