@@ -7,6 +7,7 @@
 """
 
 from fastcnn import functional, nn, optim
+from fastcnn._compile import compile_kernels
 from fastcnn._config import set_num_threads, show_config
 from fastcnn._explain import explain_conv2d
 from fastcnn._random import manual_seed
@@ -21,6 +22,7 @@ __all__ = [
     "__version__",
     "autotune",
     "available_backends",
+    "compile_kernels",
     "explain_conv2d",
     "functional",
     "load",

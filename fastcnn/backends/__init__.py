@@ -158,12 +158,13 @@ def register(op: str, backend: str, algorithms: Any = None) -> Callable[[Callabl
 
 def algorithm_table(op: str, backend: str) -> Any:
     """The algorithm table ``backend`` registered for ``op``, or None."""
+    _load(backend)
     return _algorithms.get((op, backend))
 
 
 def algorithms(op: str, backend: str) -> tuple[str, ...]:
     """The algorithms ``backend`` offers for ``op`` besides ``"auto"`` (may be empty)."""
-    table = _algorithms.get((op, backend))
+    table = algorithm_table(op, backend)
     return () if table is None else tuple(table.names)
 
 

@@ -24,6 +24,9 @@ def configure() -> None:
         package = Path(__file__).resolve().parent / "__pycache__"
         if not _cache_dirs.writable(package):
             numba.config.CACHE_DIR = str(_cache_dirs.first_writable("numba"))
+    from fastcnn.backends.numba import _compile_notice
+
+    _compile_notice.install()
 
 
 def jit(*args, parallel: bool = False, **kwargs):

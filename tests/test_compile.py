@@ -1,0 +1,79 @@
+"""Compilation: announced on stderr, lazy per algorithm, and payable ahead of time."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+import fastcnn
+from fastcnn import _compile
+from fastcnn.backends import algorithms
+from fastcnn.testing.specs import SPECS
+
+pytest.importorskip("numba")
+
+
+def _python(code: str, cache_dir, **env) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "NUMBA_CACHE_DIR": str(cache_dir), **env}
+    environment.pop("FASTCNN_QUIET", None)
+    environment.update(env)
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=environment, check=True
+    )
+
+
+_RELU = "import numpy as np, fastcnn.functional as F; F.relu(np.ones(5, np.float32))"
+
+
+def test_the_first_compilation_is_announced_once_and_a_warm_cache_is_silent(tmp_path):
+    cold = _python(_RELU + "; F.relu(np.ones(5))", tmp_path)  # float32, then float64
+    assert cold.stderr.count("fastcnn: compiling Numba kernels") == 1, cold.stderr
+    assert "python -m fastcnn compile" in cold.stderr
+    warm = _python(_RELU, tmp_path)
+    assert "compiling" not in warm.stderr
+    quiet = _python(_RELU, tmp_path / "other", FASTCNN_QUIET="1")
+    assert quiet.stderr == ""
+
+
+def test_one_algorithm_compiles_only_its_own_kernels(tmp_path):
+    code = """
+import numpy as np, fastcnn.functional as F
+from fastcnn.backends.numba import im2col, winograd, depthwise, small_channels
+x, w = np.ones((1, 8, 12, 12), np.float32), np.ones((8, 8, 3, 3), np.float32)
+F.conv2d(x, w, padding=1, algo="direct", backend="numba")
+kernels = [im2col._forward, winograd._input_transform, depthwise._ring_forward,
+           small_channels._forward_tiles]
+print([len(k.signatures) for k in kernels])
+"""
+    result = _python(code, tmp_path, FASTCNN_QUIET="1")
+    assert result.stdout.strip() == "[0, 0, 0, 0]"
+
+
+def test_compile_ahead_covers_every_op_and_algorithm():
+    units = _compile._work(["numba"])
+    assert {name for name, _, _ in units} == {spec.name for spec in SPECS}
+    conv2d = {algo for name, _, algo in units if name == "conv2d"}
+    assert conv2d == set(algorithms("conv2d", "numba"))
+
+
+def test_compile_kernels_checks_its_arguments():
+    with pytest.raises(ValueError, match="dtypes"):
+        fastcnn.compile_kernels(["float16"])
+    with pytest.raises(TypeError, match="progress"):
+        fastcnn.compile_kernels(progress="yes")
+
+
+def test_compile_kernels_runs_one_unit(monkeypatch):
+    monkeypatch.setattr(_compile, "_work", lambda backends: [("relu", "numba", None)])
+    timings = fastcnn.compile_kernels(["float32"], processes=1, progress=False)
+    assert list(timings) == ["relu numba"]
+
+
+def test_version_flag():
+    result = subprocess.run(
+        [sys.executable, "-m", "fastcnn", "--version"], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == f"fastcnn {fastcnn.__version__}"
