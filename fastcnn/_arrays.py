@@ -38,8 +38,15 @@ def array_module(**arrays) -> ModuleType:
         elif cupy is not None and isinstance(array, cupy.ndarray):
             found[name] = "cupy"
         else:
+            if isinstance(array, (list, tuple)):
+                what = f"a {type(array).__name__}"
+            elif isinstance(array, (int, float, complex, np.generic)):
+                what = f"a scalar ({type(array).__name__})"
+            else:
+                what = type(array).__name__
             raise TypeError(
-                f"{name} must be a numpy.ndarray or cupy.ndarray, got {type(array).__name__}"
+                f"{name} must be an array (numpy.ndarray or cupy.ndarray), got {what}; "
+                "np.asarray(...) makes one"
             )
     kinds = set(found.values())
     if len(kinds) > 1:

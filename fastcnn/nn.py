@@ -425,6 +425,10 @@ class Module:
     def extra_repr(self) -> str:
         return ""
 
+    def describe(self) -> str:
+        """A one-line name for error messages: the layer and its main arguments."""
+        return type(self).__name__ if self._modules else repr(self)
+
     def __repr__(self) -> str:
         if not self._modules:
             return f"{type(self).__name__}({self.extra_repr()})"
@@ -472,9 +476,20 @@ class Sequential(Module):
         setattr(self, str(len(self)), module)
         return self
 
+    def _step(self, name: str, module: Module, run, value):
+        """``run(value)``; a ValueError or TypeError names the child that raised it."""
+        try:
+            return run(value)
+        except (ValueError, TypeError) as error:
+            if type(error) not in (ValueError, TypeError):
+                raise
+            raise type(error)(
+                f"{type(self).__name__}[{name}] {module.describe()}: {error}"
+            ) from error
+
     def forward(self, x):
-        for module in self._modules.values():
-            x = module(x)
+        for name, module in self._modules.items():
+            x = self._step(name, module, module, x)
         return x
 
     def backward(self, grad, *, input_grad: bool = True):
@@ -484,7 +499,7 @@ class Sequential(Module):
         (a :class:`Conv2d`, :class:`Linear` or :class:`Sequential`; another kind still
         computes its input gradient, which is dropped); returns None."""
         _shapes.flag("input_grad", input_grad, "whether to return the input's gradient")
-        modules = list(self._modules.values())
+        names, modules = list(self._modules), list(self._modules.values())
         first = 0
         if not input_grad:
             first = next((i for i, m in enumerate(modules) if any(m.parameters())), len(modules))
@@ -492,11 +507,12 @@ class Sequential(Module):
             module = modules[index]
             if index == first and not input_grad:
                 if isinstance(module, (Conv2d, Linear, Sequential)):
-                    module.backward(grad, input_grad=False)
+                    run = lambda g, m=module: m.backward(g, input_grad=False)  # noqa: E731
                 else:
-                    module.backward(grad)
+                    run = module.backward
+                self._step(names[index], module, run, grad)
                 return None
-            grad = module.backward(grad)
+            grad = self._step(names[index], module, module.backward, grad)
         return None if not input_grad else grad
 
 
@@ -563,7 +579,25 @@ class Conv2d(Module):
             x.shape, self.weight.shape, None, *self._geometry()
         ).output_shape
 
+    def _check_input(self, x) -> None:
+        """A wrong input named in the layer's terms (channels), with a hint for NHWC."""
+        shape = getattr(x, "shape", None)
+        if shape is None or len(shape) != 4:
+            got = f"shape {tuple(shape)}" if shape is not None else type(x).__name__
+            raise ValueError(f"input must be a 4-d (N, C, H, W) array, got {got}")
+        if shape[1] != self.in_channels:
+            hint = ""
+            if shape[3] == self.in_channels:
+                hint = (
+                    "; it looks channels-last (N, H, W, C): fastcnn takes NCHW, "
+                    "x.transpose(0, 3, 1, 2) converts it"
+                )
+            raise ValueError(
+                f"input has {shape[1]} channels, the layer expects {self.in_channels}{hint}"
+            )
+
     def forward(self, x):
+        self._check_input(x)
         self._saved = x
         bias = None if self.bias is None else self.bias.data
         out = self._buffer("y", lambda: self._output_shape(x), x)
@@ -581,6 +615,10 @@ class Conv2d(Module):
         self._accumulate(self.weight, grad_weight)
         self._accumulate(self.bias, grad_bias)
         return grad_x
+
+    def describe(self) -> str:
+        kernel = self.kernel_size[0] if len(set(self.kernel_size)) == 1 else self.kernel_size
+        return f"Conv2d({self.in_channels}, {self.out_channels}, kernel_size={kernel})"
 
     def extra_repr(self) -> str:
         return (
@@ -613,6 +651,14 @@ class Linear(Module):
         self.bias = _default_uniform((out_features,), in_features, dtype) if bias else None
 
     def forward(self, x):
+        shape = getattr(x, "shape", None)
+        if shape is not None and (len(shape) == 0 or shape[-1] != self.in_features):
+            last = shape[-1] if shape else None
+            hint = "; flatten it first (nn.Flatten())" if len(shape) > 2 else ""
+            raise ValueError(
+                f"input has {last} features (shape {tuple(shape)}), the layer expects "
+                f"{self.in_features}{hint}"
+            )
         self._saved = x
         out = self._buffer("y", lambda: (*x.shape[:-1], self.out_features), x)
         bias = None if self.bias is None else self.bias.data
@@ -628,6 +674,9 @@ class Linear(Module):
         self._accumulate(self.weight, grad_weight)
         self._accumulate(self.bias, grad_bias)
         return grad_x
+
+    def describe(self) -> str:
+        return f"Linear({self.in_features}, {self.out_features})"
 
     def extra_repr(self) -> str:
         return (

@@ -460,3 +460,47 @@ def test_backward_input_grad_must_be_a_bool():
     model(np.ones((1, 3), np.float32))
     with pytest.raises(TypeError, match="input_grad"):
         model.backward(np.ones((1, 2), np.float32), input_grad=0)
+
+
+def test_a_shape_error_inside_a_model_names_the_layer():
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 16, 3), nn.Flatten()
+    )
+    x = np.ones((2, 3, 12, 12), np.float32)
+    model(x)
+    bad = np.ones((2, 8, 12, 12), np.float32)
+    with pytest.raises(
+        ValueError,
+        match=r"^Sequential\[0\] Conv2d\(3, 8, kernel_size=3\): input has 8 channels, "
+        r"the layer expects 3$",
+    ):
+        model(bad)
+    nested = nn.Sequential(nn.Sequential(nn.Linear(4, 2)), nn.Tanh())
+    with pytest.raises(ValueError, match=r"Sequential\[0\] Sequential: Sequential\[0\] Linear"):
+        nested(np.ones((3, 5), np.float32))
+
+
+def test_channels_last_input_gets_a_hint():
+    conv = nn.Conv2d(3, 8, 3)
+    with pytest.raises(ValueError, match=r"channels-last.*transpose\(0, 3, 1, 2\)"):
+        conv(np.ones((2, 10, 10, 3), np.float32))
+    with pytest.raises(ValueError, match="4-d"):
+        conv(np.ones((3, 10, 10), np.float32))
+
+
+def test_linear_on_an_unflattened_input_says_to_flatten():
+    with pytest.raises(ValueError, match=r"6 features.*expects 96; flatten it first"):
+        nn.Linear(96, 10)(np.ones((2, 4, 4, 6), np.float32))
+
+
+def test_a_backward_error_names_the_layer():
+    model = nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2))
+    model(np.ones((5, 4), np.float32))
+    with pytest.raises(ValueError, match=r"^Sequential\[2\] Linear\(3, 2\): grad_y"):
+        model.backward(np.ones((5, 7), np.float32))
+
+
+@pytest.mark.parametrize(("value", "what"), [(3.0, "a scalar"), ([1.0, 2.0], "a list")])
+def test_a_scalar_or_list_where_an_array_goes(value, what):
+    with pytest.raises(TypeError, match=f"^x must be an array .*got {what}"):
+        fastcnn.functional.relu(value)
