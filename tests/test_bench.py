@@ -218,3 +218,39 @@ def test_summarize_repeats_takes_the_median_ratio_per_case_and_geomeans_per_suit
     assert "| 1.00, 2.00, 4.00 | **2.00** |" in text
     assert "| 0.50, 0.50, 8.00 | **0.50** |" in text
     assert "| conv2d | resnet50 | fwd | numba:auto | 2 | **1.00** |" in text
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--ops", "conv3d"], "unknown ops ['conv3d']"),
+        (["--algos", "fft"], "unknown algos ['fft']"),
+        (["--suite", "nope"], "unknown suite 'nope'"),
+        (["--backends", "fortran"], "unknown backends ['fortran']"),
+        (["--backends", "cuda"], "backend 'cuda' is not available"),
+        (["--compare", "/nonexistent/old.json"], "--compare /nonexistent/old.json: No such file"),
+    ],
+)
+def test_bad_options_give_one_line_and_exit_2(arguments, message, capsys):
+    from fastcnn.backends import available_backends
+    from fastcnn.bench.cli import main
+
+    if "cuda" in arguments and "cuda" in available_backends():
+        pytest.skip("a GPU is here")
+    assert main([*arguments, "--vs", "none"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("fastcnn bench: ") and message in error
+    assert "\n" not in error
+
+
+@pytest.mark.parametrize(
+    ("content", "message"), [("nope", "not JSON"), ('{"a": 1}', "not a fastcnn")]
+)
+def test_a_malformed_compare_file_is_one_line(tmp_path, content, message, capsys):
+    from fastcnn.bench.cli import main
+
+    old = tmp_path / "old.json"
+    old.write_text(content)
+    assert main(["--compare", str(old), "--vs", "none"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert message in error and "\n" not in error

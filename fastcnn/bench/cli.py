@@ -33,7 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from fastcnn.bench.timing import DEFAULT_MAX_RUNS, DEFAULT_MIN_TIME
 
     parser.add_argument(
-        "--suite", choices=SUITES, default="quick", help="cases to run (default: quick)"
+        "--suite",
+        default="quick",
+        help=f"cases to run: one of {', '.join(SUITES)} (default: quick)",
     )
     parser.add_argument("--ops", type=_names, help="comma-separated ops, e.g. conv2d,relu")
     parser.add_argument(
@@ -148,6 +150,25 @@ def settings_from_arguments(arguments: argparse.Namespace):
     )
 
 
+def _read_results(path: str) -> dict:
+    """A ``--json`` file of an earlier run, checked; ValueError in one line otherwise."""
+    from fastcnn.bench.schema import validate
+
+    try:
+        with open(path) as file:
+            document = json.load(file)
+    except OSError as error:
+        raise ValueError(f"--compare {path}: {error.strerror}") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"--compare {path}: not JSON ({error.msg}, line {error.lineno})") from None
+    try:
+        validate(document)
+    except ValueError as error:
+        first = str(error).splitlines()[0]
+        raise ValueError(f"--compare {path}: not a fastcnn bench --json file ({first})") from None
+    return document
+
+
 def run(arguments: argparse.Namespace, argv: list[str] | None = None) -> int:
     """Run the benchmark the options describe and print/write its results."""
     from fastcnn.bench.report import compare_text, report_text
@@ -164,8 +185,11 @@ def run(arguments: argparse.Namespace, argv: list[str] | None = None) -> int:
             return 2
     old = None
     if arguments.compare:
-        with open(arguments.compare) as file:
-            old = json.load(file)
+        try:
+            old = _read_results(arguments.compare)
+        except ValueError as error:
+            print(f"fastcnn bench: {error}", file=sys.stderr)
+            return 2
     settings = settings_from_arguments(arguments)
     command = "fastcnn bench " + shlex.join(argv if argv is not None else sys.argv[2:])
     if settings.vs == "none" and arguments.vs is None:

@@ -82,14 +82,33 @@ def default_backends() -> list[str]:
 
 def plan(settings: BenchSettings) -> tuple[list[Task], list[str]]:
     """The tasks of a run, in order (each case's fastcnn variants, then the peer), and notes."""
-    from fastcnn.backends import BACKENDS, algorithms, has_op
+    from fastcnn.backends import (
+        BACKENDS,
+        BackendUnavailableError,
+        algorithms,
+        check_backend_name,
+        has_op,
+    )
 
     if settings.suite not in SUITES:
-        raise ValueError(f"suite must be one of {SUITES}, got {settings.suite!r}")
+        raise ValueError(f"unknown suite {settings.suite!r}; known: {list(SUITES)}")
     backends = settings.backends or default_backends()
     unknown = [name for name in backends if name not in BACKENDS]
     if unknown:
         raise ValueError(f"unknown backends {unknown}; known: {list(BACKENDS)}")
+    for name in backends:
+        try:
+            check_backend_name(name)
+        except BackendUnavailableError as error:
+            raise ValueError(str(error)) from None
+    if settings.algos:
+        offered = {a for name in backends for op in ("conv2d",) for a in algorithms(op, name)}
+        unknown = sorted(set(settings.algos) - offered - {"auto"})
+        if unknown:
+            raise ValueError(
+                f"unknown algos {unknown}; the backends {list(backends)} offer "
+                f"{sorted(offered) or 'none'} (and auto)"
+            )
     tasks: list[Task] = []
     notes: list[str] = []
     unimplemented: dict[str, set[str]] = {}
