@@ -41,8 +41,11 @@ def test_table_is_printed(smoke_run):
     text, _, _, _ = smoke_run
     assert "fastcnn bench: suite smoke" in text  # the header says how it was measured
     assert "CPU ceilings, float32: FMA loop" in text
-    for column in ("median ms", "% roof", "torch/ours", "1st call ms"):
+    for column in ("ours ms", "% roof", "torch/ours", "1st call ms"):
         assert column in text
+    # one unit per table: the rate column is headed by it, its cells are bare numbers
+    assert "memory-bound (GB/s" in text
+    assert not [line for line in text.splitlines() if line.startswith("relu") and "GB/s" in line]
     assert "relu 4-D" in text and "max_pool2d 2x2" in text
     assert "no GPU here" in text
 
@@ -97,6 +100,10 @@ def test_compare_with_an_earlier_run(smoke_run, tmp_path, capsys):
     assert {row[-1] for row in rows} == {"REGRESSION"}
     rows, _ = compare_documents(slower, document)
     assert {row[-1] for row in rows} == {"faster"}
+    for result in slower["results"]:  # the peer's rows are its own variation
+        result["library"] = "torch"
+    rows, _ = compare_documents(document, slower)
+    assert {row[-1] for row in rows} == {"(peer)"}
 
 
 def test_vs_torch(capsys):
@@ -104,9 +111,10 @@ def test_vs_torch(capsys):
     assert main(["bench", *FAST, "--ops", "relu", "--direction", "fwd", "--vs", "torch"]) == 0
     text = capsys.readouterr().out
     lines = [line for line in text.splitlines() if line.startswith("relu 4-D")]
-    assert any(" torch " in line for line in lines)
     reference_line = next(line for line in lines if "reference" in line)
-    assert reference_line.split()[-1] != "—"  # the torch/ours ratio is filled in
+    cells = reference_line.split()  # relu 4-D N2 fwd reference ratio ours ± torch ...
+    assert cells[5] != "—" and cells[8] != "—"  # the ratio and torch's time, side by side
+    assert "geomean torch/ours, reference: relu fwd" in text
 
 
 def test_ctrl_c_keeps_what_was_measured(monkeypatch):

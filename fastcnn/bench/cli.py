@@ -71,6 +71,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--json", metavar="FILE", help="write the results (schema.md) to FILE")
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    parser.add_argument(
+        "--verbose", action="store_true", help="print the method in full (allocator, workers)"
+    )
     parser.add_argument("--plot", metavar="FILE.png", help="roofline chart and per-case bars")
     parser.add_argument("--compare", metavar="OLD.json", help="speed-ups and regressions vs OLD")
     parser.add_argument(
@@ -150,6 +153,23 @@ def settings_from_arguments(arguments: argparse.Namespace):
     )
 
 
+def _header(line: str, settings, verbose: bool) -> None:
+    """The run's first lines: what runs, in one short line; the method in full with
+    ``--verbose`` (it is always in the JSON and the README); warnings always."""
+    if line.startswith("warning:") or verbose:
+        print(f"fastcnn bench: {line}", flush=True)
+        return
+    from fastcnn._config import cpu_name
+
+    directions = "+".join(settings.directions)
+    peer = "" if settings.vs == "none" else f", vs {settings.vs}"
+    print(
+        f"fastcnn bench: suite {settings.suite}, {settings.dtype}, {directions}, "
+        f"{settings.threads} threads, {cpu_name()}{peer} (--verbose: the method)",
+        flush=True,
+    )
+
+
 def _read_results(path: str) -> dict:
     """A ``--json`` file of an earlier run, checked; ValueError in one line otherwise."""
     from fastcnn.bench.schema import validate
@@ -199,7 +219,7 @@ def run(arguments: argparse.Namespace, argv: list[str] | None = None) -> int:
             settings,
             _Bar(),
             command=command,
-            on_header=lambda line: print(f"fastcnn bench: {line}", flush=True),
+            on_header=lambda line: _header(line, settings, arguments.verbose),
         )
     except ValueError as error:
         print(f"fastcnn bench: {error}", file=sys.stderr)

@@ -3,22 +3,29 @@ section and the comparison with an earlier run (``--compare``)."""
 
 from __future__ import annotations
 
+import math
+
 from fastcnn.bench.cases import PEER
 
 #: A change smaller than this (or inside both runs' interquartile ranges) is noise.
 COMPARE_THRESHOLD = 0.10
 
+#: Columns of the results tables: the ratio first, the rate in the table's one unit.
 TABLE_COLUMNS = (
     "case",
     "dir",
     "backend",
-    "median ms",
-    "± IQR",
-    "1st call ms",
-    "rate",
-    "% roof",
-    "torch ms",
     "torch/ours",
+    "ours ms",
+    "± IQR",
+    "torch ms",
+    "{unit}",
+    "% roof",
+    "1st call ms",
+)
+#: A footnote for a % roof above 100 (the roofline assumes the data come from DRAM).
+ABOVE_ROOF = (
+    "* above 100%: the data stayed in cache, faster than the DRAM bandwidth the roofline assumes"
 )
 
 
@@ -30,12 +37,12 @@ def _ms(seconds: float | None) -> str:
 
 
 def _rate(result: dict) -> str:
-    """GFLOP/s for a compute-bound case, GB/s for a memory-bound one."""
+    """GFLOP/s for a compute-bound case, GB/s for a memory-bound one (the table's unit)."""
     if "bound" not in result:
         return "—"
     if result["bound"] == "compute":
-        return f"{_significant(result['flops_per_s'] / 1e9)} GFLOP/s"
-    return f"{_significant(result['bytes_per_s'] / 1e9)} GB/s"
+        return _significant(result["flops_per_s"] / 1e9)
+    return _significant(result["bytes_per_s"] / 1e9)
 
 
 def _significant(value: float) -> str:
@@ -43,8 +50,19 @@ def _significant(value: float) -> str:
     return f"{value:.0f}" if value >= 100 else f"{value:.3g}"
 
 
-def table_rows(document: dict) -> list[tuple[str, ...]]:
-    """One row per result: fastcnn variants with the peer's time beside them, then the peer."""
+def _suite(result: dict) -> str:
+    """The suite a benchmark case belongs to (its first tag but "quick")."""
+    tags = [t for t in result.get("tags", []) if t != "quick"]
+    return tags[0] if tags else result["op"]
+
+
+def _case_label(result: dict) -> str:
+    return f"{result['op']} {result['case']} N{result['batch']}"
+
+
+def table_rows(document: dict, bound: str | None = None) -> list[tuple[str, ...]]:
+    """One row per fastcnn result (the peer's time beside it), of one ``bound``
+    ("compute" or "memory"; None: all), in run order."""
     peer = {
         r["case_key"]: r
         for r in document["results"]
@@ -52,32 +70,52 @@ def table_rows(document: dict) -> list[tuple[str, ...]]:
     }
     rows = []
     for result in document["results"]:
-        case = f"{result['op']} {result['case']}"
-        if document["settings"].get("batch") is not None:
-            case += f" N={result['batch']}"
+        if result["library"] == PEER:
+            continue
+        if bound is not None and result.get("bound", "compute") != bound:
+            continue
         variant = result["variant"]
         if result.get("ran") and result["ran"] != result.get("algo"):
             variant += f" ({result['ran']})"  # what "auto" ran
-        head = (case, result["direction"], variant)
+        head = (_case_label(result), result["direction"], variant)
         if result["status"] != "ok":
             rows.append((*head, "error: " + result.get("error", "")[:90], *[""] * 6))
             continue
         spread = (result["q3_s"] - result["q1_s"]) / 2 / result["median_s"]
-        theirs = peer.get(result["case_key"]) if result["library"] != PEER else None
+        theirs = peer.get(result["case_key"])
         ratio = result.get("speedup_vs_peer")
+        fraction = result.get("roofline_fraction")
+        roof = "—" if fraction is None else f"{fraction:.0%}" + ("*" if fraction > 1 else "")
         rows.append(
             (
                 *head,
+                f"{ratio:.2f}" if ratio is not None else "—",
                 _ms(result["median_s"]),
                 f"{spread:.0%}",
-                _ms(result["first_call_s"]),
-                _rate(result),
-                f"{result['roofline_fraction']:.0%}" if "roofline_fraction" in result else "—",
                 _ms(theirs["median_s"]) if theirs else "—",
-                f"{ratio:.2f}" if ratio is not None else "—",
+                _rate(result),
+                roof,
+                _ms(result["first_call_s"]),
             )
         )
     return rows
+
+
+def geomeans(document: dict, bound: str | None = None) -> list[tuple[str, str, str, float, int]]:
+    """``(suite, direction, variant, geomean of torch/ours, cases)`` per group."""
+    groups: dict[tuple[str, str, str], list[float]] = {}
+    for result in document["results"]:
+        ratio = result.get("speedup_vs_peer")
+        if result["library"] == PEER or ratio is None or result["status"] != "ok":
+            continue
+        if bound is not None and result.get("bound", "compute") != bound:
+            continue
+        key = (_suite(result), result["direction"], result["variant"])
+        groups.setdefault(key, []).append(ratio)
+    return [
+        (*key, math.exp(sum(map(math.log, ratios)) / len(ratios)), len(ratios))
+        for key, ratios in groups.items()
+    ]
 
 
 def format_table(
@@ -156,17 +194,42 @@ def gpu_text(document: dict) -> str:
     return f"CPU vs GPU ({document['machine']['gpu']}):\n" + format_table(columns, rows)
 
 
+_TABLES = (("compute", "compute-bound", "GFLOP/s"), ("memory", "memory-bound", "GB/s"))
+
+
+def _geomean_lines(means) -> list[str]:
+    """One line per variant: each suite's forward and backward geomean of torch/ours."""
+    by_variant: dict[str, dict[str, list[str]]] = {}
+    for suite, direction, variant, mean, _ in means:
+        by_variant.setdefault(variant, {}).setdefault(suite, []).append(f"{direction} {mean:.2f}")
+    return [
+        f"geomean torch/ours, {variant}: "
+        + " · ".join(f"{suite} {' '.join(values)}" for suite, values in suites.items())
+        for variant, suites in by_variant.items()
+    ]
+
+
 def report_text(document: dict, markdown: bool = False) -> str:
-    """Everything the command prints after the run: ceilings, table, notes, GPU line."""
-    parts = [ceilings_text(document), ""]
-    rows = table_rows(document)
-    if rows:
-        parts.append(format_table(TABLE_COLUMNS, rows, markdown))
-    else:
-        parts.append("no results: no selected backend implements these ops (see notes)")
+    """Everything the command prints after the run: ceilings, one table per bound with
+    its geomeans under it, notes, the GPU line."""
+    parts = [ceilings_text(document)]
+    shown = False
+    footnote = False
+    for bound, title, unit in _TABLES:
+        rows = table_rows(document, bound)
+        if not rows:
+            continue
+        shown = True
+        columns = tuple(c.format(unit=unit) for c in TABLE_COLUMNS)
+        parts += ["", f"{title} ({unit}; torch/ours > 1: fastcnn is faster)"]
+        parts.append(format_table(columns, rows, markdown))
+        parts += _geomean_lines(geomeans(document, bound))
+        footnote |= any(row[8].endswith("*") for row in rows if len(row) > 8)
+    if not shown:
+        parts += ["", "no results: no selected backend implements these ops (see notes)"]
     parts.append(
-        "rate: GFLOP/s when compute-bound, GB/s when memory-bound; % roof: of "
-        "min(peak FLOP/s, intensity x bandwidth); torch/ours > 1: fastcnn is faster"
+        "% roof: of min(peak FLOP/s, intensity x copy bandwidth) at the run's thread count"
+        + (f"; {ABOVE_ROOF}" if footnote else "")
     )
     for note in document.get("notes", []):
         parts.append(f"note: {note}")
@@ -202,7 +265,9 @@ def compare_documents(
             continue
         speedup = previous["median_s"] / result["median_s"]
         separated = result["q3_s"] < previous["q1_s"] or result["q1_s"] > previous["q3_s"]
-        if speedup > 1 + threshold and separated:
+        if result["library"] == PEER:
+            verdict = "(peer)"  # the peer's own variation: never fastcnn's regression
+        elif speedup > 1 + threshold and separated:
             verdict = "faster"
         elif speedup < 1 / (1 + threshold) and separated:
             verdict = "REGRESSION"
@@ -231,9 +296,12 @@ def compare_text(old: dict, new: dict, markdown: bool = False) -> str:
     else:
         regressions = sum(row[-1] == "REGRESSION" for row in rows)
         faster = sum(row[-1] == "faster" for row in rows)
+        ours = sum(row[-1] != "(peer)" for row in rows)
         text = (
             f"compared with {old.get('created', 'the old run')}: {faster} faster, "
-            f"{regressions} regressions, {len(rows) - faster - regressions} unchanged\n"
+            f"{regressions} regressions, {ours - faster - regressions} unchanged (a change "
+            f"counts past {COMPARE_THRESHOLD:.0%} when the two runs' interquartile ranges "
+            "do not overlap; the peer's rows are its own variation)\n"
             + format_table(columns, rows, markdown)
         )
     return "\n".join([text, *[f"note: {note}" for note in notes]])

@@ -291,6 +291,7 @@ def _result_record(task: Task, reply: dict, ceilings: dict) -> dict:
         "batch": batch_size(task.op, case),
         "variant": task.variant,
         "device": "gpu" if task.backend == "cuda" else "cpu",
+        "tags": list(case.tags),
         "shapes": {name: list(shape) for name, shape in case.shapes.items()},
         "params": {k: list(v) if isinstance(v, tuple) else v for k, v in case.params.items()},
         "flops": flops,

@@ -77,6 +77,7 @@ _RESULT = {
         "op": {"type": "string"},
         "case": {"type": "string"},
         "source": {"enum": ["bench", "sample"]},
+        "tags": {"type": "array", "items": {"type": "string"}, "description": "its suites"},
         "shapes": {"type": "object"},
         "params": {"type": "object"},
         "direction": {"enum": ["fwd", "bwd"]},
