@@ -14,7 +14,10 @@ from dataclasses import dataclass
 from fastcnn.testing.specs import SPECS, SPECS_BY_NAME, Case, OpSpec
 
 #: Suites named by the spec table's bench tags, plus "smoke" and "all".
-SUITES = ("quick", "resnet50", "vgg", "lenet", "depthwise", "deepbench", "memory", "smoke", "all")
+SUITES = (
+    "quick", "resnet50", "vgg", "lenet", "depthwise", "deepbench", "memory", "loss", "classifier",
+    "smoke", "all",
+)  # fmt: skip
 #: The directions a case can be timed in; "both" on the command line means these two.
 DIRECTIONS = ("fwd", "bwd")
 #: The peer library's name as it appears in tasks and results.

@@ -716,7 +716,10 @@ LINEAR = OpSpec(
     ),
     torch_forward=lambda tf, t, p: tf.linear(t["x"], t["weight"], t.get("bias")),
     cost=_linear_cost,
-    bench=(_linear("lenet fc 400->120", (256, 400), (120, 400), tags=("lenet",)),),
+    bench=(
+        _linear("lenet fc 400->120", (256, 400), (120, 400), tags=("lenet", "quick")),
+        _linear("classifier 2048->1000", (256, 2048), (1000, 2048), tags=("classifier",)),
+    ),
 )
 
 
@@ -750,6 +753,7 @@ def _softmax(name) -> OpSpec:
             5 * math.prod(c.shapes["x"]),
             2 * itemsize * math.prod(c.shapes["x"]),
         ),
+        bench=(Case("logits 256x1000", {"x": (256, 1000)}, tags=("loss", "quick")),),
     )
 
 
@@ -785,6 +789,8 @@ CROSS_ENTROPY = OpSpec(
         _loss("logits of 1e8", (6, 4), (6,), scale=1e8, reduction="none"),
         _loss("one class", (3, 1), (3,)),
         _loss("empty batch", (0, 5), (0,), reduction="sum"),
+        _loss("one block", (32, 1024), (32,)),
+        _loss("above one block", (33, 1024), (33,), reduction="none"),
     ),
     errors=(
         ErrorCase(
@@ -817,6 +823,9 @@ CROSS_ENTROPY = OpSpec(
     cost=lambda c, itemsize, d: (
         5 * math.prod(c.shapes["logits"]),
         itemsize * math.prod(c.shapes["logits"]),
+    ),
+    bench=(
+        Case("logits 256x1000", {"logits": (256, 1000), "labels": (256,)}, tags=("loss", "quick")),
     ),
 )
 

@@ -103,24 +103,48 @@ def _log_softmax_parallel(x, y):
             _log_softmax_row(x[m], y[m])
 
 
-@jit
-def _cross_entropy(logits, labels, losses):
+@jit(inline="always")
+def _cross_entropy_row(row, label):
     # -log softmax(x)[label] = (max - x[label]) + log sum exp(x - max): both terms >= 0.
-    for m in range(logits.shape[0]):
-        row = logits[m]
-        maximum = _row_max(row)
-        losses[m] = (maximum - row[labels[m]]) + _row_log_sum_exp(row, maximum)
+    maximum = _row_max(row)
+    return (maximum - row[label]) + _row_log_sum_exp(row, maximum)
+
+
+@jit(inline="always")
+def _cross_entropy_backward_row(row, label, row_scale, grad_row):
+    maximum = _row_max(row)
+    scale = row_scale / _row_exp_sum(row, maximum, grad_row)
+    for i in range(grad_row.size):
+        grad_row[i] *= scale
+    grad_row[label] -= row_scale
 
 
 @jit
-def _cross_entropy_backward(logits, labels, row_scale, grad_logits):
+def _cross_entropy_serial(logits, labels, losses):
     for m in range(logits.shape[0]):
-        row, grad_row = logits[m], grad_logits[m]
-        maximum = _row_max(row)
-        scale = row_scale[m] / _row_exp_sum(row, maximum, grad_row)
-        for i in range(grad_row.size):
-            grad_row[i] *= scale
-        grad_row[labels[m]] -= row_scale[m]
+        losses[m] = _cross_entropy_row(logits[m], labels[m])
+
+
+@jit(parallel=True)
+def _cross_entropy_parallel(logits, labels, losses):
+    rows, blocks = _row_blocks(logits.shape[0], logits.shape[1])
+    for block in prange(blocks):
+        for m in range(block * rows, min(block * rows + rows, logits.shape[0])):
+            losses[m] = _cross_entropy_row(logits[m], labels[m])
+
+
+@jit
+def _cross_entropy_backward_serial(logits, labels, row_scale, grad_logits):
+    for m in range(logits.shape[0]):
+        _cross_entropy_backward_row(logits[m], labels[m], row_scale[m], grad_logits[m])
+
+
+@jit(parallel=True)
+def _cross_entropy_backward_parallel(logits, labels, row_scale, grad_logits):
+    rows, blocks = _row_blocks(logits.shape[0], logits.shape[1])
+    for block in prange(blocks):
+        for m in range(block * rows, min(block * rows + rows, logits.shape[0])):
+            _cross_entropy_backward_row(logits[m], labels[m], row_scale[m], grad_logits[m])
 
 
 _census.declare("numba", "softmax.serial", "softmax.blocks")
@@ -151,9 +175,15 @@ def log_softmax(x, y) -> None:
 
 @register("cross_entropy", "numba")
 def cross_entropy(logits, labels, losses) -> None:
-    _cross_entropy(logits, labels, losses)
+    if _serial(logits.size):
+        _cross_entropy_serial(logits, labels, losses)
+    else:
+        _cross_entropy_parallel(logits, labels, losses)
 
 
 @register("cross_entropy_backward", "numba")
 def cross_entropy_backward(logits, labels, row_scale, grad_logits) -> None:
-    _cross_entropy_backward(logits, labels, row_scale, grad_logits)
+    if _serial(logits.size):
+        _cross_entropy_backward_serial(logits, labels, row_scale, grad_logits)
+    else:
+        _cross_entropy_backward_parallel(logits, labels, row_scale, grad_logits)
