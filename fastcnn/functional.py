@@ -204,6 +204,9 @@ def conv2d(
         :func:`explain_conv2d`) or the name of one of the backend's algorithms, e.g.
         ``"direct"``, ``"im2col"``, ``"winograd"``; one that cannot take this case
         raises ``ValueError`` naming those that can
+    out : (N, K, P, Q) array of x's dtype, C-contiguous, or None: written and returned
+    backend : ``"reference"``, ``"numba"``, ``"cpp"``, ``"cuda"`` or None (see
+        ``fastcnn.use_backend``: the keyword, the context, ``FASTCNN_BACKEND``, the array type)
 
     Returns
     -------
@@ -257,12 +260,26 @@ def conv2d_backward(
 ):
     """Gradients of :func:`conv2d`: ``(grad_x or None, grad_weight, grad_bias or None)``.
 
-    ``bias=False`` skips grad_bias; ``input_grad=False`` skips grad_x (a network's
-    first layer, whose input needs no gradient: it is often the costlier half). ``out``
-    is an optional tuple of arrays to write the gradients into (``None`` in place of
-    those skipped). ``algo`` names one algorithm for both gradients, or a pair
-    ``(input gradient, weight gradient)``: not every algorithm has both (Winograd has
-    no weight gradient). The other arguments are the forward call's.
+    Parameters
+    ----------
+    grad_y : (N, K, P, Q) array, the gradient of the forward output
+    x, weight, stride, padding, dilation, groups : the forward call's
+    bias : bool, whether to compute grad_bias
+    input_grad : bool, whether to compute grad_x (``False`` for a network's first
+        layer, whose input needs no gradient: it is often the costlier half)
+    algo : ``"auto"``, one algorithm for both gradients, or a pair ``(input gradient,
+        weight gradient)``: not every algorithm has both (Winograd has no weight
+        gradient, a strided input gradient is im2col's); see :func:`conv2d`
+    out : a tuple ``(grad_x, grad_weight, grad_bias)`` of arrays to write into, ``None``
+        in place of those skipped; or None
+    backend : as :func:`conv2d`
+
+    Examples
+    --------
+    >>> x = np.ones((1, 2, 5, 5), np.float32); w = np.ones((3, 2, 3, 3), np.float32)
+    >>> grad_x, grad_w, grad_b = conv2d_backward(np.ones((1, 3, 3, 3), np.float32), x, w)
+    >>> grad_x.shape, grad_w.shape, grad_b.shape
+    ((1, 2, 5, 5), (3, 2, 3, 3), (3,))
     """
     xp = array_module(grad_y=grad_y, x=x, weight=weight)
     dtype = float_dtype(grad_y=grad_y, x=x, weight=weight)
