@@ -25,6 +25,7 @@ import numpy as np
 
 from fastcnn import _shapes
 from fastcnn._arrays import array_module, contiguous, empty, float_dtype, integer_indices
+from fastcnn._random import generator
 from fastcnn.backends import algorithm_table, select
 
 __all__ = [
@@ -34,6 +35,8 @@ __all__ = [
     "conv2d_backward",
     "cross_entropy",
     "cross_entropy_backward",
+    "dropout",
+    "dropout_backward",
     "leaky_relu",
     "leaky_relu_backward",
     "linear",
@@ -545,6 +548,90 @@ def tanh(x, *, out=None, backend: str | None = None):
 def tanh_backward(grad_y, y, *, out=None, backend: str | None = None):
     """grad_y * (1 - y**2), where y is tanh's output."""
     return _elementwise_backward("tanh_backward", grad_y, y, "y", out, backend)
+
+
+# ---------------------------------------------------------------------------- dropout
+
+
+def _dropout_scale(p) -> float:
+    if not isinstance(p, numbers.Real) or isinstance(p, bool):
+        raise TypeError(f"p must be a real number in [0, 1], got {p!r}")
+    if not 0 <= p <= 1:
+        raise ValueError(f"p must lie in [0, 1], got {p!r}")
+    return 0.0 if p == 1 else 1.0 / (1.0 - float(p))
+
+
+def _check_mask(xp, mask, shape) -> None:
+    array_module(mask=mask)
+    if mask.dtype != np.bool_:
+        raise TypeError(f"mask must be a bool array (True: kept), got {mask.dtype}")
+    if mask.shape != tuple(shape):
+        raise ValueError(f"mask must have x's shape {tuple(shape)}, got {mask.shape}")
+
+
+def dropout(
+    x,
+    p: float = 0.5,
+    training: bool = True,
+    *,
+    mask=None,
+    return_mask: bool = False,
+    out=None,
+    backend: str | None = None,
+):
+    """Zero each element with probability ``p`` and scale the others by 1 / (1 - p), as
+    ``torch.nn.functional.dropout`` (a dropped NaN stays NaN, as there).
+
+    ``mask`` (bool, x's shape, True where kept) is drawn from fastcnn's generator
+    (``fastcnn.manual_seed``) unless given; ``return_mask=True`` returns ``(y, mask)``
+    for :func:`dropout_backward`. ``training=False`` returns a copy of x (into ``out``).
+
+    >>> y, mask = dropout(np.ones((2, 3), np.float32), 0.5, mask=np.eye(2, 3, dtype=bool),
+    ...                   return_mask=True)
+    >>> y
+    array([[2., 0., 0.],
+           [0., 2., 0.]], dtype=float32)
+    """
+    xp = array_module(x=x, mask=mask)
+    dtype = float_dtype(x=x)
+    scale = _dropout_scale(p)
+    _shapes.flag("training", training)
+    _shapes.flag("return_mask", return_mask)
+    if mask is None:
+        if training:
+            keep = generator().random(x.shape) >= p
+            mask = keep if xp is np else xp.asarray(keep)
+        else:
+            mask = xp.ones(x.shape, np.bool_)
+    else:
+        _check_mask(xp, mask, x.shape)
+    if not training:
+        scale = 1.0
+    kernel = _kernel("dropout", xp, backend)
+    y = _output(xp, x.shape, dtype, out, [("x", x)])
+    if y.size:
+        kernel(
+            contiguous(xp, x).reshape(-1), contiguous(xp, mask).reshape(-1), y.reshape(-1), scale
+        )
+    return (y, mask) if return_mask else y
+
+
+def dropout_backward(grad_y, mask, p: float = 0.5, *, out=None, backend: str | None = None):
+    """Gradient of :func:`dropout` with respect to x: ``grad_y * mask / (1 - p)``."""
+    xp = array_module(grad_y=grad_y, mask=mask)
+    dtype = float_dtype(grad_y=grad_y)
+    scale = _dropout_scale(p)
+    if grad_y.shape != mask.shape:
+        raise ValueError(f"grad_y must have the mask's shape {mask.shape}, got {grad_y.shape}")
+    _check_mask(xp, mask, grad_y.shape)
+    kernel = _kernel("dropout_backward", xp, backend)
+    grad_x = _output(xp, grad_y.shape, dtype, out, [("grad_y", grad_y)])
+    if grad_x.size:
+        kernel(
+            contiguous(xp, grad_y).reshape(-1), contiguous(xp, mask).reshape(-1),
+            grad_x.reshape(-1), scale,
+        )  # fmt: skip
+    return grad_x
 
 
 # ---------------------------------------------------------------------------- linear

@@ -40,6 +40,7 @@ __all__ = [
     "AvgPool2d",
     "Conv2d",
     "CrossEntropyLoss",
+    "Dropout",
     "Flatten",
     "LeakyReLU",
     "Linear",
@@ -897,6 +898,40 @@ class Tanh(Module):
 
 
 # ---------------------------------------------------------------------------- reshaping
+
+
+class Dropout(Module):
+    """Zeroes each element with probability ``p`` in training mode and scales the rest
+    by 1 / (1 - p); the identity in eval mode (``model.eval()``), as ``torch.nn.Dropout``.
+    The masks come from fastcnn's generator (``fastcnn.manual_seed``).
+
+    >>> layer = Dropout(0.5).eval()
+    >>> layer(np.ones(3, np.float32))
+    array([1., 1., 1.], dtype=float32)
+    """
+
+    def __init__(self, p: float = 0.5) -> None:
+        super().__init__()
+        F._dropout_scale(p)  # checks p
+        self.p = float(p)
+        self._mask = None
+
+    def forward(self, x):
+        if not self.training or self.p == 0:
+            self._mask = None
+            return x
+        out = self._buffer("y", lambda: x.shape, x)
+        y, self._mask = F.dropout(x, self.p, return_mask=True, out=out)
+        return y
+
+    def backward(self, grad):
+        if self._mask is None:
+            return grad
+        out = self._buffer("grad_x", lambda: grad.shape, grad)
+        return F.dropout_backward(grad, self._mask, self.p, out=out)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
 
 
 class Flatten(Module):

@@ -27,7 +27,14 @@ def names(argument: str) -> str:
 def _generic_errors(spec):
     """Errors every op must raise, derived from the names of its inputs."""
     base = spec.cases[0]
-    floats = [n for n in spec.inputs if n in base.shapes and n not in spec.integer]
+    floats = [n for n in spec.inputs if n in base.shapes and n not in spec.integer + spec.masks]
+    for name in spec.masks:
+        yield ErrorCase(
+            f"{name} float32", TypeError, names(name), mutate=_set(name, lambda a: a.astype("f4"))
+        )
+        yield ErrorCase(
+            f"{name} as list", TypeError, names(name), mutate=_set(name, np.ndarray.tolist)
+        )
     for name in floats:
         for dtype in BAD_DTYPES:
             yield ErrorCase(

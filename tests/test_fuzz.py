@@ -145,6 +145,13 @@ def elementwise_cases(draw, name: str) -> Case:
 
 
 @st.composite
+def dropout_cases(draw) -> Case:
+    shape = (draw(_ELEMENTWISE_SIZES),)
+    params = {"p": draw(st.sampled_from([0.0, 0.1, 0.5, 0.9, 1.0]))}
+    return Case(f"fuzz {shape} {params}", {"x": shape, "mask": shape}, params)
+
+
+@st.composite
 def softmax_cases(draw) -> Case:
     ndim = draw(st.integers(1, 3))
     shape = tuple(draw(st.integers(0, 9)) for _ in range(ndim))
@@ -257,6 +264,11 @@ def test_activations(name):
         _check(name, case, run)
 
     check()
+
+
+@given(dropout_cases(), _run)
+def test_dropout(case, run):
+    _check("dropout", case, run)
 
 
 @pytest.mark.parametrize("name", ["softmax", "log_softmax"])

@@ -504,3 +504,27 @@ def test_a_backward_error_names_the_layer():
 def test_a_scalar_or_list_where_an_array_goes(value, what):
     with pytest.raises(TypeError, match=f"^x must be an array .*got {what}"):
         fastcnn.functional.relu(value)
+
+
+def test_dropout_layer_trains_and_evaluates(rng):
+    fastcnn.manual_seed(1)
+    layer = nn.Dropout(0.25)
+    x = rng.standard_normal((64, 50)).astype(np.float32)
+    y = layer(x)
+    kept = y != 0
+    assert 0.6 < kept.mean() < 0.9  # about 75% kept
+    np.testing.assert_allclose(y[kept], x[kept] / 0.75, rtol=1e-6)
+    grad = layer.backward(np.ones_like(x))
+    np.testing.assert_allclose(grad, kept / 0.75, rtol=1e-6)
+    layer.eval()
+    assert layer(x) is x and layer.backward(x) is x
+    with pytest.raises(ValueError, match="p must lie in"):
+        nn.Dropout(1.5)
+
+
+def test_dropout_masks_follow_the_seed(rng):
+    x = rng.standard_normal((8, 9)).astype(np.float32)
+    fastcnn.manual_seed(3)
+    first = nn.Dropout(0.5)(x)
+    fastcnn.manual_seed(3)
+    np.testing.assert_array_equal(nn.Dropout(0.5)(x), first)

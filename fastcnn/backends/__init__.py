@@ -105,6 +105,9 @@ SIGNATURES = {
     "sigmoid_backward": "grad_y, y, grad_x",
     "tanh": "x, y",
     "tanh_backward": "grad_y, y, grad_x",
+    # mask: bool, 1-D like x (True: kept); y = x * mask * scale, scale = 1 / (1 - p)
+    "dropout": "x, mask, y, scale",
+    "dropout_backward": "grad_y, mask, grad_x, scale",
     # x (M, in), weight (out, in), y (M, out)
     "linear": "x, weight, bias | None, y",
     "linear_backward": "grad_y, x, weight, grad_x | None, grad_weight, grad_bias | None",

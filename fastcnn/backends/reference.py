@@ -228,6 +228,16 @@ def leaky_relu_backward(grad_y, x, grad_x, negative_slope) -> None:
     grad_x[...] = np.where(_f64(x) > 0, grad_y, grad_y * negative_slope)
 
 
+@register("dropout", "reference")
+def dropout(x, mask, y, scale) -> None:
+    y[...] = _f64(x) * mask * scale
+
+
+@register("dropout_backward", "reference")
+def dropout_backward(grad_y, mask, grad_x, scale) -> None:
+    grad_x[...] = _f64(grad_y) * mask * scale
+
+
 @register("sigmoid", "reference")
 def sigmoid(x, y) -> None:
     # exp of a non-positive number never overflows: 1/(1+e^-x) for x >= 0, e^x/(1+e^x) below.

@@ -67,6 +67,7 @@ class OpSpec:
     backward: Callable | None = None
     differentiable: tuple[str, ...] = ()
     integer: tuple[str, ...] = ()
+    masks: tuple[str, ...] = ()  # bool inputs, True with probability 1 - params["p"]
     ndim_checked: tuple[str, ...] = ()
     errors: tuple[ErrorCase, ...] = ()
     tolerance: dict[str, float] = field(default_factory=lambda: {"float32": 1e-4, "float64": 1e-10})
@@ -81,6 +82,8 @@ class OpSpec:
             if name in self.integer:
                 classes = case.shapes[self.inputs[0]][1]
                 inputs[name] = rng.integers(0, classes, size=shape)
+            elif name in self.masks:
+                inputs[name] = rng.random(shape) >= case.params.get("p", 0.5)
             else:
                 values = rng.standard_normal(shape) * case.scale
                 inputs[name] = values.astype(dtype)
@@ -654,6 +657,61 @@ SIGMOID = _activation("sigmoid", saved="y")
 TANH = _activation("tanh", saved="y")
 
 
+# ---------------------------------------------------------------------------- dropout
+
+
+def _dropout_case(name, shape, scale=1.0, **params) -> Case:
+    return Case(name, {"x": shape, "mask": shape}, params, scale)
+
+
+def _dropout_torch(tf, t, p):
+    # The mask is an input on both sides (fastcnn's is given too): the same work.
+    keep = 1 - p.get("p", 0.5)
+    return t["x"] * t["mask"] * (0.0 if keep == 0 else 1 / keep)
+
+
+DROPOUT = OpSpec(
+    name="dropout",
+    ops=("dropout", "dropout_backward"),
+    inputs=("x", "mask"),
+    masks=("mask",),
+    forward=lambda i, p, b: F.dropout(i["x"], **p, mask=i["mask"], backend=b),
+    backward=lambda i, p, gy, y, b: {
+        "x": F.dropout_backward(gy, i["mask"], p.get("p", 0.5), backend=b)
+    },
+    differentiable=("x",),
+    cases=(
+        *(_dropout_case(c.name, c.shapes["x"], c.scale, p=0.5) for c in _ELEMENTWISE_CASES),
+        _dropout_case("p 0", (3, 50), p=0.0),
+        _dropout_case("p 1", (3, 50), p=1.0),
+        _dropout_case("p 0.2", (2, 3, 7, 5), p=0.2),
+    ),
+    errors=(
+        ErrorCase("p above 1", ValueError, "p must", params={"p": 1.5}),
+        ErrorCase("p as string", TypeError, "p must", params={"p": "0.5"}),
+        ErrorCase(
+            "mask shape",
+            ValueError,
+            "mask",
+            mutate=lambda i: i.update(mask=i["mask"][..., :-1].copy()),
+        ),
+    ),
+    torch_forward=_dropout_torch,
+    cost=lambda c, itemsize, d: (
+        math.prod(c.shapes["x"]),
+        (2 * itemsize + 1) * math.prod(c.shapes["x"]),
+    ),
+    bench=(
+        Case(
+            "32x64x112x112",
+            {"x": (32, 64, 112, 112), "mask": (32, 64, 112, 112)},
+            {"p": 0.5},
+            tags=("memory",),
+        ),
+    ),
+)
+
+
 # ---------------------------------------------------------------------------- linear
 
 
@@ -838,6 +896,7 @@ SPECS: tuple[OpSpec, ...] = (
     LEAKY_RELU,
     SIGMOID,
     TANH,
+    DROPOUT,
     LINEAR,
     SOFTMAX,
     LOG_SOFTMAX,

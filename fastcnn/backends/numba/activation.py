@@ -259,6 +259,20 @@ def _tanh_backward_parallel(grad_y, y, grad_x):
         _tanh_backward_span(grad_y, y, grad_x, chunk * CHUNK, min(chunk * CHUNK + CHUNK, n))
 
 
+@jit
+def _dropout_span(x, mask, y, scale, start, stop):
+    # y = x * (mask * scale): a dropped NaN stays NaN, as PyTorch's x * mask * scale.
+    for i in range(start, stop):
+        y[i] = x[i] * (mask[i] * scale)
+
+
+@jit(parallel=True)
+def _dropout_parallel(x, mask, y, scale):
+    n = y.size
+    for chunk in prange((n + CHUNK - 1) // CHUNK):
+        _dropout_span(x, mask, y, scale, chunk * CHUNK, min(chunk * CHUNK + CHUNK, n))
+
+
 # ---------------------------------------------------------------------------- registered kernels
 
 _census.declare("numba", "activation.serial", "activation.chunks")
@@ -336,3 +350,17 @@ def tanh_backward(grad_y, y, grad_x) -> None:
         _tanh_backward_span(grad_y, y, grad_x, 0, grad_x.size)
     else:
         _tanh_backward_parallel(grad_y, y, grad_x)
+
+
+@register("dropout", "numba")
+def dropout(x, mask, y, scale) -> None:
+    scale = x.dtype.type(scale)  # multiply in x's dtype
+    if _serial(y.size):
+        _dropout_span(x, mask, y, scale, 0, y.size)
+    else:
+        _dropout_parallel(x, mask, y, scale)
+
+
+@register("dropout_backward", "numba")
+def dropout_backward(grad_y, mask, grad_x, scale) -> None:
+    dropout(grad_y, mask, grad_x, scale)  # the same product
