@@ -31,6 +31,8 @@ from fastcnn.backends import algorithm_table, select
 __all__ = [
     "avg_pool2d",
     "avg_pool2d_backward",
+    "batch_norm",
+    "batch_norm_backward",
     "conv2d",
     "conv2d_backward",
     "cross_entropy",
@@ -548,6 +550,136 @@ def tanh(x, *, out=None, backend: str | None = None):
 def tanh_backward(grad_y, y, *, out=None, backend: str | None = None):
     """grad_y * (1 - y**2), where y is tanh's output."""
     return _elementwise_backward("tanh_backward", grad_y, y, "y", out, backend)
+
+
+# ---------------------------------------------------------------------------- batch norm
+
+
+def _channel_rows(xp, x):
+    """x (N, C, ...) as a contiguous (N, C, L) view or copy."""
+    return contiguous(xp, x).reshape(x.shape[0], x.shape[1], math.prod(x.shape[2:]))
+
+
+def _batch_norm_args(x, weight, bias, running_mean, running_var, training, eps, **others):
+    xp = array_module(x=x, weight=weight, bias=bias, running_mean=running_mean,
+                      running_var=running_var, **others)  # fmt: skip
+    dtype = float_dtype(x=x, weight=weight, bias=bias, running_mean=running_mean,
+                        running_var=running_var, **others)  # fmt: skip
+    if x.ndim < 2:
+        raise ValueError(f"x must be (N, C, ...) with at least 2 axes, got shape {x.shape}")
+    C = x.shape[1]
+    for name, array in (("weight", weight), ("bias", bias), ("running_mean", running_mean),
+                        ("running_var", running_var)):  # fmt: skip
+        if array is not None and array.shape != (C,):
+            raise ValueError(f"{name} must have shape ({C},), one per channel, got {array.shape}")
+    _shapes.flag("training", training)
+    if not isinstance(eps, numbers.Real) or isinstance(eps, bool) or not eps > 0:
+        raise ValueError(f"eps must be a positive real number, got {eps!r}")
+    if not training and (running_mean is None or running_var is None):
+        raise ValueError("running_mean and running_var are needed when training=False")
+    values = math.prod(x.shape) // C if C else 0
+    if training and x.shape[0] and values <= 1:
+        raise ValueError(
+            f"training needs more than one value per channel, got input of shape {x.shape}"
+        )
+    return xp, dtype
+
+
+def batch_norm(
+    x,
+    weight=None,
+    bias=None,
+    *,
+    running_mean=None,
+    running_var=None,
+    training: bool = True,
+    eps: float = 1e-5,
+    return_stats: bool = False,
+    out=None,
+    backend: str | None = None,
+):
+    """Batch normalisation over axis 1 of (N, C, ...): ``(x - mean) / sqrt(var + eps) *
+    weight + bias`` per channel, as ``torch.nn.functional.batch_norm``.
+
+    ``training=True`` normalises with the batch's mean and (biased) variance;
+    ``training=False`` with ``running_mean`` and ``running_var``. Nothing is updated in
+    place (the layer :class:`fastcnn.nn.BatchNorm2d` keeps the running statistics):
+    ``return_stats=True`` returns ``(y, mean, var)``, the statistics used. ``weight``
+    and ``bias`` (C,) are optional; ``out`` receives y.
+
+    >>> x = np.arange(8.0).reshape(2, 2, 2)
+    >>> batch_norm(x, eps=0.0)[0]
+    array([[-1.        , -0.71428571],
+           [-1.        , -0.71428571]])
+    """
+    xp, dtype = _batch_norm_args(x, weight, bias, running_mean, running_var, training, eps)
+    _shapes.flag("return_stats", return_stats)
+    C = x.shape[1]
+    rows = _channel_rows(xp, x)
+    if training:
+        mean, var = empty(xp, (C,), dtype), empty(xp, (C,), dtype)
+        if x.size:
+            _kernel("batch_norm_statistics", xp, backend)(rows, mean, var)
+        else:
+            mean.fill(np.nan)
+            var.fill(np.nan)
+    else:
+        mean, var = contiguous(xp, running_mean), contiguous(xp, running_var)
+    kernel = _kernel("batch_norm", xp, backend)
+    y = _output(xp, x.shape, dtype, out, [("x", x)])
+    if y.size:
+        kernel(rows, mean, var, contiguous(xp, weight), contiguous(xp, bias),
+               y.reshape(rows.shape), float(eps))  # fmt: skip
+    return (y, mean, var) if return_stats else y
+
+
+def batch_norm_backward(
+    grad_y,
+    x,
+    weight=None,
+    *,
+    running_mean=None,
+    running_var=None,
+    training: bool = True,
+    eps: float = 1e-5,
+    input_grad: bool = True,
+    out=None,
+    backend: str | None = None,
+):
+    """Gradients of :func:`batch_norm`: ``(grad_x or None, grad_weight, grad_bias)``
+    (grad_weight and grad_bias are None without ``weight``). The other arguments are the
+    forward call's; in training the batch statistics are recomputed from x.
+    ``input_grad=False`` skips grad_x; ``out`` is a tuple of arrays to write into."""
+    xp, dtype = _batch_norm_args(
+        x, weight, None, running_mean, running_var, training, eps, grad_y=grad_y
+    )
+    _check_grad(grad_y, x.shape)
+    with_input = _shapes.flag("input_grad", input_grad, "whether to return grad_x")
+    C = x.shape[1]
+    rows = _channel_rows(xp, x)
+    affine = weight is not None
+    grad_x, grad_weight, grad_bias = _outputs(
+        xp, dtype, out,
+        [x.shape if with_input else None, (C,) if affine else None, (C,) if affine else None],
+        [("grad_y", grad_y), ("x", x)],
+    )  # fmt: skip
+    if training:
+        mean, var = empty(xp, (C,), dtype), empty(xp, (C,), dtype)
+        if x.size:
+            _kernel("batch_norm_statistics", xp, backend)(rows, mean, var)
+    else:
+        mean, var = contiguous(xp, running_mean), contiguous(xp, running_var)
+    kernel = _kernel("batch_norm_backward", xp, backend)
+    sums = (grad_weight, grad_bias) if affine else (empty(xp, (C,), dtype), empty(xp, (C,), dtype))
+    if x.size:
+        kernel(
+            contiguous(xp, grad_y).reshape(rows.shape), rows, mean, var, contiguous(xp, weight),
+            None if grad_x is None else grad_x.reshape(rows.shape), *sums, float(eps), training,
+        )  # fmt: skip
+    else:
+        for array in sums:
+            array.fill(0)
+    return grad_x, grad_weight, grad_bias
 
 
 # ---------------------------------------------------------------------------- dropout

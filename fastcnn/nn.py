@@ -38,6 +38,7 @@ from fastcnn.backends import BackendUnavailableError
 
 __all__ = [
     "AvgPool2d",
+    "BatchNorm2d",
     "Conv2d",
     "CrossEntropyLoss",
     "Dropout",
@@ -192,6 +193,8 @@ class Module:
         object.__setattr__(self, "_saved", None)
         # Outputs and gradients kept between calls; None unless reuse_buffers() is on.
         object.__setattr__(self, "_buffers", None)
+        # Persistent state that is not a parameter (running statistics): in state_dict.
+        object.__setattr__(self, "_state", OrderedDict())
 
     def __setattr__(self, name: str, value: Any) -> None:
         parameters = self.__dict__.get("_parameters")
@@ -213,6 +216,13 @@ class Module:
                 parameters.pop(name, None)
                 self._modules.pop(name, None)
         object.__setattr__(self, name, value)
+
+    def register_state(self, name: str, array) -> None:
+        """Keep ``array`` as the persistent state ``name`` (PyTorch's ``register_buffer``:
+        in ``state_dict`` after the parameters, loaded and moved with them, no gradient).
+        Update it in place so the attribute and the state stay one array."""
+        self._state[name] = array
+        object.__setattr__(self, name, array)
 
     # -- running
 
@@ -344,12 +354,18 @@ class Module:
         >>> list(Sequential(Linear(2, 3)).state_dict())
         ['0.weight', '0.bias']
         """
-        state: OrderedDict[str, Any] = OrderedDict()
+        return OrderedDict((key, array.copy()) for key, array in self._state_arrays().items())
+
+    def _state_arrays(self) -> OrderedDict[str, Any]:
+        """Every parameter's array and every persistent state, by state-dict key."""
+        arrays: OrderedDict[str, Any] = OrderedDict()
         for module_name, module in self.named_modules():
+            prefix = f"{module_name}." if module_name else ""
             for name, parameter in module._parameters.items():
-                key = f"{module_name}.{name}" if module_name else name
-                state[key] = parameter.data.copy()
-        return state
+                arrays[prefix + name] = parameter.data
+            for name, array in module._state.items():
+                arrays[prefix + name] = array
+        return arrays
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True) -> LoadResult:
         """Copy ``state_dict``'s values into the parameters, keeping their dtype and device.
@@ -367,11 +383,7 @@ class Module:
         """
         if not isinstance(state_dict, Mapping):
             raise TypeError(f"state_dict must be a mapping, got {type(state_dict).__name__}")
-        own = OrderedDict(
-            (f"{module_name}.{name}" if module_name else name, parameter)
-            for module_name, module in self.named_modules()
-            for name, parameter in module._parameters.items()
-        )
+        own = self._state_arrays()
         missing = [key for key in own if key not in state_dict]
         unexpected = [key for key in state_dict if key not in own]
         problems = []
@@ -391,10 +403,10 @@ class Module:
             )
         # Convert everything first, so a value that cannot be converted changes nothing.
         converted = {
-            key: _as_array_like(state_dict[key], own[key].data) for key in own if key in state_dict
+            key: _as_array_like(state_dict[key], own[key]) for key in own if key in state_dict
         }
         for key, value in converted.items():
-            own[key].data[...] = value
+            own[key][...] = value
         return LoadResult(missing, unexpected)
 
     def to(self, device: str) -> Module:
@@ -419,6 +431,9 @@ class Module:
             parameter.data = convert(parameter.data)
             if parameter.grad is not None:
                 parameter.grad = convert(parameter.grad)
+        for module in self.modules():
+            for name, array in list(module._state.items()):
+                module.register_state(name, convert(array))
         return self
 
     # -- printing
@@ -898,6 +913,122 @@ class Tanh(Module):
 
 
 # ---------------------------------------------------------------------------- reshaping
+
+
+class BatchNorm2d(Module):
+    """Batch normalisation over the channels of NCHW input, as ``torch.nn.BatchNorm2d``:
+    the same arguments, ``state_dict`` keys (weight, bias, running_mean, running_var,
+    num_batches_tracked) and momentum rule (``running = (1 - momentum) * running +
+    momentum * batch``, the batch variance unbiased; ``momentum=None``: the cumulative
+    average). Training mode normalises with the batch's statistics; eval mode with the
+    running ones (when ``track_running_stats``).
+
+    >>> layer = BatchNorm2d(3)
+    >>> y = layer(np.random.default_rng(0).standard_normal((4, 3, 5, 5)).astype(np.float32))
+    >>> bool(abs(y.mean()) < 1e-6), layer.num_batches_tracked
+    (True, array(1))
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        *,
+        dtype: DTypeLike = np.float32,
+    ) -> None:
+        super().__init__()
+        self.num_features = _shapes.positive_int("num_features", num_features)
+        if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not eps > 0:
+            raise ValueError(f"eps must be a positive real number, got {eps!r}")
+        if momentum is not None and not (isinstance(momentum, (int, float)) and 0 <= momentum <= 1):
+            raise ValueError(f"momentum must be None or lie in [0, 1], got {momentum!r}")
+        self.eps, self.momentum = float(eps), momentum
+        self.affine = _shapes.flag("affine", affine)
+        self.track_running_stats = _shapes.flag("track_running_stats", track_running_stats)
+        dtype = _float_dtype(dtype)
+        C = self.num_features
+        self.weight = Parameter(np.ones(C, dtype)) if affine else None
+        self.bias = Parameter(np.zeros(C, dtype)) if affine else None
+        if track_running_stats:
+            self.register_state("running_mean", np.zeros(C, dtype))
+            self.register_state("running_var", np.ones(C, dtype))
+            self.register_state("num_batches_tracked", np.zeros((), np.int64))
+        else:
+            self.running_mean = self.running_var = self.num_batches_tracked = None
+
+    def _batch_statistics(self) -> bool:
+        return self.training or not self.track_running_stats
+
+    def _check_input(self, x) -> None:
+        shape = getattr(x, "shape", None)
+        if shape is None or len(shape) != 4:
+            got = f"shape {tuple(shape)}" if shape is not None else type(x).__name__
+            raise ValueError(f"input must be a 4-d (N, C, H, W) array, got {got}")
+        if shape[1] != self.num_features:
+            raise ValueError(
+                f"input has {shape[1]} channels, the layer expects {self.num_features}"
+            )
+
+    def forward(self, x):
+        self._check_input(x)
+        self._saved = x
+        weight = None if self.weight is None else self.weight.data
+        bias = None if self.bias is None else self.bias.data
+        out = self._buffer("y", lambda: x.shape, x)
+        training = self._batch_statistics()
+        running = {} if training else {
+            "running_mean": self.running_mean, "running_var": self.running_var
+        }  # fmt: skip
+        y, mean, var = F.batch_norm(
+            x, weight, bias, **running, training=training, eps=self.eps, return_stats=True,
+            out=out,
+        )  # fmt: skip
+        if self.training and self.track_running_stats:
+            self._update_running(x, mean, var)
+        return y
+
+    def _update_running(self, x, mean, var) -> None:
+        self.num_batches_tracked[...] += 1
+        factor = self.momentum
+        if factor is None:  # the cumulative moving average
+            factor = 1.0 / float(self.num_batches_tracked)
+        count = x.size // self.num_features
+        unbiased = var * (count / max(count - 1, 1))
+        self.running_mean[...] = (1 - factor) * self.running_mean + factor * mean
+        self.running_var[...] = (1 - factor) * self.running_var + factor * unbiased
+
+    def backward(self, grad):
+        x = self._saved_for_backward()
+        training = self._batch_statistics()
+        running = {} if training else {
+            "running_mean": self.running_mean, "running_var": self.running_var
+        }  # fmt: skip
+        weight = None if self.weight is None else self.weight.data
+        out = None
+        if self._buffers is not None:
+            out = (
+                self._buffer("grad_x", lambda: x.shape, x),
+                None if weight is None else self._buffer("grad_weight", lambda: weight.shape, x),
+                None if weight is None else self._buffer("grad_bias", lambda: weight.shape, x),
+            )
+        grad_x, grad_weight, grad_bias = F.batch_norm_backward(
+            grad, x, weight, **running, training=training, eps=self.eps, out=out
+        )
+        self._accumulate(self.weight, grad_weight)
+        self._accumulate(self.bias, grad_bias)
+        return grad_x
+
+    def describe(self) -> str:
+        return f"BatchNorm2d({self.num_features})"
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
+            f"affine={self.affine}, track_running_stats={self.track_running_stats}"
+        )
 
 
 class Dropout(Module):

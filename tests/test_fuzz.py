@@ -12,6 +12,7 @@ and ``long`` (CI, in a subprocess so a crash is a reported failure; see
 
 from __future__ import annotations
 
+import math
 import os
 
 import numpy as np
@@ -152,6 +153,22 @@ def dropout_cases(draw) -> Case:
 
 
 @st.composite
+def batch_norm_cases(draw) -> Case:
+    N, C = draw(st.integers(0, 5)), draw(st.integers(1, 6))
+    spatial = tuple(draw(st.lists(st.integers(1, 9), max_size=2)))
+    training = draw(st.booleans())
+    assume(not training or N == 0 or N * math.prod(spatial) > 1)
+    shapes = {"x": (N, C, *spatial)}
+    if draw(st.booleans()):
+        shapes.update(weight=(C,), bias=(C,))
+    if not training or draw(st.booleans()):
+        shapes.update(running_mean=(C,), running_var=(C,))
+    params = {"training": training, "eps": draw(st.sampled_from([1e-5, 1e-3, 0.5]))}
+    scale = draw(st.sampled_from([1.0, 1.0, 1e3]))
+    return Case(f"fuzz {shapes} {params}", shapes, params, scale)
+
+
+@st.composite
 def softmax_cases(draw) -> Case:
     ndim = draw(st.integers(1, 3))
     shape = tuple(draw(st.integers(0, 9)) for _ in range(ndim))
@@ -264,6 +281,11 @@ def test_activations(name):
         _check(name, case, run)
 
     check()
+
+
+@given(batch_norm_cases(), _run)
+def test_batch_norm(case, run):
+    _check("batch_norm", case, run)
 
 
 @given(dropout_cases(), _run)

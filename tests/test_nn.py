@@ -528,3 +528,64 @@ def test_dropout_masks_follow_the_seed(rng):
     first = nn.Dropout(0.5)(x)
     fastcnn.manual_seed(3)
     np.testing.assert_array_equal(nn.Dropout(0.5)(x), first)
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_batch_norm_layer_matches_pytorch(momentum, rng):
+    torch = pytest.importorskip("torch")
+    ours = nn.BatchNorm2d(3, momentum=momentum, dtype=np.float64)
+    theirs = torch.nn.BatchNorm2d(3, momentum=momentum, dtype=torch.float64)
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    for _ in range(3):
+        x = rng.standard_normal((4, 3, 5, 6)) * 2 + 1
+        grad = rng.standard_normal(x.shape)
+        tx = torch.tensor(x, requires_grad=True)
+        expected = theirs(tx)
+        expected.backward(torch.tensor(grad))
+        np.testing.assert_allclose(ours(x), expected.detach().numpy(), atol=1e-12)
+        np.testing.assert_allclose(ours.backward(grad), tx.grad.numpy(), atol=1e-12)
+    for key, value in theirs.state_dict().items():
+        np.testing.assert_allclose(ours.state_dict()[key], value.numpy(), atol=1e-12, err_msg=key)
+    np.testing.assert_allclose(ours.weight.grad, theirs.weight.grad.numpy(), atol=1e-10)
+    theirs.eval()
+    ours.eval()
+    x = rng.standard_normal((2, 3, 4, 4))
+    tx = torch.tensor(x, requires_grad=True)
+    expected = theirs(tx)
+    expected.backward(torch.ones_like(expected))
+    np.testing.assert_allclose(ours(x), expected.detach().numpy(), atol=1e-12)
+    np.testing.assert_allclose(ours.backward(np.ones_like(x)), tx.grad.numpy(), atol=1e-12)
+
+
+def test_batch_norm_state_loads_from_pytorch(rng):
+    torch = pytest.importorskip("torch")
+    theirs = torch.nn.BatchNorm2d(4)
+    theirs(torch.randn(8, 4, 3, 3))
+    ours = nn.BatchNorm2d(4)
+    ours.load_state_dict({k: v.numpy() for k, v in theirs.state_dict().items()})
+    np.testing.assert_allclose(ours.running_var, theirs.running_var.numpy(), rtol=1e-6)
+    assert int(ours.num_batches_tracked) == 1
+    with pytest.raises(ValueError, match="channels"):
+        ours(np.ones((2, 3, 4, 4), np.float32))
+
+
+def test_a_resnet_style_block_trains(rng):
+    fastcnn.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.MaxPool2d(2), nn.Flatten(), nn.Dropout(0.1), nn.Linear(8 * 4 * 4, 3),
+    )  # fmt: skip
+    criterion = nn.CrossEntropyLoss()
+    optimizer = fastcnn.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    x = rng.standard_normal((16, 3, 8, 8)).astype(np.float32)
+    labels = rng.integers(0, 3, 16)
+    losses = []
+    for _ in range(30):
+        optimizer.zero_grad()
+        losses.append(float(criterion(model(x), labels)))
+        model.backward(criterion.backward(), input_grad=False)
+        optimizer.step()
+    assert losses[-1] < 0.5 * losses[0]
+    model.eval()
+    assert model(x).shape == (16, 3)

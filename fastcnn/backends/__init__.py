@@ -108,6 +108,12 @@ SIGNATURES = {
     # mask: bool, 1-D like x (True: kept); y = x * mask * scale, scale = 1 / (1 - p)
     "dropout": "x, mask, y, scale",
     "dropout_backward": "grad_y, mask, grad_x, scale",
+    # x (N, C, L); per-channel mean and biased variance (outputs of the statistics)
+    "batch_norm_statistics": "x, mean, var",
+    "batch_norm": "x, mean, var, weight | None, bias | None, y, eps",
+    "batch_norm_backward": (
+        "grad_y, x, mean, var, weight | None, grad_x | None, grad_weight, grad_bias, eps, training"
+    ),
     # x (M, in), weight (out, in), y (M, out)
     "linear": "x, weight, bias | None, y",
     "linear_backward": "grad_y, x, weight, grad_x | None, grad_weight, grad_bias | None",

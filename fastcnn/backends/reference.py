@@ -228,6 +228,53 @@ def leaky_relu_backward(grad_y, x, grad_x, negative_slope) -> None:
     grad_x[...] = np.where(_f64(x) > 0, grad_y, grad_y * negative_slope)
 
 
+def _channels(values):
+    return _f64(values)[None, :, None]
+
+
+@register("batch_norm_statistics", "reference")
+def batch_norm_statistics(x, mean, var) -> None:
+    mean[...] = _f64(x).mean(axis=(0, 2))
+    var[...] = _f64(x).var(axis=(0, 2))
+
+
+def _normalized(x, mean, var, eps):
+    return (_f64(x) - _channels(mean)) / np.sqrt(_channels(var) + eps)
+
+
+@register("batch_norm", "reference")
+def batch_norm(x, mean, var, weight, bias, y, eps) -> None:
+    out = _normalized(x, mean, var, eps)
+    if weight is not None:
+        out = out * _channels(weight)
+    if bias is not None:
+        out = out + _channels(bias)
+    y[...] = out
+
+
+@register("batch_norm_backward", "reference")
+def batch_norm_backward(
+    grad_y, x, mean, var, weight, grad_x, grad_weight, grad_bias, eps, training
+) -> None:
+    g = _f64(grad_y)
+    normalized = _normalized(x, mean, var, eps)
+    grad_bias[...] = g.sum(axis=(0, 2))
+    grad_weight[...] = (g * normalized).sum(axis=(0, 2))
+    if grad_x is None:
+        return
+    scale = 1 / np.sqrt(_channels(var) + eps)
+    if weight is not None:
+        scale = scale * _channels(weight)
+    if training:  # the batch statistics depend on x
+        M = x.shape[0] * x.shape[2]
+        g = (
+            g
+            - g.sum(axis=(0, 2), keepdims=True) / M
+            - normalized * ((g * normalized).sum(axis=(0, 2), keepdims=True) / M)
+        )
+    grad_x[...] = g * scale
+
+
 @register("dropout", "reference")
 def dropout(x, mask, y, scale) -> None:
     y[...] = _f64(x) * mask * scale

@@ -68,6 +68,7 @@ class OpSpec:
     differentiable: tuple[str, ...] = ()
     integer: tuple[str, ...] = ()
     masks: tuple[str, ...] = ()  # bool inputs, True with probability 1 - params["p"]
+    positive: tuple[str, ...] = ()  # float inputs drawn in [0.5, 2) (variances)
     ndim_checked: tuple[str, ...] = ()
     errors: tuple[ErrorCase, ...] = ()
     tolerance: dict[str, float] = field(default_factory=lambda: {"float32": 1e-4, "float64": 1e-10})
@@ -84,6 +85,8 @@ class OpSpec:
                 inputs[name] = rng.integers(0, classes, size=shape)
             elif name in self.masks:
                 inputs[name] = rng.random(shape) >= case.params.get("p", 0.5)
+            elif name in self.positive:
+                inputs[name] = (0.5 + 1.5 * rng.random(shape)).astype(dtype)
             else:
                 values = rng.standard_normal(shape) * case.scale
                 inputs[name] = values.astype(dtype)
@@ -657,6 +660,90 @@ SIGMOID = _activation("sigmoid", saved="y")
 TANH = _activation("tanh", saved="y")
 
 
+# ---------------------------------------------------------------------------- batch norm
+
+
+def _batch_norm_inputs(i):
+    return {
+        "running_mean": i.get("running_mean"),
+        "running_var": i.get("running_var"),
+    }
+
+
+def _batch_norm_backward(inputs, params, grad_y, y, backend):
+    grad_x, grad_weight, grad_bias = F.batch_norm_backward(
+        grad_y, inputs["x"], inputs.get("weight"), **_batch_norm_inputs(inputs), **params,
+        backend=backend,
+    )  # fmt: skip
+    grads = {"x": grad_x}
+    if "weight" in inputs:
+        grads.update(weight=grad_weight, bias=grad_bias)
+    return grads
+
+
+def _batch_norm_torch(tf, t, p):
+    return tf.batch_norm(
+        t["x"], t.get("running_mean"), t.get("running_var"), t.get("weight"), t.get("bias"),
+        training=p.get("training", True), eps=p.get("eps", 1e-5),
+    )  # fmt: skip
+
+
+def _norm(name, x, affine=True, running=False, scale=1.0, tags=(), **params) -> Case:
+    C = x[1]
+    shapes = {"x": x}
+    if affine:
+        shapes.update(weight=(C,), bias=(C,))
+    if running:
+        shapes.update(running_mean=(C,), running_var=(C,))
+    return Case(name, shapes, params, scale, tags)
+
+
+BATCH_NORM = OpSpec(
+    name="batch_norm",
+    ops=("batch_norm", "batch_norm_backward"),
+    inputs=("x", "weight", "bias", "running_mean", "running_var"),
+    positive=("running_var",),
+    forward=lambda i, p, b: F.batch_norm(
+        i["x"], i.get("weight"), i.get("bias"), **_batch_norm_inputs(i), **p, backend=b
+    ),
+    backward=_batch_norm_backward,
+    differentiable=("x", "weight", "bias"),
+    cases=(
+        _norm("training 4-D", (4, 3, 5, 6)),
+        _norm("training 2-D", (7, 5)),
+        _norm("training, no affine", (3, 4, 3, 3), affine=False),
+        _norm("training, large values", (2, 3, 4, 4), scale=1e3),
+        _norm("training, eps 0.1", (3, 2, 4, 5), eps=0.1),
+        _norm("eval", (3, 4, 5, 5), running=True, training=False),
+        _norm("eval 3-D, no affine", (2, 3, 7), affine=False, running=True, training=False),
+        _norm("training with running stats given", (2, 3, 4, 4), running=True),
+        _norm("batch 0", (0, 3, 4, 4)),
+    ),
+    errors=(
+        ErrorCase(
+            "weight shape",
+            ValueError,
+            "weight",
+            mutate=lambda i: i.update(weight=i["weight"][:-1].copy()),
+        ),
+        ErrorCase("eps 0", ValueError, "eps", params={"eps": 0.0}),
+        ErrorCase("eval without running stats", ValueError, "running", params={"training": False}),
+        ErrorCase(
+            "one value per channel",
+            ValueError,
+            "more than one value",
+            mutate=lambda i: i.update(x=i["x"][:1, :, :1, :1].copy()),
+        ),
+    ),
+    torch_forward=_batch_norm_torch,
+    cost=lambda c, itemsize, d: (
+        (4 if d == "fwd" else 8) * math.prod(c.shapes["x"]),
+        (2 if d == "fwd" else 3) * itemsize * math.prod(c.shapes["x"]),
+    ),
+    bench=(_norm("resnet50 64x56x56 N8", (8, 64, 56, 56), tags=("memory", "quick")),),
+)
+
+
 # ---------------------------------------------------------------------------- dropout
 
 
@@ -897,6 +984,7 @@ SPECS: tuple[OpSpec, ...] = (
     SIGMOID,
     TANH,
     DROPOUT,
+    BATCH_NORM,
     LINEAR,
     SOFTMAX,
     LOG_SOFTMAX,

@@ -13,10 +13,11 @@ _setup.configure()
 
 from fastcnn.backends.numba import (  # noqa: E402  (after configure: kernels compile with it)
     activation,
+    batch_norm,
     conv2d,
     linear,
     pool2d,
     softmax,
 )
 
-__all__ = ["activation", "conv2d", "linear", "pool2d", "softmax"]
+__all__ = ["activation", "batch_norm", "conv2d", "linear", "pool2d", "softmax"]
