@@ -145,7 +145,7 @@ def conv2d_geometry(
     x_shape, weight_shape, bias_shape, stride, padding, dilation, groups
 ) -> ConvGeometry:
     """Check a conv2d call; compute its geometry (PyTorch rules; "same" also for stride > 1)."""
-    check_ndim("x", x_shape, 4, "(N, C, H, W)")
+    check_ndim("x", x_shape, 4, "(N, C, H, W), or 3-D (C, H, W) unbatched")
     check_ndim("weight", weight_shape, 4, "(K, C/groups, R, S)")
     N, C, H, W = x_shape
     K, C_per_group, R, S = weight_shape
@@ -208,7 +208,7 @@ def pool2d_geometry(
     x_shape, kernel_size, stride, padding, dilation, ceil_mode, count_include_pad=True
 ) -> PoolGeometry:
     """Check a pooling call and compute its geometry (PyTorch's rules and errors)."""
-    check_ndim("x", x_shape, 4, "(N, C, H, W)")
+    check_ndim("x", x_shape, 4, "(N, C, H, W), or 3-D (C, H, W) unbatched")
     N, C, H, W = x_shape
     R, S = pair("kernel_size", kernel_size, minimum=1)
     if stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0):

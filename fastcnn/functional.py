@@ -17,6 +17,8 @@ functions also take ``out=``, an array of the output's shape and dtype to write 
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 import numbers
 from types import ModuleType
@@ -178,9 +180,59 @@ def _check_grad(grad_y, expected_shape) -> None:
         )
 
 
+def _unbatched(inputs: tuple[str, ...], outputs: tuple[int, ...] | None = None):
+    """Decorator: the op also takes PyTorch's unbatched (C, H, W) input. When ``x`` is
+    3-D, ``inputs`` and the matching outputs (``outputs``: their positions in a tuple
+    result and ``out``; None: every array) get a batch axis of one going in, and lose
+    it coming out. Views only: nothing is copied."""
+
+    def add(value):
+        return value[None] if value is not None else None
+
+    def drop(value):
+        return value[0] if value is not None else None
+
+    def each(value, change):
+        if not isinstance(value, (tuple, list)):
+            return change(value)
+        return tuple(
+            change(item) if outputs is None or i in outputs else item
+            for i, item in enumerate(value)
+        )
+
+    def decorate(function):
+        signature = inspect.signature(function)
+
+        @functools.wraps(function)
+        def wrapper(*args, **kwargs):
+            bound = signature.bind(*args, **kwargs)
+            if getattr(bound.arguments.get("x"), "ndim", None) != 3:
+                return function(*args, **kwargs)
+            for name in inputs:
+                bound.arguments[name] = add(bound.arguments.get(name))
+            given = bound.arguments.get("out")
+            if given is not None:
+                bound.arguments["out"] = each(given, add)
+            result = each(function(*bound.args, **bound.kwargs), drop)
+            if given is None:
+                return result
+            # An output written into ``out`` is returned as the caller's own array.
+            if not isinstance(result, tuple):
+                return given
+            return tuple(
+                mine if mine is not None else value
+                for mine, value in zip(given, result, strict=True)
+            )
+
+        return wrapper
+
+    return decorate
+
+
 # ---------------------------------------------------------------------------- convolution
 
 
+@_unbatched(("x",))
 def conv2d(
     x,
     weight,
@@ -248,6 +300,7 @@ def conv2d(
     return y
 
 
+@_unbatched(("grad_y", "x"), outputs=(0,))
 def conv2d_backward(
     grad_y,
     x,
@@ -326,6 +379,7 @@ def conv2d_backward(
 # ---------------------------------------------------------------------------- pooling
 
 
+@_unbatched(("x",))
 def max_pool2d(
     x,
     kernel_size,
@@ -371,6 +425,7 @@ def max_pool2d(
     return (y, indices) if return_indices else y
 
 
+@_unbatched(("grad_y", "x", "indices"))
 def max_pool2d_backward(
     grad_y,
     x,
@@ -407,6 +462,7 @@ def max_pool2d_backward(
     return grad_x
 
 
+@_unbatched(("x",))
 def avg_pool2d(
     x,
     kernel_size,
@@ -437,6 +493,7 @@ def avg_pool2d(
     return y
 
 
+@_unbatched(("grad_y", "x"))
 def avg_pool2d_backward(
     grad_y,
     x,

@@ -101,6 +101,8 @@ def conv_cases(draw) -> Case:
     except (ValueError, TypeError):
         assume(False)
     assume(g.flops // 2 <= MAX_MACS)
+    if N == 1 and draw(st.integers(0, 4)) == 0:
+        shapes["x"] = shapes["x"][1:]  # PyTorch's unbatched (C, H, W)
     return Case(f"fuzz {shapes} {params}", shapes, params)
 
 
@@ -128,7 +130,8 @@ def pool_cases(draw, max_pool: bool) -> Case:
         )  # fmt: skip
     except (ValueError, TypeError):
         assume(False)
-    return Case(f"fuzz {(N, C, H, W)} {params}", {"x": (N, C, H, W)}, params)
+    shape = (C, H, W) if N == 1 and draw(st.integers(0, 4)) == 0 else (N, C, H, W)
+    return Case(f"fuzz {shape} {params}", {"x": shape}, params)
 
 
 #: Sizes on both sides of the elementwise kernels' chunk (65536) and tail (16 lanes).

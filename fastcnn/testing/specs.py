@@ -100,10 +100,15 @@ def _without(params: dict, *names: str) -> dict:
 # ---------------------------------------------------------------------------- convolution
 
 
+def _batched(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """An unbatched (C, H, W) shape as the batch of one it is computed as."""
+    return (1, *shape) if len(shape) == 3 else tuple(shape)
+
+
 def conv_geometry(case: Case) -> _shapes.ConvGeometry:
     params = {"stride": 1, "padding": 0, "dilation": 1, "groups": 1, **case.params}
     return _shapes.conv2d_geometry(
-        case.shapes["x"],
+        _batched(case.shapes["x"]),
         case.shapes["weight"],
         case.shapes.get("bias"),
         params["stride"],
@@ -212,6 +217,7 @@ CONV2D = OpSpec(
         _conv("4 -> 16 channels 5x5", (4, 4, 20, 20), (16, 4, 5, 5)),
         _conv("1x1 stride (2, 3)", (2, 9, 7, 11), (5, 9, 1, 1), stride=(2, 3), bias=False),
         _conv("7x7 stride 2", (1, 3, 23, 23), (8, 3, 7, 7), stride=2, padding=3),
+        _conv("unbatched (C, H, W)", (3, 9, 9), (4, 3, 3, 3), padding=1),
         # Regressions: shapes that once gave wrong results or corrupted the heap.
         _conv("7x7 pad 3, chunk from a garbage column", (2, 8, 32, 32), (8, 8, 7, 7), padding=3),
         _conv("1x3 on 40x19, chunk from a garbage column", (1, 1, 40, 19), (1, 1, 1, 3)),
@@ -389,7 +395,7 @@ CONV2D = OpSpec(
 def _pool_geometry(case: Case, max_pool: bool) -> _shapes.PoolGeometry:
     params = case.params
     return _shapes.pool2d_geometry(
-        case.shapes["x"],
+        _batched(case.shapes["x"]),
         params["kernel_size"],
         params.get("stride"),
         params.get("padding", 0),
@@ -489,6 +495,7 @@ _POOL_CASES = (
     _pool("stride larger than kernel", (2, 2, 11, 11), kernel_size=2, stride=3),
     _pool("batch 0", (0, 3, 4, 4), kernel_size=2),
     _pool("odd sizes", (3, 5, 13, 7), kernel_size=3, stride=(1, 2), padding=1),
+    _pool("unbatched (C, H, W)", (3, 7, 7), kernel_size=3, stride=2, padding=1),
     _pool("2x2, rows of 15", (2, 2, 6, 30), kernel_size=2),
     _pool("2x2, rows of 16", (2, 2, 6, 32), kernel_size=2),
     _pool("3x3/3, rows of 16", (1, 2, 9, 48), kernel_size=3),
@@ -527,6 +534,13 @@ MAX_POOL2D = OpSpec(
         ),
         _pool(
             "2x2 with indices", (2, 3, 8, 8), kernel_size=2, return_indices=True, use_indices=True
+        ),
+        _pool(
+            "unbatched with indices",
+            (3, 8, 8),
+            kernel_size=2,
+            return_indices=True,
+            use_indices=True,
         ),
         _pool(
             "3x3/3 rows of 16 with indices",
