@@ -754,7 +754,7 @@ BATCH_NORM = OpSpec(
         (4 if d == "fwd" else 8) * math.prod(c.shapes["x"]),
         (2 if d == "fwd" else 3) * itemsize * math.prod(c.shapes["x"]),
     ),
-    bench=(_norm("resnet50 64x56x56 N8", (8, 64, 56, 56), tags=("memory", "quick")),),
+    bench=(_norm("resnet50 64x56x56", (8, 64, 56, 56), tags=("memory", "quick")),),
 )
 
 
