@@ -94,6 +94,21 @@ def _is_int(value: object) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
+def real(name: str, value: object) -> float:
+    """A real number (not a bool) as a float."""
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    return float(value)
+
+
+def fraction(name: str, value: object) -> float:
+    """A real number in [0, 1] as a float."""
+    value_ = real(name, value)
+    if not 0 <= value_ <= 1:
+        raise ValueError(f"{name} must lie in [0, 1], got {value!r}")
+    return value_
+
+
 def pair(name: str, value: object, *, minimum: int) -> tuple[int, int]:
     """An int or a pair of ints, each ``>= minimum``, as a pair."""
     if _is_int(value):
@@ -278,15 +293,23 @@ def normalize_axis(axis: object, ndim: int) -> int:
 REDUCTIONS = ("mean", "sum", "none")
 
 
-def cross_entropy_shapes(logits_shape, labels_shape, reduction) -> tuple[int, int]:
-    """``(M, classes)``: logits (N, C, d1, ...) with labels (N, d1, ...)."""
+def cross_entropy_shapes(logits_shape, target_shape, reduction) -> tuple[int, int, bool, tuple]:
+    """``(rows, classes, soft, loss shape)``, as PyTorch reads them: logits (N, C, d1, ...)
+    or unbatched (C,); target of class indices (N, d1, ...) (or () unbatched), or
+    ``soft`` class probabilities of the logits' own shape."""
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    if len(logits_shape) < 2:
-        raise ValueError(f"logits must be at least 2-D (N, C, ...), got shape {logits_shape}")
-    expected = (logits_shape[0], *logits_shape[2:])
-    if tuple(labels_shape) != expected:
-        raise ValueError(f"labels must have shape {expected}, got {tuple(labels_shape)}")
-    if logits_shape[1] < 1:
+    logits_shape, target_shape = tuple(logits_shape), tuple(target_shape)
+    if len(logits_shape) < 1:
+        raise ValueError("logits must be (N, C, ...) or (C,), got a 0-d array")
+    classes = logits_shape[0] if len(logits_shape) == 1 else logits_shape[1]
+    if classes < 1:
         raise ValueError("logits must have at least one class")
-    return math.prod(expected), logits_shape[1]
+    loss_shape = logits_shape[:1] + logits_shape[2:] if len(logits_shape) > 1 else ()
+    soft = target_shape == logits_shape
+    if not soft and target_shape != loss_shape:
+        raise ValueError(
+            f"target must hold class indices of shape {loss_shape} or class probabilities "
+            f"of the logits' shape {logits_shape}, got shape {target_shape}"
+        )
+    return math.prod(loss_shape), classes, soft, loss_shape

@@ -149,9 +149,7 @@ def _outputs(xp: ModuleType, dtype, out, shapes, inputs):
 
 
 def _slope(negative_slope) -> float:
-    if not isinstance(negative_slope, numbers.Real) or isinstance(negative_slope, bool):
-        raise TypeError(f"negative_slope must be a real number, got {negative_slope!r}")
-    return float(negative_slope)
+    return _shapes.real("negative_slope", negative_slope)
 
 
 def _bias_flag(bias) -> bool:
@@ -743,11 +741,8 @@ def batch_norm_backward(
 
 
 def _dropout_scale(p) -> float:
-    if not isinstance(p, numbers.Real) or isinstance(p, bool):
-        raise TypeError(f"p must be a real number in [0, 1], got {p!r}")
-    if not 0 <= p <= 1:
-        raise ValueError(f"p must lie in [0, 1], got {p!r}")
-    return 0.0 if p == 1 else 1.0 / (1.0 - float(p))
+    p = _shapes.fraction("p", p)
+    return 0.0 if p == 1 else 1.0 / (1.0 - p)
 
 
 def _check_mask(xp, mask, shape) -> None:
@@ -938,71 +933,180 @@ def log_softmax(x, axis: int = -1, *, out=None, backend: str | None = None):
     return _softmax_family("log_softmax", x, axis, out, backend)
 
 
-def _cross_entropy_args(logits, labels, reduction):
-    xp = array_module(logits=logits, labels=labels)
-    dtype = float_dtype(logits=logits)
-    rows, classes = _shapes.cross_entropy_shapes(logits.shape, labels.shape, reduction)
-    labels = integer_indices("labels", labels, classes, xp).reshape(rows)
-    logit_rows, moved_shape = _rows_last(xp, logits, 1)
-    return xp, dtype, logit_rows, labels, moved_shape
+class _Loss:
+    """A cross-entropy call, checked and laid out as the kernels take it: rows of logits
+    (M, C), and either int64 labels (M,) (-1 where ignored) with class weights, or
+    targets (M, C) with the class weights and smoothing folded in."""
+
+    def __init__(self, logits, target, weight, ignore_index, reduction, label_smoothing):
+        if isinstance(weight, str):
+            raise TypeError(
+                f"weight must be an array of class weights or None, got {weight!r} "
+                "(pass reduction= by keyword)"
+            )
+        self.xp = xp = array_module(logits=logits, target=target, weight=weight)
+        self.dtype = float_dtype(logits=logits, weight=weight)
+        rows, classes, self.soft, self.loss_shape = _shapes.cross_entropy_shapes(
+            logits.shape, target.shape, reduction
+        )
+        if weight is not None and weight.shape != (classes,):
+            raise ValueError(f"weight must have shape ({classes},), got {weight.shape}")
+        if not _shapes._is_int(ignore_index):
+            raise TypeError(f"ignore_index must be an int, got {ignore_index!r}")
+        smoothing = _shapes.fraction("label_smoothing", label_smoothing)
+        self.reduction, self.smoothing, self.classes = reduction, smoothing, classes
+        self.unbatched = logits.ndim == 1
+        if self.unbatched:  # (C,): one row
+            logits, target = logits[None], target[None]
+        self.logit_rows, self.moved_shape = _rows_last(xp, logits, 1)
+        self.weight = weight
+        if self.soft:
+            float_dtype(logits=logits, target=target)
+            if ignore_index >= 0:
+                raise ValueError("ignore_index applies to class-index targets, not probabilities")
+            targets, _ = _rows_last(xp, target, 1)
+            if smoothing:  # never in place: targets may be the caller's own array
+                targets = targets * (1 - smoothing) + smoothing / classes
+            if weight is not None:
+                targets = targets * weight
+            self.targets, self.labels = targets, None
+        else:
+            self.labels, self.kept = _class_labels(xp, target, classes, ignore_index, rows)
+
+    def divisor(self):
+        """What "mean" divides the summed losses by: the rows, or for class indices the
+        summed weight of the labels kept, as PyTorch (NaN-making 0 when none is kept)."""
+        if self.soft:
+            return float(self.logit_rows.shape[0])
+        if self.weight is None:
+            return float(self.kept.sum()) if self.kept is not None else float(self.labels.size)
+        kept = self.labels if self.kept is None else self.labels[self.kept]
+        return float(self.weight[kept].sum(dtype=self.xp.float64))
+
+    def class_weight(self):
+        xp = self.xp
+        if self.weight is None:
+            return xp.ones(self.classes, self.dtype)
+        return contiguous(xp, self.weight)
+
+    def restore(self, rows_shaped):
+        """Rows (M, C) back in the logits' layout."""
+        moved = rows_shaped.reshape(self.moved_shape)
+        restored = self.xp.moveaxis(moved, -1, 1)
+        return restored[0] if self.unbatched else restored
 
 
-def cross_entropy(logits, labels, reduction: str = "mean", *, out=None, backend: str | None = None):
-    """Softmax cross-entropy of integer class labels, as ``torch.nn.functional.cross_entropy``.
+def _class_labels(xp, target, classes: int, ignore_index: int, rows: int):
+    """int64 labels in [0, classes), -1 where ``target == ignore_index``; and the mask of
+    labels kept (None when none is ignored)."""
+    if target.dtype.kind not in "iu":
+        raise TypeError(
+            f"target must be an integer array of class indices, or class probabilities of the "
+            f"logits' shape and dtype, got {target.dtype} of shape {target.shape}"
+        )
+    labels = xp.ascontiguousarray(target, dtype=xp.int64).reshape(rows)
+    kept = None
+    if labels.size and int(labels.min()) <= ignore_index <= int(labels.max()):
+        kept = labels != ignore_index
+        labels = xp.where(kept, labels, -1)  # a new array: target is never written
+    checked = labels if kept is None else labels[kept]
+    if checked.size:
+        low, high = int(checked.min()), int(checked.max())
+        if low < 0 or high >= classes:
+            raise ValueError(
+                f"target must hold class indices in [0, {classes}) (or ignore_index="
+                f"{ignore_index}), got values in [{low}, {high}]"
+            )
+    return labels, kept
 
-    logits are (N, C) or (N, C, d1, ...), labels (N,) or (N, d1, ...) with values in
-    [0, C). ``reduction`` is "mean" (a 0-d array; NaN for an empty batch, as PyTorch),
-    "sum", or "none" (one loss per label). ``out`` receives the result: the
-    labels' shape for "none", a 0-d array otherwise.
+
+def cross_entropy(
+    logits,
+    target,
+    weight=None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    *,
+    out=None,
+    backend: str | None = None,
+):
+    """Softmax cross-entropy, as ``torch.nn.functional.cross_entropy``.
+
+    Args:
+        logits: (N, C), (N, C, d1, ...) or unbatched (C,) unnormalised scores.
+        target: class indices, integers of shape (N,), (N, d1, ...) or () in [0, C);
+            or class probabilities (soft targets) of the logits' shape and dtype.
+        weight: optional (C,) weight of each class's loss (the logits' dtype).
+        ignore_index: a class index whose targets add nothing to the loss nor to the
+            "mean" divisor (class-index targets only).
+        reduction: "mean" (a 0-d array: divided by the summed weight of the targets
+            kept, or by N * d1 * ... for probabilities; NaN when nothing is kept), "sum",
+            or "none" (one loss per target position).
+        label_smoothing: in [0, 1]; the target becomes (1 - s) * target + s / C.
+        out: receives the result (the targets' positions for "none", 0-d otherwise).
+        backend: the backend to run on (default: chosen by the array type).
+
+    A class the target gives no weight adds nothing, also where its logit is -inf
+    (PyTorch gives NaN there).
 
     >>> float(cross_entropy(np.array([[0.0, 0.0]]), np.array([1])))  # log 2
     0.6931471805599453
     """
-    xp, dtype, logit_rows, labels, _ = _cross_entropy_args(logits, labels, reduction)
-    kernel = _kernel("cross_entropy", xp, backend)
-    label_shape = logits.shape[:1] + logits.shape[2:]
+    loss = _Loss(logits, target, weight, ignore_index, reduction, label_smoothing)
+    xp, dtype = loss.xp, loss.dtype
     if reduction == "none":
-        result = _output(xp, label_shape, dtype, out, [("logits", logits)])
-        losses = result.reshape(labels.shape)
+        result = _output(xp, loss.loss_shape, dtype, out, [("logits", logits)])
+        losses = result.reshape(loss.logit_rows.shape[0])
     else:
         result = _output(xp, (), dtype, out, [("logits", logits)])
-        losses = empty(xp, labels.shape, dtype)
+        losses = empty(xp, loss.logit_rows.shape[0], dtype)
     if losses.size:
-        kernel(logit_rows, labels, losses)
+        if loss.soft:
+            _kernel("soft_cross_entropy", xp, backend)(loss.logit_rows, loss.targets, losses)
+        else:
+            _kernel("cross_entropy", xp, backend)(
+                loss.logit_rows, loss.labels, loss.class_weight(), loss.smoothing, losses
+            )
     if reduction != "none":
         total = losses.sum(dtype=xp.float64)
         if reduction == "mean":
-            total = total / losses.size if losses.size else xp.float64(np.nan)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                total = total / xp.float64(loss.divisor()) if losses.size else xp.float64(np.nan)
         result[...] = total
     return result
 
 
 def cross_entropy_backward(
     logits,
-    labels,
+    target,
+    weight=None,
+    ignore_index: int = -100,
     reduction: str = "mean",
+    label_smoothing: float = 0.0,
     *,
     grad_output=None,
     out=None,
     backend: str | None = None,
 ):
-    """Gradient of :func:`cross_entropy` with respect to the logits.
+    """Gradient of :func:`cross_entropy` with respect to the logits (same arguments).
 
-    ``grad_output`` is the gradient of the loss (a scalar for "mean" and "sum",
-    labels' shape for "none"); it defaults to ones.
+    ``grad_output`` is the gradient of the loss: a scalar (or one-element array) for
+    "mean" and "sum", the targets' positions for "none"; it defaults to ones. ``out``
+    receives the gradient (the logits' shape). Targets ignored get a zero gradient.
     """
-    xp, dtype, logit_rows, labels, moved_shape = _cross_entropy_args(logits, labels, reduction)
-    rows = labels.size
+    loss = _Loss(logits, target, weight, ignore_index, reduction, label_smoothing)
+    xp, dtype = loss.xp, loss.dtype
+    rows = loss.logit_rows.shape[0]
     if reduction == "none":
         if grad_output is None:
             row_scale = xp.ones(rows, dtype)
         else:
             array_module(grad_output=grad_output, logits=logits)
             float_dtype(grad_output=grad_output, logits=logits)
-            if grad_output.shape != logits.shape[:1] + logits.shape[2:]:
+            if grad_output.shape != loss.loss_shape:
                 raise ValueError(
-                    f"grad_output must have the labels' shape "
-                    f"{logits.shape[:1] + logits.shape[2:]}, "
+                    f"grad_output must have the targets' shape {loss.loss_shape}, "
                     f"got {grad_output.shape}"
                 )
             row_scale = xp.ascontiguousarray(grad_output).reshape(rows)
@@ -1011,18 +1115,30 @@ def cross_entropy_backward(
         if grad_output is not None:
             scale = _scalar_gradient(grad_output, reduction)
         if reduction == "mean" and rows:
-            scale /= rows
+            with np.errstate(divide="ignore", invalid="ignore"):
+                scale = float(np.float64(scale) / np.float64(loss.divisor()))
         row_scale = xp.full(rows, scale, dtype)
-    kernel = _kernel("cross_entropy_backward", xp, backend)
-    if logits.ndim == 2:  # rows are the logits' own layout: write straight into the result
+    if logits.ndim <= 2:  # rows are the logits' own layout: write straight into the result
         grad_logits = _output(xp, logits.shape, dtype, out, [("logits", logits)])
-        grad_rows = grad_logits
+        grad_rows = grad_logits.reshape(loss.logit_rows.shape)
     else:
         grad_logits = None
-        grad_rows = empty(xp, logit_rows.shape, dtype)
+        grad_rows = empty(xp, loss.logit_rows.shape, dtype)
     if grad_rows.size:
-        kernel(logit_rows, labels, row_scale, grad_rows)
+        if loss.soft:
+            _kernel("soft_cross_entropy_backward", xp, backend)(
+                loss.logit_rows, loss.targets, row_scale, grad_rows
+            )
+        else:
+            _kernel("cross_entropy_backward", xp, backend)(
+                loss.logit_rows,
+                loss.labels,
+                loss.class_weight(),
+                loss.smoothing,
+                row_scale,
+                grad_rows,
+            )
     if grad_logits is None:
         grad_logits = _output(xp, logits.shape, dtype, out, [("logits", logits)])
-        grad_logits[...] = xp.moveaxis(grad_rows.reshape(moved_shape), -1, 1)
+        grad_logits[...] = loss.restore(grad_rows)
     return grad_logits

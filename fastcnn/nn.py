@@ -1101,7 +1101,10 @@ class Flatten(Module):
 
 
 class CrossEntropyLoss(Module):
-    """Softmax cross-entropy of integer labels: ``loss = criterion(logits, labels)``.
+    """Softmax cross-entropy, ``loss = criterion(logits, target)``, as PyTorch's: class
+    indices or class probabilities as the target, optional class ``weight`` (kept as
+    state, as PyTorch's buffer), ``ignore_index``, ``reduction``, ``label_smoothing``
+    (see :func:`fastcnn.functional.cross_entropy`).
 
     ``backward()`` returns the gradient of the loss with respect to the logits
     (``grad_output`` scales it; it defaults to 1, or to ones for ``reduction="none"``).
@@ -1113,23 +1116,57 @@ class CrossEntropyLoss(Module):
     array([-0.375,  0.125,  0.125,  0.125])
     """
 
-    def __init__(self, reduction: str = "mean") -> None:
+    def __init__(
+        self,
+        weight=None,
+        ignore_index: int = -100,
+        reduction: str = "mean",
+        label_smoothing: float = 0.0,
+    ) -> None:
         super().__init__()
+        if isinstance(weight, str):
+            raise TypeError(
+                f"weight must be an array of class weights or None, got {weight!r} "
+                "(pass reduction= by keyword)"
+            )
         if reduction not in ("mean", "sum", "none"):
             raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
-        self.reduction = reduction
+        _shapes.fraction("label_smoothing", label_smoothing)
+        if not _shapes._is_int(ignore_index):
+            raise TypeError(f"ignore_index must be an int, got {ignore_index!r}")
+        if weight is not None:
+            self.register_state("weight", weight)
+        else:
+            self.weight = None
+        self.ignore_index, self.reduction = int(ignore_index), reduction
+        self.label_smoothing = float(label_smoothing)
 
-    def forward(self, logits, labels):
-        loss = F.cross_entropy(logits, labels, self.reduction)
-        self._saved = (logits, labels)
+    def _arguments(self) -> dict:
+        return {
+            "weight": self.weight,
+            "ignore_index": self.ignore_index,
+            "reduction": self.reduction,
+            "label_smoothing": self.label_smoothing,
+        }
+
+    def forward(self, logits, target):
+        loss = F.cross_entropy(logits, target, **self._arguments())
+        self._saved = (logits, target)
         return loss
 
     def backward(self, grad_output=None):
-        logits, labels = self._saved_for_backward()
+        logits, target = self._saved_for_backward()
         out = self._buffer("grad_logits", lambda: logits.shape, logits)
         return F.cross_entropy_backward(
-            logits, labels, self.reduction, grad_output=grad_output, out=out
+            logits, target, **self._arguments(), grad_output=grad_output, out=out
         )
 
     def extra_repr(self) -> str:
-        return f"reduction={self.reduction!r}"
+        parts = [f"reduction={self.reduction!r}"]
+        if self.weight is not None:
+            parts.append(f"weight=({self.weight.shape[0]},)")
+        if self.ignore_index != -100:
+            parts.append(f"ignore_index={self.ignore_index}")
+        if self.label_smoothing:
+            parts.append(f"label_smoothing={self.label_smoothing}")
+        return ", ".join(parts)

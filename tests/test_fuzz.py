@@ -183,12 +183,22 @@ def softmax_cases(draw) -> Case:
 
 
 @st.composite
-def cross_entropy_cases(draw) -> Case:
+def cross_entropy_cases(draw, soft: bool = False) -> Case:
+    """Class-index (or, ``soft``, probability) targets over (N, C, d1, ...) or (C,)
+    logits, with every option PyTorch has."""
     N, C = draw(st.integers(0, 6)), draw(st.integers(1, 12))
     extra = tuple(draw(st.lists(st.integers(1, 4), max_size=2)))
+    logits = (C,) if draw(st.integers(0, 5)) == 0 else (N, C, *extra)
+    target = logits if soft else logits[:1] + logits[2:] if len(logits) > 1 else ()
+    shapes = {"logits": logits, "target": target}
+    if draw(st.booleans()):
+        shapes["weight"] = (C,)
     params = {"reduction": draw(st.sampled_from(["mean", "sum", "none"]))}
+    if draw(st.booleans()):
+        params["label_smoothing"] = draw(st.sampled_from([0.0, 0.1, 0.5, 1.0]))
+    if not soft and draw(st.booleans()):
+        params["ignore_index"] = draw(st.integers(-1, C))  # in range or not
     scale = draw(st.sampled_from([1.0, 1e8]))
-    shapes = {"logits": (N, C, *extra), "labels": (N, *extra)}
     return Case(f"fuzz {shapes} {params}", shapes, params, scale=scale)
 
 
@@ -310,6 +320,11 @@ def test_softmax_family(name):
 @given(cross_entropy_cases(), _run)
 def test_cross_entropy(case, run):
     _check("cross_entropy", case, run)
+
+
+@given(cross_entropy_cases(soft=True), _run)
+def test_soft_cross_entropy(case, run):
+    _check("soft_cross_entropy", case, run)
 
 
 @given(linear_cases(), _run)

@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 
 import fastcnn
+import fastcnn.functional as F
 from fastcnn import nn
+from fastcnn.backends import CPU_BACKENDS, available_backends
 
 TOLERANCE = {np.float64: 1e-10, np.float32: 1e-4}
 
@@ -159,23 +161,66 @@ def test_max_pool_return_indices_match_torch():
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
-def test_cross_entropy_loss_matches_torch(reduction):
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"weight": True}, {"ignore_index": 2}, {"label_smoothing": 0.2}, {"soft": True},
+     {"soft": True, "weight": True, "label_smoothing": 0.1},
+     {"weight": True, "ignore_index": 1, "label_smoothing": 0.3}],
+    ids=["plain", "weight", "ignore_index", "smoothing", "probabilities", "soft-all", "all"],
+)  # fmt: skip
+def test_cross_entropy_loss_matches_torch(reduction, options):
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(4)
+    options = dict(options)
     logits = rng.standard_normal((5, 4))
-    labels = rng.integers(0, 4, size=5)
+    if options.pop("soft", False):
+        target = rng.random((5, 4))
+    else:
+        target = rng.integers(0, 4, size=5)
+    if options.get("weight"):
+        options["weight"] = rng.random(4) + 0.5
     grad_output = rng.standard_normal(5) if reduction == "none" else 0.7
-    criterion = nn.CrossEntropyLoss(reduction)
-    loss = criterion(logits, labels)
+    criterion = nn.CrossEntropyLoss(**options, reduction=reduction)
+    loss = criterion(logits, target)
     grad_logits = criterion.backward(grad_output)
 
+    torch_options = {
+        k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in options.items()
+    }
     logits_torch = torch.from_numpy(logits.copy()).requires_grad_()
-    loss_torch = torch.nn.CrossEntropyLoss(reduction=reduction)(
-        logits_torch, torch.from_numpy(labels)
-    )
+    criterion_torch = torch.nn.CrossEntropyLoss(**torch_options, reduction=reduction)
+    loss_torch = criterion_torch(logits_torch, torch.from_numpy(target))
     loss_torch.backward(torch.as_tensor(grad_output, dtype=torch.float64))
     assert_close(loss, loss_torch.detach().numpy(), np.float64)
     assert_close(grad_logits, logits_torch.grad.numpy(), np.float64)
+    assert list(criterion.state_dict()) == list(criterion_torch.state_dict())
+
+
+def test_cross_entropy_loss_checks_its_options():
+    with pytest.raises(TypeError, match="pass reduction= by keyword"):
+        nn.CrossEntropyLoss("sum")
+    with pytest.raises(ValueError, match="label_smoothing must lie in"):
+        nn.CrossEntropyLoss(label_smoothing=-0.1)
+    with pytest.raises(TypeError, match="ignore_index must be an int"):
+        nn.CrossEntropyLoss(ignore_index=0.5)
+    assert "label_smoothing=0.1" in repr(nn.CrossEntropyLoss(label_smoothing=0.1))
+
+
+def test_a_class_without_weight_adds_nothing_where_its_logit_is_minus_inf():
+    """PyTorch gives NaN here (0 x -inf); the limit, and fastcnn, give the other terms."""
+    logits = np.array([[0.0, -np.inf, 1.0], [2.0, 0.5, -np.inf]])
+    probabilities = np.array([[0.5, 0.0, 0.5], [1.0, 0.0, 0.0]])
+    finite = np.where(np.isinf(logits), -1e300, logits)  # exp underflows to 0 either way
+    for backend in [b for b in available_backends() if b in CPU_BACKENDS and b != "cpp"]:
+        got = F.cross_entropy(logits, probabilities, reduction="none", backend=backend)
+        want = F.cross_entropy(finite, probabilities, reduction="none", backend="reference")
+        assert np.isfinite(got).all()
+        assert_close(got, want, np.float64)
+        weight = np.array([1.0, 0.0, 1.0])
+        got = F.cross_entropy(
+            logits[:1], np.array([0]), weight, label_smoothing=0.5, backend=backend
+        )
+        assert np.isfinite(got)
 
 
 # ---------------------------------------------------------------------------- module behaviour

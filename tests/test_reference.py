@@ -87,6 +87,8 @@ def test_reference_gradients_match_finite_differences(spec, case, rng):
         pytest.skip("-inf outputs (windows wholly in the padding): no finite differences")
     inputs = spec.make_inputs(case, np.float64, rng)
     y = spec.forward(inputs, case.params, "reference")
+    if not np.isfinite(y).all():
+        pytest.skip("a NaN output (a mean over no target): no finite differences")
     grad_y = rng.standard_normal(y.shape)
     gradients = spec.backward(inputs, case.params, grad_y, y, "reference")
 

@@ -117,12 +117,16 @@ SIGNATURES = {
     # x (M, in), weight (out, in), y (M, out)
     "linear": "x, weight, bias | None, y",
     "linear_backward": "grad_y, x, weight, grad_x | None, grad_weight, grad_bias | None",
-    # (M, C), over the last axis; cross_entropy: int64 labels (M,), per-row losses (M,);
-    # its backward: grad = (softmax - onehot) * row_scale[:, None]
+    # (M, C), over the last axis. cross_entropy: int64 labels (M,), -1 for an ignored row
+    # (loss and gradient 0), class weights (C,), label smoothing in [0, 1], per-row losses
+    # (M,). soft_cross_entropy: targets (M, C), class weights and smoothing folded in.
+    # Backward: grad = (sum(target) * softmax - target) * row_scale[:, None]
     "softmax": "x, y",
     "log_softmax": "x, y",
-    "cross_entropy": "logits, labels, losses",
-    "cross_entropy_backward": "logits, labels, row_scale, grad_logits",
+    "cross_entropy": "logits, labels, weight, smoothing, losses",
+    "cross_entropy_backward": "logits, labels, weight, smoothing, row_scale, grad_logits",
+    "soft_cross_entropy": "logits, targets, losses",
+    "soft_cross_entropy_backward": "logits, targets, row_scale, grad_logits",
 }
 
 _kernels: dict[tuple[str, str], Callable] = {}

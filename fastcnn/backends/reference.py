@@ -350,14 +350,49 @@ def log_softmax(x, y) -> None:
     y[...] = _log_softmax_rows(x)
 
 
-@register("cross_entropy", "reference")
-def cross_entropy(logits, labels, losses) -> None:
+def _class_targets(labels, weight, smoothing, classes):
+    """Per row, the weight each class's -log p gets: (1 - smoothing) * w[label] on the
+    label plus smoothing / C * w[c] on every class; zero rows for ignored labels (-1)."""
+    weight = _f64(weight)
+    kept = labels >= 0
+    targets = np.zeros((len(labels), classes))
+    rows = np.flatnonzero(kept)
+    targets[rows, labels[rows]] = (1 - smoothing) * weight[labels[rows]]
+    if smoothing:
+        targets[rows] += smoothing / classes * weight
+    return targets
+
+
+def _soft_losses(logits, targets):
     log_probabilities = _log_softmax_rows(logits)
-    losses[...] = -log_probabilities[np.arange(len(labels)), labels]
+    # only where the target weighs a class: an unweighted -inf log-probability adds nothing
+    return -np.where(targets != 0, targets * log_probabilities, 0).sum(axis=1)
+
+
+def _soft_gradient(logits, targets, row_scale):
+    probabilities = np.exp(_log_softmax_rows(logits))
+    grad = targets.sum(axis=1, keepdims=True) * probabilities - targets
+    return grad * _f64(row_scale)[:, None]
+
+
+@register("cross_entropy", "reference")
+def cross_entropy(logits, labels, weight, smoothing, losses) -> None:
+    losses[...] = _soft_losses(logits, _class_targets(labels, weight, smoothing, logits.shape[1]))
 
 
 @register("cross_entropy_backward", "reference")
-def cross_entropy_backward(logits, labels, row_scale, grad_logits) -> None:
-    grad = np.exp(_log_softmax_rows(logits))
-    grad[np.arange(len(labels)), labels] -= 1.0
-    grad_logits[...] = grad * _f64(row_scale)[:, None]
+def cross_entropy_backward(logits, labels, weight, smoothing, row_scale, grad_logits) -> None:
+    targets = _class_targets(labels, weight, smoothing, logits.shape[1])
+    grad = _soft_gradient(logits, targets, row_scale)
+    grad[labels < 0] = 0
+    grad_logits[...] = grad
+
+
+@register("soft_cross_entropy", "reference")
+def soft_cross_entropy(logits, targets, losses) -> None:
+    losses[...] = _soft_losses(logits, _f64(targets))
+
+
+@register("soft_cross_entropy_backward", "reference")
+def soft_cross_entropy_backward(logits, targets, row_scale, grad_logits) -> None:
+    grad_logits[...] = _soft_gradient(logits, _f64(targets), row_scale)

@@ -81,7 +81,8 @@ class OpSpec:
         inputs: Arrays = {}
         for name, shape in case.shapes.items():
             if name in self.integer:
-                classes = case.shapes[self.inputs[0]][1]
+                first = case.shapes[self.inputs[0]]
+                classes = first[1] if len(first) > 1 else first[0]  # (N, C, ...) or (C,)
                 inputs[name] = rng.integers(0, classes, size=shape)
             elif name in self.masks:
                 inputs[name] = rng.random(shape) >= case.params.get("p", 0.5)
@@ -920,72 +921,180 @@ SOFTMAX = _softmax("softmax")
 LOG_SOFTMAX = _softmax("log_softmax")
 
 
+def _cross_entropy_forward(inputs, params, backend):
+    return F.cross_entropy(
+        inputs["logits"], inputs["target"], inputs.get("weight"), **params, backend=backend
+    )
+
+
 def _cross_entropy_backward(inputs, params, grad_y, y, backend):
     return {
         "logits": F.cross_entropy_backward(
-            inputs["logits"], inputs["labels"], **params, grad_output=grad_y, backend=backend
+            inputs["logits"],
+            inputs["target"],
+            inputs.get("weight"),
+            **params,
+            grad_output=grad_y,
+            backend=backend,
         )
     }
 
 
-def _loss(name, logits, labels, scale=1.0, **params) -> Case:
-    return Case(name, {"logits": logits, "labels": labels}, params, scale)
+def _cross_entropy_torch(tf, t, p):
+    return tf.cross_entropy(t["logits"], t["target"], t.get("weight"), **p)
 
+
+def _cross_entropy_cost(c, itemsize, d):
+    return 5 * math.prod(c.shapes["logits"]), itemsize * math.prod(c.shapes["logits"])
+
+
+def _loss(name, logits, target, scale=1.0, weighted=False, **params) -> Case:
+    shapes = {"logits": logits, "target": target}
+    if weighted:
+        shapes["weight"] = (logits[1] if len(logits) > 1 else logits[0],)
+    return Case(name, shapes, params, scale)
+
+
+_LOSS_ERRORS = (
+    ErrorCase("reduction", ValueError, "reduction", params={"reduction": "avg"}),
+    ErrorCase("label_smoothing", ValueError, "label_smoothing", params={"label_smoothing": 1.5}),
+    ErrorCase(
+        "label_smoothing not real", TypeError, "label_smoothing", params={"label_smoothing": "0.1"}
+    ),
+    ErrorCase(
+        "weight length",
+        ValueError,
+        "weight",
+        mutate=lambda i: i.update(weight=i["weight"][:-1].copy()),
+    ),
+)
 
 CROSS_ENTROPY = OpSpec(
     name="cross_entropy",
     ops=("cross_entropy", "cross_entropy_backward"),
-    inputs=("logits", "labels"),
-    integer=("labels",),
-    forward=lambda i, p, b: F.cross_entropy(i["logits"], i["labels"], **p, backend=b),
+    inputs=("logits", "target", "weight"),
+    integer=("target",),
+    positive=("weight",),
+    forward=_cross_entropy_forward,
     backward=_cross_entropy_backward,
     differentiable=("logits",),
     cases=(
-        _loss("mean", (8, 5), (8,)),
+        _loss("mean", (8, 5), (8,), weighted=True),
+        _loss("unweighted", (8, 5), (8,)),
         _loss("sum", (8, 5), (8,), reduction="sum"),
         _loss("none", (8, 5), (8,), reduction="none"),
-        _loss("spatial labels", (2, 4, 3, 3), (2, 3, 3)),
+        _loss("weighted sum", (7, 4), (7,), weighted=True, reduction="sum"),
+        _loss("weighted none", (7, 4), (7,), weighted=True, reduction="none"),
+        _loss("spatial target", (2, 4, 3, 3), (2, 3, 3)),
+        _loss("3 spatial axes", (2, 3, 2, 2, 3), (2, 2, 2, 3), weighted=True, reduction="none"),
+        _loss("unbatched", (6,), ()),
+        _loss("unbatched none", (6,), (), weighted=True, reduction="none"),
+        _loss("ignore_index", (12, 3), (12,), ignore_index=1),
+        _loss("ignore_index weighted", (12, 3), (12,), weighted=True, ignore_index=0),
+        _loss("ignore_index none", (2, 3, 4), (2, 4), ignore_index=2, reduction="none"),
+        _loss("everything ignored", (5, 1), (5,), ignore_index=0),
+        _loss("label_smoothing", (8, 5), (8,), label_smoothing=0.1),
+        _loss("label_smoothing 1", (4, 5), (4,), label_smoothing=1.0, reduction="sum"),
+        _loss(
+            "smoothing weighted ignored",
+            (3, 4, 5),
+            (3, 5),
+            weighted=True,
+            ignore_index=3,
+            label_smoothing=0.25,
+        ),
+        _loss("smoothing none", (6, 7), (6,), label_smoothing=0.3, reduction="none"),
         _loss("logits of 1e8", (6, 4), (6,), scale=1e8, reduction="none"),
+        _loss("logits of 1e8 smoothed", (6, 4), (6,), scale=1e8, label_smoothing=0.2),
         _loss("one class", (3, 1), (3,)),
         _loss("empty batch", (0, 5), (0,), reduction="sum"),
         _loss("one block", (32, 1024), (32,)),
         _loss("above one block", (33, 1024), (33,), reduction="none"),
+        _loss("above one block smoothed", (33, 1024), (33,), weighted=True, label_smoothing=0.1),
     ),
     errors=(
         ErrorCase(
-            "float labels",
+            "float target of another shape",
             TypeError,
-            "labels",
-            mutate=lambda i: i.update(labels=i["labels"].astype(np.float64)),
+            "target",
+            mutate=lambda i: i.update(target=i["target"].astype(np.float64)),
         ),
         ErrorCase(
             "label out of range",
             ValueError,
-            "labels",
-            mutate=lambda i: i.update(labels=i["labels"] + 5),
+            "target",
+            mutate=lambda i: i.update(target=i["target"] + 5),
         ),
         ErrorCase(
             "negative label",
             ValueError,
-            "labels",
-            mutate=lambda i: i.update(labels=i["labels"] - 9),
+            "target",
+            mutate=lambda i: i.update(target=i["target"] - 9),
         ),
         ErrorCase(
-            "labels shape",
+            "target shape",
             ValueError,
-            "labels",
-            mutate=lambda i: i.update(labels=i["labels"][:-1].copy()),
+            "target",
+            mutate=lambda i: i.update(target=i["target"][:-1].copy()),
         ),
-        ErrorCase("reduction", ValueError, "reduction", params={"reduction": "avg"}),
+        ErrorCase("ignore_index not int", TypeError, "ignore_index", params={"ignore_index": 1.0}),
+        *_LOSS_ERRORS,
     ),
-    torch_forward=lambda tf, t, p: tf.cross_entropy(t["logits"], t["labels"], **p),
-    cost=lambda c, itemsize, d: (
-        5 * math.prod(c.shapes["logits"]),
-        itemsize * math.prod(c.shapes["logits"]),
-    ),
+    torch_forward=_cross_entropy_torch,
+    cost=_cross_entropy_cost,
     bench=(
-        Case("logits 256x1000", {"logits": (256, 1000), "labels": (256,)}, tags=("loss", "quick")),
+        Case("logits 256x1000", {"logits": (256, 1000), "target": (256,)}, tags=("loss", "quick")),
     ),
+)
+
+
+SOFT_CROSS_ENTROPY = OpSpec(
+    name="soft_cross_entropy",
+    ops=("soft_cross_entropy", "soft_cross_entropy_backward"),
+    inputs=("logits", "target", "weight"),
+    positive=("target", "weight"),
+    forward=_cross_entropy_forward,
+    backward=_cross_entropy_backward,
+    differentiable=("logits",),
+    cases=(
+        _loss("mean", (8, 5), (8, 5), weighted=True),
+        _loss("unweighted", (8, 5), (8, 5)),
+        _loss("sum", (6, 5), (6, 5), reduction="sum"),
+        _loss("none", (6, 5), (6, 5), weighted=True, reduction="none"),
+        _loss("spatial", (2, 4, 3, 3), (2, 4, 3, 3), reduction="none"),
+        _loss("3 spatial axes", (2, 3, 1, 2, 3), (2, 3, 1, 2, 3), weighted=True),
+        _loss("unbatched", (6,), (6,)),
+        _loss("label_smoothing", (8, 5), (8, 5), label_smoothing=0.1),
+        _loss(
+            "smoothing weighted none",
+            (5, 6),
+            (5, 6),
+            weighted=True,
+            label_smoothing=0.4,
+            reduction="none",
+        ),
+        _loss("logits of 1e8", (6, 4), (6, 4), scale=1e8, reduction="none"),
+        _loss("empty batch", (0, 5), (0, 5)),
+        _loss("one block", (32, 1024), (32, 1024), reduction="none"),
+        _loss("above one block", (33, 1024), (33, 1024), weighted=True, label_smoothing=0.05),
+    ),
+    errors=(
+        ErrorCase(
+            "ignore_index with probabilities",
+            ValueError,
+            "ignore_index",
+            params={"ignore_index": 0},
+        ),
+        ErrorCase(
+            "target shape",
+            ValueError,
+            "target",
+            mutate=lambda i: i.update(target=i["target"][:, :-1].copy()),
+        ),
+        *_LOSS_ERRORS,
+    ),
+    torch_forward=_cross_entropy_torch,
+    cost=_cross_entropy_cost,
 )
 
 
@@ -1003,5 +1112,6 @@ SPECS: tuple[OpSpec, ...] = (
     SOFTMAX,
     LOG_SOFTMAX,
     CROSS_ENTROPY,
+    SOFT_CROSS_ENTROPY,
 )
 SPECS_BY_NAME = {spec.name: spec for spec in SPECS}

@@ -104,47 +104,136 @@ def _log_softmax_parallel(x, y):
 
 
 @jit(inline="always")
-def _cross_entropy_row(row, label):
-    # -log softmax(x)[label] = (max - x[label]) + log sum exp(x - max): both terms >= 0.
+def _cross_entropy_row(row, label, weight, smoothing):
+    """w[label] * -log p[label], mixed with smoothing * mean_c(w[c] * -log p[c]);
+    0 for an ignored row (label -1). -log p[c] = (max - x[c]) + log sum exp(x - max),
+    both terms >= 0. A class of weight 0 adds 0, also where its p is 0 (a -inf logit)."""
+    zero = row.dtype.type(0)
+    if label < 0:
+        return zero
     maximum = _row_max(row)
-    return (maximum - row[label]) + _row_log_sum_exp(row, maximum)
+    log_sum = _row_log_sum_exp(row, maximum)
+    on_label = (1 - smoothing) * weight[label]
+    loss = on_label * ((maximum - row[label]) + log_sum) if on_label != 0 else zero
+    if smoothing != 0:
+        spread = zero
+        for c in range(row.size):
+            w = weight[c]
+            spread += w * ((maximum - row[c]) + log_sum) if w != 0 else zero
+        loss += (smoothing / row.size) * spread
+    return loss
 
 
 @jit(inline="always")
-def _cross_entropy_backward_row(row, label, row_scale, grad_row):
+def _cross_entropy_backward_row(row, label, weight, smoothing, row_scale, grad_row):
+    """row_scale * (mass * softmax - target): the target puts (1 - smoothing) * w[label]
+    on the label and smoothing / C * w[c] on every class; mass is its sum."""
+    if label < 0:
+        grad_row[:] = 0
+        return
     maximum = _row_max(row)
-    scale = row_scale / _row_exp_sum(row, maximum, grad_row)
+    total = _row_exp_sum(row, maximum, grad_row)
+    on_label = (1 - smoothing) * weight[label]
+    real = grad_row.dtype.type  # scalars in the row's type keep the loops vectorised
+    if smoothing == 0:
+        scale = real(row_scale * on_label / total)
+        for i in range(grad_row.size):
+            grad_row[i] *= scale
+    else:
+        spread = smoothing / row.size
+        weight_sum = weight.dtype.type(0)
+        for c in range(weight.size):
+            weight_sum += weight[c]
+        scale = real(row_scale * (on_label + spread * weight_sum) / total)
+        shift = real(row_scale * spread)
+        for i in range(grad_row.size):
+            grad_row[i] = grad_row[i] * scale - shift * weight[i]
+    grad_row[label] -= row_scale * on_label
+
+
+@jit(inline="always")
+def _soft_cross_entropy_row(row, target):
+    """sum_c target[c] * -log p[c] (class weights and smoothing already in the target)."""
+    maximum = _row_max(row)
+    log_sum = _row_log_sum_exp(row, maximum)
+    zero = row.dtype.type(0)
+    loss = zero
+    for c in range(row.size):
+        t = target[c]
+        loss += t * ((maximum - row[c]) + log_sum) if t != 0 else zero
+    return loss
+
+
+@jit(inline="always")
+def _soft_cross_entropy_backward_row(row, target, row_scale, grad_row):
+    maximum = _row_max(row)
+    total = _row_exp_sum(row, maximum, grad_row)
+    mass = target.dtype.type(0)
+    for c in range(target.size):
+        mass += target[c]
+    scale = row_scale * mass / total
     for i in range(grad_row.size):
-        grad_row[i] *= scale
-    grad_row[label] -= row_scale
+        grad_row[i] = grad_row[i] * scale - row_scale * target[i]
 
 
 @jit
-def _cross_entropy_serial(logits, labels, losses):
+def _cross_entropy_serial(logits, labels, weight, smoothing, losses):
     for m in range(logits.shape[0]):
-        losses[m] = _cross_entropy_row(logits[m], labels[m])
+        losses[m] = _cross_entropy_row(logits[m], labels[m], weight, smoothing)
 
 
 @jit(parallel=True)
-def _cross_entropy_parallel(logits, labels, losses):
+def _cross_entropy_parallel(logits, labels, weight, smoothing, losses):
     rows, blocks = _row_blocks(logits.shape[0], logits.shape[1])
     for block in prange(blocks):
         for m in range(block * rows, min(block * rows + rows, logits.shape[0])):
-            losses[m] = _cross_entropy_row(logits[m], labels[m])
+            losses[m] = _cross_entropy_row(logits[m], labels[m], weight, smoothing)
 
 
 @jit
-def _cross_entropy_backward_serial(logits, labels, row_scale, grad_logits):
+def _cross_entropy_backward_serial(logits, labels, weight, smoothing, row_scale, grad_logits):
     for m in range(logits.shape[0]):
-        _cross_entropy_backward_row(logits[m], labels[m], row_scale[m], grad_logits[m])
+        _cross_entropy_backward_row(
+            logits[m], labels[m], weight, smoothing, row_scale[m], grad_logits[m]
+        )
 
 
 @jit(parallel=True)
-def _cross_entropy_backward_parallel(logits, labels, row_scale, grad_logits):
+def _cross_entropy_backward_parallel(logits, labels, weight, smoothing, row_scale, grad_logits):
     rows, blocks = _row_blocks(logits.shape[0], logits.shape[1])
     for block in prange(blocks):
         for m in range(block * rows, min(block * rows + rows, logits.shape[0])):
-            _cross_entropy_backward_row(logits[m], labels[m], row_scale[m], grad_logits[m])
+            _cross_entropy_backward_row(
+                logits[m], labels[m], weight, smoothing, row_scale[m], grad_logits[m]
+            )
+
+
+@jit
+def _soft_cross_entropy_serial(logits, targets, losses):
+    for m in range(logits.shape[0]):
+        losses[m] = _soft_cross_entropy_row(logits[m], targets[m])
+
+
+@jit(parallel=True)
+def _soft_cross_entropy_parallel(logits, targets, losses):
+    rows, blocks = _row_blocks(logits.shape[0], logits.shape[1])
+    for block in prange(blocks):
+        for m in range(block * rows, min(block * rows + rows, logits.shape[0])):
+            losses[m] = _soft_cross_entropy_row(logits[m], targets[m])
+
+
+@jit
+def _soft_cross_entropy_backward_serial(logits, targets, row_scale, grad_logits):
+    for m in range(logits.shape[0]):
+        _soft_cross_entropy_backward_row(logits[m], targets[m], row_scale[m], grad_logits[m])
+
+
+@jit(parallel=True)
+def _soft_cross_entropy_backward_parallel(logits, targets, row_scale, grad_logits):
+    rows, blocks = _row_blocks(logits.shape[0], logits.shape[1])
+    for block in prange(blocks):
+        for m in range(block * rows, min(block * rows + rows, logits.shape[0])):
+            _soft_cross_entropy_backward_row(logits[m], targets[m], row_scale[m], grad_logits[m])
 
 
 _census.declare("numba", "softmax.serial", "softmax.blocks")
@@ -174,16 +263,32 @@ def log_softmax(x, y) -> None:
 
 
 @register("cross_entropy", "numba")
-def cross_entropy(logits, labels, losses) -> None:
+def cross_entropy(logits, labels, weight, smoothing, losses) -> None:
     if _serial(logits.size):
-        _cross_entropy_serial(logits, labels, losses)
+        _cross_entropy_serial(logits, labels, weight, smoothing, losses)
     else:
-        _cross_entropy_parallel(logits, labels, losses)
+        _cross_entropy_parallel(logits, labels, weight, smoothing, losses)
 
 
 @register("cross_entropy_backward", "numba")
-def cross_entropy_backward(logits, labels, row_scale, grad_logits) -> None:
+def cross_entropy_backward(logits, labels, weight, smoothing, row_scale, grad_logits) -> None:
     if _serial(logits.size):
-        _cross_entropy_backward_serial(logits, labels, row_scale, grad_logits)
+        _cross_entropy_backward_serial(logits, labels, weight, smoothing, row_scale, grad_logits)
     else:
-        _cross_entropy_backward_parallel(logits, labels, row_scale, grad_logits)
+        _cross_entropy_backward_parallel(logits, labels, weight, smoothing, row_scale, grad_logits)
+
+
+@register("soft_cross_entropy", "numba")
+def soft_cross_entropy(logits, targets, losses) -> None:
+    if _serial(logits.size):
+        _soft_cross_entropy_serial(logits, targets, losses)
+    else:
+        _soft_cross_entropy_parallel(logits, targets, losses)
+
+
+@register("soft_cross_entropy_backward", "numba")
+def soft_cross_entropy_backward(logits, targets, row_scale, grad_logits) -> None:
+    if _serial(logits.size):
+        _soft_cross_entropy_backward_serial(logits, targets, row_scale, grad_logits)
+    else:
+        _soft_cross_entropy_backward_parallel(logits, targets, row_scale, grad_logits)
