@@ -1,4 +1,5 @@
-"""The ``fastcnn bench`` cases under pytest-benchmark: one test per task of the plan.
+"""The ``fastcnn bench`` cases under pytest-benchmark: one test per task of the plan (an
+op in one direction, or a model's training step with ``--bench-suite train``).
 
 The same cases, calls (``out=``, input rotation) and costs as ``fastcnn bench``, with
 GFLOP/s or GB/s (whichever bounds the case) and the % of the roofline ceiling in each
@@ -18,7 +19,7 @@ import pytest
 pytest.importorskip("pytest_benchmark")
 
 from fastcnn.bench import calls
-from fastcnn.bench.cases import PEER, Task, resolve_case
+from fastcnn.bench.cases import PEER, Task, describe
 from fastcnn.bench.ceilings import measure_cpu_ceilings, roofline
 from fastcnn.bench.runner import BenchSettings, plan, torch_installed
 from fastcnn.bench.timing import (
@@ -65,16 +66,10 @@ def cpu_ceilings(bench_settings) -> dict:
     return measure_cpu_ceilings(bench_settings.dtype, bench_settings.threads)
 
 
-def test_op(benchmark, bench_task: Task, bench_settings: BenchSettings, cpu_ceilings: dict):
-    spec, case = resolve_case(bench_task.op, bench_task.source, bench_task.case, bench_task.batch)
-    direction, dtype = bench_task.direction, bench_task.dtype
-    sets = rotation_sets(calls.working_set_bytes(spec, case, dtype, direction))
-    if bench_task.library == PEER:
-        prepared = calls.prepare_torch(spec, case, direction, dtype, sets)
-    else:
-        prepared = calls.prepare_fastcnn(
-            spec, case, direction, dtype, bench_task.backend, bench_task.algo, sets
-        )
+def test_task(benchmark, bench_task: Task, bench_settings: BenchSettings, cpu_ceilings: dict):
+    workload = describe(bench_task)
+    sets = rotation_sets(workload.bytes)
+    prepared = calls.prepare(bench_task, sets)
     prepared.first_call()  # the JIT compile stays out of the statistics
     input_set = itertools.count(1)
     benchmark.group = bench_task.case_key
@@ -84,7 +79,7 @@ def test_op(benchmark, bench_task: Task, bench_settings: BenchSettings, cpu_ceil
         rounds=_rounds(prepared),
         iterations=1,
     )
-    flops, nbytes = calls.flops_and_bytes(spec, case, dtype, direction)
+    flops, nbytes = workload.flops, workload.bytes
     median = benchmark.stats.stats.median
     ceiling, bound = roofline(
         flops,

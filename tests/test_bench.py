@@ -15,11 +15,25 @@ import pytest
 from fastcnn.__main__ import main
 from fastcnn.bench import SCHEMA_VERSION, validate
 from fastcnn.bench import runner as bench_runner
-from fastcnn.bench.cases import Task, suite_cases
+from fastcnn.bench.cases import Task, suite_cases, suite_models
+from fastcnn.bench.models import LENET5, step_flops
 from fastcnn.bench.report import compare_documents, report_text
 
 FAST = ["--suite", "smoke", "--backends", "reference", "--min-time", "0", "--repeats", "3"]
 OPS = ["--ops", "relu,max_pool2d"]
+#: The train suite at a tiny batch on the reference backend (a step takes milliseconds).
+TRAIN = ["--suite", "train", "--batch", "2", "--backends", "reference", "--min-time", "0"]
+TRAIN += ["--repeats", "3"]
+#: Ceilings to stand in for the measured ones where a test does not look at them.
+STUB_CEILINGS = {
+    "device": "cpu",
+    "dtype": "float32",
+    "threads": 1,
+    "peak_flops": {"fma": {"1": 1e11}, "gemm": {"1": 1e11}},
+    "bandwidth_bytes_per_s": {"copy": {"1": 1e10}},
+    "roofline": {"peak_flops": 1e11, "bandwidth_bytes_per_s": 1e10},
+    "errors": [],
+}
 
 
 @pytest.fixture(scope="module")
@@ -136,17 +150,8 @@ def test_ctrl_c_keeps_what_was_measured(monkeypatch):
             "times_s": [1e-3],
         }
 
-    ceilings = {
-        "device": "cpu",
-        "dtype": "float32",
-        "threads": 1,
-        "peak_flops": {"fma": {"1": 1e11}, "gemm": {"1": 1e11}},
-        "bandwidth_bytes_per_s": {"copy": {"1": 1e10}},
-        "roofline": {"peak_flops": 1e11, "bandwidth_bytes_per_s": 1e10},
-        "errors": [],
-    }
     monkeypatch.setattr(bench_runner.Runner, "measure", measure_then_interrupt)
-    monkeypatch.setattr(bench_runner.Runner, "ceilings", lambda self, gpu: {"cpu": ceilings})
+    monkeypatch.setattr(bench_runner.Runner, "ceilings", lambda self, gpu: {"cpu": STUB_CEILINGS})
     settings = bench_runner.BenchSettings(
         suite="smoke", ops=["relu", "max_pool2d"], backends=["reference"], threads=1, vs="none"
     )
@@ -166,8 +171,75 @@ def test_suites_come_from_the_spec_table():
     )
     assert task.key.endswith("/fwd/float32/N2/numba:auto")
     assert Task.from_json(task.to_json()) == task
+    old_record = {k: v for k, v in task.to_json().items() if k != "kind"}  # an older file
+    assert Task.from_json(old_record).kind == "op"
     with pytest.raises(ValueError, match="suite"):
         suite_cases("tiny")
+
+
+def test_the_train_suite_is_a_model_step():
+    assert suite_cases("train") == []
+    assert suite_models("train") == [(LENET5, "bench")]
+    assert suite_models("smoke") == [(LENET5, "sample")]
+    assert suite_models("quick") == [] and suite_models("all", ["conv2d"]) == []
+    assert suite_cases("all", ["lenet5"]) == []  # a model's name is a known --ops name
+    # Forward, weight gradient and input gradient of each convolution and linear layer,
+    # 2 FLOPs per multiply-add, without the first layer's input gradient.
+    conv1, conv2 = 256 * 6 * 24 * 24 * 25, 256 * 16 * 8 * 8 * 6 * 25
+    linear = 256 * (256 * 120 + 120 * 84 + 84 * 10)
+    assert step_flops(LENET5, 256) == 2 * (2 * conv1 + 3 * conv2 + 3 * linear)
+
+
+def _stub_ceilings_and_print(patch, printed):
+    patch.setattr(bench_runner.Runner, "ceilings", lambda self, gpu: {"cpu": STUB_CEILINGS})
+    patch.setattr("builtins.print", lambda *a, **k: printed.append(" ".join(map(str, a))))
+
+
+@pytest.fixture(scope="module")
+def train_run(tmp_path_factory):
+    """The train suite beside the peer where it is installed: (printed text, document, path)."""
+    path = tmp_path_factory.mktemp("train") / "train.json"
+    vs = "torch" if importlib.util.find_spec("torch") else "none"
+    printed = []
+    with pytest.MonkeyPatch.context() as patch:
+        _stub_ceilings_and_print(patch, printed)
+        assert main(["bench", *TRAIN, "--vs", vs, "--json", str(path)]) == 0
+    return "\n".join(printed), json.loads(path.read_text()), path
+
+
+def test_train_suite_times_a_whole_step(train_run):
+    text, document, _ = train_run
+    validate(document)
+    ours = [r for r in document["results"] if r["library"] == "fastcnn"]
+    assert [(r["op"], r["kind"], r["direction"], r["batch"]) for r in ours] == [
+        ("lenet5", "model", "train", 2)
+    ]
+    [step] = ours
+    assert step["status"] == "ok", step.get("error")
+    assert 0 < step["q1_s"] <= step["median_s"] <= step["q3_s"]
+    assert step["flops"] == step_flops(LENET5, 2) and step["flops_per_s"] > 0
+    assert step["outputs"] == "out="  # the layers reuse their buffers
+    assert "suite train, float32, train," in text
+    assert "lenet5 28x28 sgd momentum N2" in text
+    if document["settings"]["vs"] == "torch":
+        [peer] = [r for r in document["results"] if r["library"] == "torch"]
+        assert peer["status"] == "ok" and peer["case_key"] == step["case_key"]
+        assert step["speedup_vs_peer"] == pytest.approx(peer["median_s"] / step["median_s"])
+        row = next(line for line in text.splitlines() if line.startswith("lenet5"))
+        assert row.split()[6] != "—"  # lenet5 28x28 sgd momentum N2 train reference ratio
+
+
+def test_train_suite_without_the_peer_and_compared(train_run, tmp_path):
+    _, _, old_path = train_run
+    printed = []
+    with pytest.MonkeyPatch.context() as patch:
+        _stub_ceilings_and_print(patch, printed)
+        arguments = [*TRAIN, "--vs", "none", "--compare", str(old_path)]
+        assert main(["bench", *arguments]) == 0
+    text = "\n".join(printed)
+    assert "lenet5/28x28 sgd momentum/train/float32/N2/reference" in text  # matched by key
+    assert "compared with" in text and "no result of this run matches" not in text
+    assert "vs torch" not in text.splitlines()[0]
 
 
 def test_gpu_comparison_finds_the_crossover(smoke_run):
@@ -234,6 +306,7 @@ def test_summarize_repeats_takes_the_median_ratio_per_case_and_geomeans_per_suit
         (["--ops", "conv3d"], "unknown ops ['conv3d']"),
         (["--algos", "fft"], "unknown algos ['fft']"),
         (["--suite", "nope"], "unknown suite 'nope'"),
+        (["--suite", "nope"], "'train', 'smoke', 'all'"),
         (["--backends", "fortran"], "unknown backends ['fortran']"),
         (["--backends", "cuda"], "backend 'cuda' is not available"),
         (["--compare", "/nonexistent/old.json"], "--compare /nonexistent/old.json: No such file"),

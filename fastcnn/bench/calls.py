@@ -1,4 +1,7 @@
-"""The calls that get timed: a spec case turned into a ready-to-run kernel call.
+"""The calls that get timed: a task turned into a ready-to-run call (:func:`prepare`).
+
+A model's training step is prepared by :mod:`fastcnn.bench.models`; the rest of this
+module turns a spec case into a kernel call.
 
 Both sides get the same treatment: fresh random non-zero inputs (one set per rotation
 slot), the output allocated once and passed as ``out=`` where the API allows it (the
@@ -24,6 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 
 import fastcnn.functional as F
+from fastcnn.bench.cases import PEER, Task, resolve_case
+from fastcnn.bench.models import MODELS_BY_NAME, prepare_step
 from fastcnn.testing.specs import Case, OpSpec
 
 Arrays = dict[str, object]
@@ -45,9 +50,16 @@ class PreparedCall:
     with_copies_call: Callable[[int], object] | None = None
 
 
-def working_set_bytes(spec: OpSpec, case: Case, dtype: str, direction: str) -> float:
-    """Bytes one call touches (the spec's cost), to decide how many input sets to rotate."""
-    return spec.cost(case, np.dtype(dtype).itemsize, direction)[1]
+def prepare(task: Task, sets: int) -> PreparedCall:
+    """The timed call of ``task`` on its library and backend, over ``sets`` input sets."""
+    if task.kind == "model":
+        model = MODELS_BY_NAME[task.op]
+        batch = model.batch_for(task.source, task.batch)
+        return prepare_step(model, task.library, task.backend, task.dtype, batch, sets)
+    spec, case = resolve_case(task.op, task.source, task.case, task.batch)
+    if task.library == PEER:
+        return prepare_torch(spec, case, task.direction, task.dtype, sets)
+    return prepare_fastcnn(spec, case, task.direction, task.dtype, task.backend, task.algo, sets)
 
 
 def make_input_sets(spec: OpSpec, case: Case, dtype: str, sets: int, seed: int = 0) -> list[Arrays]:
@@ -296,9 +308,3 @@ def torch_threads(threads: int) -> int:
 
     torch.set_num_threads(threads)
     return torch.get_num_threads()
-
-
-def flops_and_bytes(spec: OpSpec, case: Case, dtype: str, direction: str) -> tuple[float, float]:
-    """The spec's cost of one call."""
-    flops, nbytes = spec.cost(case, np.dtype(dtype).itemsize, direction)
-    return float(flops), float(nbytes)

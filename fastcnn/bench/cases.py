@@ -1,9 +1,12 @@
-"""What ``fastcnn bench`` measures: suites of cases from the spec table, and one task
-per (case, direction, library, backend, algorithm).
+"""What ``fastcnn bench`` measures: suites of workloads, and one task per (workload,
+direction, library, backend, algorithm).
 
-Every shape and cost comes from :mod:`fastcnn.testing.specs`; nothing here names a
-shape. A task is a small JSON-able record that a worker process resolves back to its
-spec and case (:func:`resolve_case`), so parent and worker never ship arrays.
+A workload is either one op of the spec table in one direction (kind ``"op"``: every
+shape and cost from :mod:`fastcnn.testing.specs`; nothing here names a shape) or a
+whole model's training step (kind ``"model"``, direction ``"train"``: the networks of
+:mod:`fastcnn.bench.models`). A task is a small JSON-able record that a worker process
+resolves back to its workload (:func:`describe`, :func:`resolve_case`), so parent and
+worker never ship arrays.
 """
 
 from __future__ import annotations
@@ -11,14 +14,17 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+import numpy as np
+
+from fastcnn.bench.models import MODELS, MODELS_BY_NAME, TRAIN, Model, step_bytes, step_flops
 from fastcnn.testing.specs import SPECS, SPECS_BY_NAME, Case, OpSpec
 
-#: Suites named by the spec table's bench tags, plus "smoke" and "all".
+#: Suites named by the spec table's bench tags and the models' tags, plus "smoke" and "all".
 SUITES = (
     "quick", "resnet50", "vgg", "lenet", "depthwise", "deepbench", "memory", "loss", "classifier",
-    "smoke", "all",
+    "train", "smoke", "all",
 )  # fmt: skip
-#: The directions a case can be timed in; "both" on the command line means these two.
+#: The directions an op case can be timed in; "both" on the command line means these two.
 DIRECTIONS = ("fwd", "bwd")
 #: The peer library's name as it appears in tasks and results.
 PEER = "torch"
@@ -26,22 +32,26 @@ PEER = "torch"
 
 @dataclass(frozen=True)
 class Task:
-    """One measurement: a case of an op, in one direction, on one library/backend/algorithm.
+    """One measurement: a workload, in one direction, on one library/backend/algorithm.
 
-    ``source`` says where the case lives in its :class:`OpSpec`: ``"bench"`` (the
-    benchmark shapes) or ``"sample"`` (the small test cases the "smoke" suite uses).
-    ``batch`` replaces the case's batch size N when not ``None``.
+    For ``kind == "op"``, ``op`` and ``case`` name a spec and its case, and ``source``
+    says where the case lives in its :class:`OpSpec`: ``"bench"`` (the benchmark shapes)
+    or ``"sample"`` (the small test cases the "smoke" suite uses). For ``kind ==
+    "model"``, ``op`` is the model's name, ``case`` its step, the direction ``"train"``
+    and ``source`` ``"sample"`` for the smoke suite's small batch. ``batch`` replaces
+    the batch size N when not ``None``.
     """
 
     op: str
     case: str
     source: str
-    direction: str
+    direction: str  # "fwd", "bwd" (kind "op") or "train" (kind "model")
     dtype: str
     library: str  # "fastcnn" or "torch"
     backend: str  # "numba", "cpp", "reference", "cuda" or "torch"
     algo: str | None = None
     batch: int | None = None
+    kind: str = "op"
 
     @property
     def variant(self) -> str:
@@ -51,8 +61,8 @@ class Task:
     @property
     def case_key(self) -> str:
         """Identifies the work, whoever does it: op, case, direction, dtype, batch."""
-        _, case = resolve_case(self.op, self.source, self.case, self.batch)
-        return f"{self.op}/{self.case}/{self.direction}/{self.dtype}/N{batch_size(self.op, case)}"
+        batch = describe(self).batch
+        return f"{self.op}/{self.case}/{self.direction}/{self.dtype}/N{batch}"
 
     @property
     def key(self) -> str:
@@ -64,7 +74,47 @@ class Task:
 
     @classmethod
     def from_json(cls, record: dict) -> Task:
-        return cls(**{f.name: record.get(f.name) for f in dataclasses.fields(cls)})
+        """The task of a task or result record (fields it lacks take their defaults)."""
+        return cls(**{f.name: record[f.name] for f in dataclasses.fields(cls) if f.name in record})
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What a task measures, whoever runs it: its batch, tags, shapes and parameters, and
+    the cost of one timed call (``flops``; ``bytes`` it must move at least)."""
+
+    batch: int
+    tags: tuple[str, ...]
+    shapes: dict[str, tuple[int, ...]]
+    params: dict
+    flops: float
+    bytes: float
+
+
+def describe(task: Task) -> Workload:
+    """The workload ``task`` names, with its batch override applied."""
+    itemsize = np.dtype(task.dtype).itemsize
+    if task.kind == "model":
+        model = MODELS_BY_NAME[task.op]
+        batch = model.batch_for(task.source, task.batch)
+        return Workload(
+            batch=batch,
+            tags=model.tags,
+            shapes={"x": (batch, *model.image), "labels": (batch,)},
+            params={"layers": model.describe_layers(), "optimizer": "SGD", **model.optimizer},
+            flops=step_flops(model, batch),
+            bytes=step_bytes(model, batch, itemsize),
+        )
+    spec, case = resolve_case(task.op, task.source, task.case, task.batch)
+    flops, nbytes = spec.cost(case, itemsize, task.direction)
+    return Workload(
+        batch=batch_size(task.op, case),
+        tags=case.tags,
+        shapes=case.shapes,
+        params=case.params,
+        flops=float(flops),
+        bytes=float(nbytes),
+    )
 
 
 def _first_sample_case(spec: OpSpec) -> Case:
@@ -75,19 +125,24 @@ def _first_sample_case(spec: OpSpec) -> Case:
     raise ValueError(f"{spec.name} has no non-empty sample case")
 
 
-def suite_cases(suite: str, ops: list[str] | None = None) -> list[tuple[OpSpec, str, Case]]:
-    """``(spec, source, case)`` for every case of ``suite``, in spec-table order.
-
-    ``"smoke"`` takes the first sample case of every op that has benchmark cases;
-    ``"all"`` takes every benchmark case; the others take the cases tagged with them.
-    ``ops`` keeps only the named ops (unknown names raise ``ValueError``).
-    """
+def _check_selection(suite: str, ops: list[str] | None) -> None:
     if suite not in SUITES:
         raise ValueError(f"suite must be one of {SUITES}, got {suite!r}")
     if ops:
-        unknown = [name for name in ops if name not in SPECS_BY_NAME]
+        known = {**SPECS_BY_NAME, **MODELS_BY_NAME}
+        unknown = [name for name in ops if name not in known]
         if unknown:
-            raise ValueError(f"unknown ops {unknown}; known: {sorted(SPECS_BY_NAME)}")
+            raise ValueError(f"unknown ops {unknown}; known: {sorted(known)}")
+
+
+def suite_cases(suite: str, ops: list[str] | None = None) -> list[tuple[OpSpec, str, Case]]:
+    """``(spec, source, case)`` for every op case of ``suite``, in spec-table order.
+
+    ``"smoke"`` takes the first sample case of every op that has benchmark cases;
+    ``"all"`` takes every benchmark case; the others take the cases tagged with them.
+    ``ops`` keeps only the named ops and models (unknown names raise ``ValueError``).
+    """
+    _check_selection(suite, ops)
     selected = []
     for spec in SPECS:
         if ops and spec.name not in ops:
@@ -101,6 +156,33 @@ def suite_cases(suite: str, ops: list[str] | None = None) -> list[tuple[OpSpec, 
             if suite == "all" or suite in case.tags:
                 selected.append((spec, "bench", case))
     return selected
+
+
+def suite_models(suite: str, ops: list[str] | None = None) -> list[tuple[Model, str]]:
+    """``(model, source)`` for every model step of ``suite``: the models tagged with it,
+    all of them in ``"all"``, and in ``"smoke"`` at a small batch (source ``"sample"``).
+    ``ops`` keeps only the named ops and models."""
+    _check_selection(suite, ops)
+    return [
+        (model, "sample" if suite == "smoke" else "bench")
+        for model in MODELS
+        if (not ops or model.name in ops) and suite in (*model.tags, "all", "smoke")
+    ]
+
+
+def model_task(model: Model, source: str, dtype: str, batch: int | None, backend: str) -> Task:
+    """The task of ``model``'s training step on ``backend`` (``"torch"``: the peer)."""
+    return Task(
+        op=model.name,
+        case=model.case,
+        source=source,
+        direction=TRAIN,
+        dtype=dtype,
+        library=PEER if backend == PEER else "fastcnn",
+        backend=backend,
+        batch=batch,
+        kind="model",
+    )
 
 
 def with_batch(spec: OpSpec, case: Case, batch: int | None) -> Case:

@@ -35,9 +35,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--suite",
         default="quick",
-        help=f"cases to run: one of {', '.join(SUITES)} (default: quick)",
+        help=f"cases to run: one of {', '.join(SUITES)} (default: quick); train: a whole "
+        "LeNet-5 training step (forward, loss, backward, SGD with momentum)",
     )
-    parser.add_argument("--ops", type=_names, help="comma-separated ops, e.g. conv2d,relu")
+    parser.add_argument(
+        "--ops", type=_names, help="comma-separated ops or models, e.g. conv2d,relu or lenet5"
+    )
     parser.add_argument(
         "--backends",
         type=_names,
@@ -47,7 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--algos", type=_names, help="conv2d algorithms to time each, e.g. auto,direct,im2col"
     )
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    parser.add_argument("--batch", type=_positive_int, help="replace every case's batch size N")
+    parser.add_argument(
+        "--batch", type=_positive_int, help="replace every case's and model step's batch size N"
+    )
     parser.add_argument(
         "--threads", type=_positive_int, help="threads for every library (default: all cores)"
     )
@@ -55,7 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--direction",
         choices=(*DIRECTIONS, "both"),
         default="both",
-        help="forward, backward (timed alone) or both (default)",
+        help="forward, backward (timed alone) or both (default); a model step is always "
+        "the whole step",
     )
     parser.add_argument(
         "--repeats",
@@ -160,8 +166,9 @@ def _header(line: str, settings, verbose: bool) -> None:
         print(f"fastcnn bench: {line}", flush=True)
         return
     from fastcnn._config import cpu_name
+    from fastcnn.bench.runner import timed_label
 
-    directions = "+".join(settings.directions)
+    directions = timed_label(settings)
     peer = "" if settings.vs == "none" else f", vs {settings.vs}"
     print(
         f"fastcnn bench: suite {settings.suite}, {settings.dtype}, {directions}, "

@@ -12,8 +12,19 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from fastcnn.bench.cases import PEER, SUITES, Task, batch_size, direction_ops, suite_cases
+from fastcnn.bench.cases import (
+    PEER,
+    SUITES,
+    Task,
+    describe,
+    direction_ops,
+    model_task,
+    resolve_case,
+    suite_cases,
+    suite_models,
+)
 from fastcnn.bench.ceilings import gpu_available, roofline
+from fastcnn.bench.models import TRAIN, kernels
 from fastcnn.bench.schema import SCHEMA_VERSION
 from fastcnn.bench.timing import (
     DEFAULT_MAX_RUNS,
@@ -81,7 +92,8 @@ def default_backends() -> list[str]:
 
 
 def plan(settings: BenchSettings) -> tuple[list[Task], list[str]]:
-    """The tasks of a run, in order (each case's fastcnn variants, then the peer), and notes."""
+    """The tasks of a run, in order (each case's fastcnn variants, then the peer; the op
+    cases, then the model steps), and notes."""
     from fastcnn.backends import (
         BACKENDS,
         BackendUnavailableError,
@@ -151,11 +163,36 @@ def plan(settings: BenchSettings) -> tuple[list[Task], list[str]]:
             peer_has_it = spec.torch_forward is not None
             if ours and settings.vs == PEER and peer_has_it:
                 tasks.append(Task(**common, library=PEER, backend=PEER))
+    tasks += _model_tasks(settings, backends, notes, unimplemented)
     for backend in backends:
         lacking = sorted(op for op, missing in unimplemented.items() if backend in missing)
         if lacking:
             notes.append(f"{backend} does not implement {', '.join(lacking)}")
     return tasks, notes
+
+
+def _model_tasks(
+    settings: BenchSettings, backends: list[str], notes: list[str], unimplemented: dict
+) -> list[Task]:
+    """The suite's model steps: on every backend that has all the step's kernels (what a
+    backend lacks goes into ``unimplemented``), then the peer."""
+    from fastcnn.backends import has_op
+
+    tasks = []
+    for model, source in suite_models(settings.suite, settings.ops):
+        ours = []
+        for backend in backends:
+            missing = [op for op in kernels(model) if not has_op(op, backend)]
+            for op in missing:
+                unimplemented.setdefault(op, set()).add(backend)
+            if not missing:
+                ours.append(model_task(model, source, settings.dtype, settings.batch, backend))
+        if ours and settings.algos:
+            notes.append(f"{model.name}: its layers run algo auto (--algos is for conv2d cases)")
+        tasks += ours
+        if ours and settings.vs == PEER:
+            tasks.append(model_task(model, source, settings.dtype, settings.batch, PEER))
+    return tasks
 
 
 def busy_note(cores: int) -> str | None:
@@ -215,19 +252,34 @@ def machine_info() -> dict:
     }
 
 
+def timed_label(settings: BenchSettings) -> str:
+    """What a run times, for its header: the op directions ("fwd+bwd") and "train" when it
+    has model steps."""
+    parts = list(settings.directions) if suite_cases(settings.suite, settings.ops) else []
+    if suite_models(settings.suite, settings.ops):
+        parts.append(TRAIN)
+    return "+".join(parts or settings.directions)
+
+
 def method_summary(settings: BenchSettings, environment: dict[str, str]) -> str:
     """One line saying how the numbers are taken (the header of the table)."""
     allocator = " ".join(f"{name}={environment[name]}" for name in ALLOCATOR_ENVIRONMENT)
     peer = "vs torch in its own process" if settings.vs == PEER else "no peer (--vs none)"
+    steps = ""
+    if suite_models(settings.suite, settings.ops):
+        steps = (
+            "; a model's training step (forward, loss, backward, SGD update) is one timed "
+            "call, fastcnn's layers reusing their buffers"
+        )
     return (
-        f"suite {settings.suite}, {settings.dtype}, {'+'.join(settings.directions)}, "
+        f"suite {settings.suite}, {settings.dtype}, {timed_label(settings)}, "
         f"{settings.threads} threads (fastcnn.set_num_threads / torch.set_num_threads); "
         f"each backend in its own worker process, {peer}; {allocator} in every worker; "
         f"first call timed apart, 1 warm-up, median of >= {settings.min_runs} runs and "
         f">= {settings.min_time:g} s (at most {settings.max_runs}); "
         f"inputs rotated over >= 2 sets (>= 2x the {last_level_cache_bytes() // 2**20} MiB cache); "
         "outputs preallocated (out=) where the API allows, one per call site for every "
-        "input set (the peer's fresh outputs come back warm from its allocator)"
+        "input set (the peer's fresh outputs come back warm from its allocator)" + steps
     )
 
 
@@ -245,18 +297,19 @@ def _geometry_directions(task: Task) -> tuple[str, ...]:
     return ("forward",) if task.direction == "fwd" else ("input_gradient", "weight_gradient")
 
 
-def _algorithms_run(task: Task, case) -> str | None:
+def _algorithms_run(task: Task) -> str | None:
     """The algorithm(s) a conv2d task runs: ``"auto"`` resolved by the heuristic, one name
-    per gradient for the backward ("winograd+direct"); None for ops without algorithms."""
+    per gradient for the backward ("winograd+direct"); None for other ops and models."""
     from fastcnn.backends import algorithm_table
     from fastcnn.testing.specs import conv_geometry
 
-    op = "conv2d" if task.direction == "fwd" else "conv2d_backward"
-    table = (
-        None if task.library == PEER or task.op != "conv2d" else algorithm_table(op, task.backend)
-    )
-    if table is None or task.algo is None:
+    if task.kind != "op" or task.library == PEER or task.op != "conv2d" or task.algo is None:
         return None
+    op = "conv2d" if task.direction == "fwd" else "conv2d_backward"
+    table = algorithm_table(op, task.backend)
+    if table is None:
+        return None
+    _, case = resolve_case(task.op, task.source, task.case, task.batch)
     g = conv_geometry(case)
     names = [
         table.heuristic(g, direction)[0] if task.algo == "auto" else task.algo
@@ -279,26 +332,23 @@ def _takes(task: Task, case) -> bool:
 
 
 def _result_record(task: Task, reply: dict, ceilings: dict) -> dict:
-    from fastcnn.bench.calls import flops_and_bytes
-    from fastcnn.bench.cases import resolve_case
-
-    spec, case = resolve_case(task.op, task.source, task.case, task.batch)
-    flops, nbytes = flops_and_bytes(spec, case, task.dtype, task.direction)
+    workload = describe(task)
+    flops, nbytes = workload.flops, workload.bytes
     record = {
         "key": task.key,
         "case_key": task.case_key,
         **task.to_json(),
-        "batch": batch_size(task.op, case),
+        "batch": workload.batch,
         "variant": task.variant,
         "device": "gpu" if task.backend == "cuda" else "cpu",
-        "tags": list(case.tags),
-        "shapes": {name: list(shape) for name, shape in case.shapes.items()},
-        "params": {k: list(v) if isinstance(v, tuple) else v for k, v in case.params.items()},
+        "tags": list(workload.tags),
+        "shapes": {name: list(shape) for name, shape in workload.shapes.items()},
+        "params": {k: list(v) if isinstance(v, tuple) else v for k, v in workload.params.items()},
         "flops": flops,
         "bytes": nbytes,
         "intensity": flops / nbytes if nbytes else 0.0,
     }
-    ran = _algorithms_run(task, case)
+    ran = _algorithms_run(task)
     if ran:
         record["ran"] = ran
     record.update({k: v for k, v in reply.items() if k not in ("status", "error")})

@@ -74,13 +74,20 @@ _RESULT = {
     "properties": {
         "key": {"type": "string", "description": "case_key/variant: stable across runs"},
         "case_key": {"type": "string", "description": "op/case/direction/dtype/N<batch>"},
-        "op": {"type": "string"},
+        "kind": {
+            "enum": ["op", "model"],
+            "description": "one spec-table op (absent: op), or a model's training step",
+        },
+        "op": {"type": "string", "description": "the spec, or the model (kind model)"},
         "case": {"type": "string"},
         "source": {"enum": ["bench", "sample"]},
         "tags": {"type": "array", "items": {"type": "string"}, "description": "its suites"},
         "shapes": {"type": "object"},
         "params": {"type": "object"},
-        "direction": {"enum": ["fwd", "bwd"]},
+        "direction": {
+            "enum": ["fwd", "bwd", "train"],
+            "description": "train: forward, loss, backward and optimizer update (kind model)",
+        },
         "dtype": {"enum": ["float32", "float64"]},
         "batch": {"type": "integer"},
         "library": {"enum": ["fastcnn", "torch"]},

@@ -12,6 +12,9 @@ Requests::
     {"kind": "ceilings", "dtype": "float32", "threads": T, "gpu": false}
     {"kind": "measure", "task": {...Task...}, "timing": {"min_time": ..., ...}}
 
+A task is one op in one direction or a model's whole training step; the worker only
+prepares its call (:func:`fastcnn.bench.calls.prepare`) and times it.
+
 Replies are JSON objects; a failed request answers ``{"status": "error", "error": ...}``.
 The worker ignores Ctrl-C (the parent decides when it ends) and sends anything a
 library prints to stderr, keeping stdout for replies.
@@ -27,7 +30,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from fastcnn.bench.cases import Task, resolve_case
+from fastcnn.bench.cases import Task, describe
 
 
 def _setup(request: dict) -> dict:
@@ -69,15 +72,9 @@ def _measure(request: dict) -> dict:
 
     task = Task.from_json(request["task"])
     settings = request.get("timing", {})
-    spec, case = resolve_case(task.op, task.source, task.case, task.batch)
-    working_set = calls.working_set_bytes(spec, case, task.dtype, task.direction)
+    working_set = describe(task).bytes  # what one call must move
     sets = timing.rotation_sets(working_set) if settings.get("rotate", True) else 1
-    if task.library == "torch":
-        prepared = calls.prepare_torch(spec, case, task.direction, task.dtype, sets)
-    else:
-        prepared = calls.prepare_fastcnn(
-            spec, case, task.direction, task.dtype, task.backend, task.algo, sets
-        )
+    prepared = calls.prepare(task, sets)
     clock = timing.CudaEventClock() if task.backend == "cuda" else timing.WallClock()
     options = {
         "min_time": settings.get("min_time", timing.DEFAULT_MIN_TIME),
