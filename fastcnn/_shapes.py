@@ -84,6 +84,7 @@ class PoolGeometry:
     dilation_h: int = 1
     dilation_w: int = 1
     count_include_pad: bool = True
+    divisor_override: int | None = None  # average pooling: every window's divisor
 
     @property
     def output_shape(self) -> tuple[int, int, int, int]:
@@ -220,7 +221,14 @@ def _pool_output_size(
 
 
 def pool2d_geometry(
-    x_shape, kernel_size, stride, padding, dilation, ceil_mode, count_include_pad=True
+    x_shape,
+    kernel_size,
+    stride,
+    padding,
+    dilation,
+    ceil_mode,
+    count_include_pad=True,
+    divisor_override=None,
 ) -> PoolGeometry:
     """Check a pooling call and compute its geometry (PyTorch's rules and errors)."""
     check_ndim("x", x_shape, 4, "(N, C, H, W), or 3-D (C, H, W) unbatched")
@@ -234,6 +242,10 @@ def pool2d_geometry(
     dilation_h, dilation_w = pair("dilation", dilation, minimum=1)
     flag("ceil_mode", ceil_mode)
     flag("count_include_pad", count_include_pad)
+    if divisor_override is not None and (not _is_int(divisor_override) or divisor_override == 0):
+        raise ValueError(
+            f"divisor_override must be a nonzero int or None, got {divisor_override!r}"
+        )
     if pad_h > R // 2 or pad_w > S // 2:
         raise ValueError(
             f"padding must be at most half of kernel_size, got padding=({pad_h}, {pad_w}) "
@@ -262,6 +274,7 @@ def pool2d_geometry(
         dilation_h,
         dilation_w,
         count_include_pad,
+        None if divisor_override is None else int(divisor_override),
     )
 
 

@@ -468,6 +468,7 @@ def avg_pool2d(
     padding=0,
     ceil_mode=False,
     count_include_pad=True,
+    divisor_override=None,
     *,
     out=None,
     backend: str | None = None,
@@ -482,7 +483,7 @@ def avg_pool2d(
     xp = array_module(x=x)
     dtype = float_dtype(x=x)
     geometry = _shapes.pool2d_geometry(
-        x.shape, kernel_size, stride, padding, 1, ceil_mode, count_include_pad
+        x.shape, kernel_size, stride, padding, 1, ceil_mode, count_include_pad, divisor_override
     )
     kernel = _kernel("avg_pool2d", xp, backend)
     y = _output(xp, geometry.output_shape, dtype, out, [("x", x)])
@@ -500,6 +501,7 @@ def avg_pool2d_backward(
     padding=0,
     ceil_mode=False,
     count_include_pad=True,
+    divisor_override=None,
     *,
     out=None,
     backend: str | None = None,
@@ -508,7 +510,7 @@ def avg_pool2d_backward(
     xp = array_module(grad_y=grad_y, x=x)
     dtype = float_dtype(grad_y=grad_y, x=x)
     geometry = _shapes.pool2d_geometry(
-        x.shape, kernel_size, stride, padding, 1, ceil_mode, count_include_pad
+        x.shape, kernel_size, stride, padding, 1, ceil_mode, count_include_pad, divisor_override
     )
     _check_grad(grad_y, geometry.output_shape)
     kernel = _kernel("avg_pool2d_backward", xp, backend)
@@ -522,13 +524,31 @@ def avg_pool2d_backward(
 # Kernels see flat, contiguous arrays: the shape does not matter to an elementwise op.
 
 
-def _elementwise(op: str, x, out, backend, *scalars):
+def _in_place(x, out, inplace) -> tuple:
+    """``(out, inplace)`` for an elementwise op asked to work in place: out is x itself
+    where x is contiguous (reading and writing one array is safe elementwise), else None
+    (the result is copied back into x)."""
+    _shapes.flag("inplace", inplace)
+    if not inplace:
+        return out, False
+    if out is not None:
+        raise ValueError("pass out= or inplace=True, not both")
+    if not getattr(x.flags, "writeable", True):
+        raise ValueError("x must be writeable for inplace=True")
+    return (x if x.flags.c_contiguous else None), True
+
+
+def _elementwise(op: str, x, out, backend, *scalars, inplace=False):
     xp = array_module(x=x)
     dtype = float_dtype(x=x)
+    out, inplace = _in_place(x, out, inplace)
     kernel = _kernel(op, xp, backend)
     y = _output(xp, x.shape, dtype, out)
     if y.size:
         kernel(contiguous(xp, x).reshape(-1), y.reshape(-1), *scalars)
+    if inplace and y is not x:
+        x[...] = y
+        y = x
     return y
 
 
@@ -549,61 +569,74 @@ def _elementwise_backward(op: str, grad_y, saved, saved_name: str, out, backend,
     return grad_x
 
 
-def relu(x, *, out=None, backend: str | None = None):
-    """max(x, 0) elementwise; relu(NaN) is NaN. ``out=x`` works in place.
+def relu(x, inplace: bool = False, *, out=None, backend: str | None = None):
+    """max(x, 0) elementwise; relu(NaN) is NaN.
+
+    ``inplace=True`` (or ``out=x``) overwrites x and returns it; ``out`` receives the
+    result otherwise (x's shape and dtype); ``backend`` names the backend to run on.
 
     >>> relu(np.array([-1.0, 2.0]))
     array([0., 2.])
     """
-    return _elementwise("relu", x, out, backend)
+    return _elementwise("relu", x, out, backend, inplace=inplace)
 
 
 def relu_backward(grad_y, x, *, out=None, backend: str | None = None):
-    """grad_y where x > 0, else 0."""
+    """grad_y where x > 0, else 0 (x may be relu's output: its sign is the same).
+    ``out`` receives the gradient; ``backend`` as for the forward."""
     return _elementwise_backward("relu_backward", grad_y, x, "x", out, backend)
 
 
-def leaky_relu(x, negative_slope=0.01, *, out=None, backend: str | None = None):
+def leaky_relu(
+    x, negative_slope=0.01, inplace: bool = False, *, out=None, backend: str | None = None
+):
     """x where x > 0, else negative_slope * x.
+
+    ``inplace``, ``out`` and ``backend`` as for :func:`relu`.
 
     >>> leaky_relu(np.array([-1.0, 2.0]), 0.1)
     array([-0.1,  2. ])
     """
-    return _elementwise("leaky_relu", x, out, backend, _slope(negative_slope))
+    return _elementwise("leaky_relu", x, out, backend, _slope(negative_slope), inplace=inplace)
 
 
 def leaky_relu_backward(grad_y, x, negative_slope=0.01, *, out=None, backend: str | None = None):
-    """grad_y where x > 0, else negative_slope * grad_y."""
+    """grad_y where x > 0, else negative_slope * grad_y (x may be the forward's output
+    when negative_slope >= 0). ``out`` receives the gradient."""
     return _elementwise_backward(
         "leaky_relu_backward", grad_y, x, "x", out, backend, _slope(negative_slope)
     )
 
 
-def sigmoid(x, *, out=None, backend: str | None = None):
+def sigmoid(x, inplace: bool = False, *, out=None, backend: str | None = None):
     """1 / (1 + exp(-x)), without overflow for large |x|.
+
+    ``inplace``, ``out`` and ``backend`` as for :func:`relu`.
 
     >>> sigmoid(np.array([0.0]))
     array([0.5])
     """
-    return _elementwise("sigmoid", x, out, backend)
+    return _elementwise("sigmoid", x, out, backend, inplace=inplace)
 
 
 def sigmoid_backward(grad_y, y, *, out=None, backend: str | None = None):
-    """grad_y * y * (1 - y), where y is sigmoid's output."""
+    """grad_y * y * (1 - y), where y is sigmoid's output. ``out`` receives the gradient."""
     return _elementwise_backward("sigmoid_backward", grad_y, y, "y", out, backend)
 
 
-def tanh(x, *, out=None, backend: str | None = None):
+def tanh(x, inplace: bool = False, *, out=None, backend: str | None = None):
     """Hyperbolic tangent elementwise.
+
+    ``inplace``, ``out`` and ``backend`` as for :func:`relu`.
 
     >>> tanh(np.array([0.0]))
     array([0.])
     """
-    return _elementwise("tanh", x, out, backend)
+    return _elementwise("tanh", x, out, backend, inplace=inplace)
 
 
 def tanh_backward(grad_y, y, *, out=None, backend: str | None = None):
-    """grad_y * (1 - y**2), where y is tanh's output."""
+    """grad_y * (1 - y**2), where y is tanh's output. ``out`` receives the gradient."""
     return _elementwise_backward("tanh_backward", grad_y, y, "y", out, backend)
 
 
@@ -620,9 +653,9 @@ def _batch_norm_args(x, weight, bias, running_mean, running_var, training, eps, 
                       running_var=running_var, **others)  # fmt: skip
     dtype = float_dtype(x=x, weight=weight, bias=bias, running_mean=running_mean,
                         running_var=running_var, **others)  # fmt: skip
-    if x.ndim < 2:
+    if x.ndim < 2 and not (x.ndim == 1 and x.size == 0):  # PyTorch takes an empty (0,) too
         raise ValueError(f"x must be (N, C, ...) with at least 2 axes, got shape {x.shape}")
-    C = x.shape[1]
+    C = x.shape[1] if x.ndim > 1 else 0
     for name, array in (("weight", weight), ("bias", bias), ("running_mean", running_mean),
                         ("running_var", running_var)):  # fmt: skip
         if array is not None and array.shape != (C,):
@@ -640,35 +673,61 @@ def _batch_norm_args(x, weight, bias, running_mean, running_var, training, eps, 
     return xp, dtype
 
 
+def _update_running(xp, running_mean, running_var, mean, var, count: int, momentum: float):
+    """PyTorch's rule, in place: running = (1 - momentum) * running + momentum * batch,
+    with the batch variance unbiased (count values per channel)."""
+    unbiased = var * (count / max(count - 1, 1))
+    if running_mean is not None:
+        running_mean[...] = (1 - momentum) * running_mean + momentum * mean
+    if running_var is not None:
+        running_var[...] = (1 - momentum) * running_var + momentum * unbiased
+
+
 def batch_norm(
     x,
-    weight=None,
-    bias=None,
-    *,
     running_mean=None,
     running_var=None,
-    training: bool = True,
+    weight=None,
+    bias=None,
+    training: bool = False,
+    momentum: float = 0.1,
     eps: float = 1e-5,
+    *,
     return_stats: bool = False,
     out=None,
     backend: str | None = None,
 ):
     """Batch normalisation over axis 1 of (N, C, ...): ``(x - mean) / sqrt(var + eps) *
-    weight + bias`` per channel, as ``torch.nn.functional.batch_norm``.
+    weight + bias`` per channel, as ``torch.nn.functional.batch_norm`` (same arguments,
+    same order).
 
-    ``training=True`` normalises with the batch's mean and (biased) variance;
-    ``training=False`` with ``running_mean`` and ``running_var``. Nothing is updated in
-    place (the layer :class:`fastcnn.nn.BatchNorm2d` keeps the running statistics):
-    ``return_stats=True`` returns ``(y, mean, var)``, the statistics used. ``weight``
-    and ``bias`` (C,) are optional; ``out`` receives y.
+    Args:
+        x: (N, C, ...), float32 or float64.
+        running_mean, running_var: (C,) running statistics, or None. ``training=False``
+            normalises with them (both needed). With ``training=True`` the batch's mean and
+            biased variance normalise, and the running statistics given are updated in
+            place, as PyTorch: ``running = (1 - momentum) * running + momentum * batch``
+            (the batch variance unbiased).
+        weight, bias: optional (C,) affine parameters.
+        training: which statistics normalise (see above).
+        momentum: the running statistics' update factor (a real number).
+        eps: added to the variance, > 0.
+        return_stats: also return the statistics used, ``(y, mean, var)``.
+        out: receives y (x's shape and dtype).
+        backend: the backend to run on (default: chosen by the array type).
 
     >>> x = np.arange(8.0).reshape(2, 2, 2)
-    >>> batch_norm(x, eps=0.0)[0]
+    >>> batch_norm(x, training=True, eps=0.0)[0]
     array([[-1.        , -0.71428571],
            [-1.        , -0.71428571]])
     """
     xp, dtype = _batch_norm_args(x, weight, bias, running_mean, running_var, training, eps)
+    momentum = _shapes.real("momentum", momentum)
     _shapes.flag("return_stats", return_stats)
+    if x.ndim == 1:  # empty (0,): no channel axis, nothing to normalise
+        y = _output(xp, x.shape, dtype, out, [("x", x)])
+        nothing = empty(xp, (0,), dtype)
+        return (y, nothing, nothing.copy()) if return_stats else y
     C = x.shape[1]
     rows = _channel_rows(xp, x)
     if training:
@@ -685,39 +744,45 @@ def batch_norm(
     if y.size:
         kernel(rows, mean, var, contiguous(xp, weight), contiguous(xp, bias),
                y.reshape(rows.shape), float(eps))  # fmt: skip
+    if training and x.size:
+        _update_running(xp, running_mean, running_var, mean, var, x.size // C, momentum)
     return (y, mean, var) if return_stats else y
 
 
 def batch_norm_backward(
     grad_y,
     x,
-    weight=None,
-    *,
     running_mean=None,
     running_var=None,
-    training: bool = True,
+    weight=None,
+    training: bool = False,
     eps: float = 1e-5,
+    *,
     input_grad: bool = True,
     out=None,
     backend: str | None = None,
 ):
     """Gradients of :func:`batch_norm`: ``(grad_x or None, grad_weight, grad_bias)``
-    (grad_weight and grad_bias are None without ``weight``). The other arguments are the
-    forward call's; in training the batch statistics are recomputed from x.
-    ``input_grad=False`` skips grad_x; ``out`` is a tuple of arrays to write into."""
+    (grad_weight and grad_bias are None without ``weight``).
+
+    The other arguments are the forward call's (nothing is updated here); in training the
+    batch statistics are recomputed from x. ``input_grad=False`` skips grad_x; ``out`` is
+    a tuple of arrays to write into; ``backend`` as for the forward."""
     xp, dtype = _batch_norm_args(
         x, weight, None, running_mean, running_var, training, eps, grad_y=grad_y
     )
     _check_grad(grad_y, x.shape)
     with_input = _shapes.flag("input_grad", input_grad, "whether to return grad_x")
-    C = x.shape[1]
-    rows = _channel_rows(xp, x)
+    C = x.shape[1] if x.ndim > 1 else 0
     affine = weight is not None
     grad_x, grad_weight, grad_bias = _outputs(
         xp, dtype, out,
         [x.shape if with_input else None, (C,) if affine else None, (C,) if affine else None],
         [("grad_y", grad_y), ("x", x)],
     )  # fmt: skip
+    if x.ndim == 1:
+        return grad_x, grad_weight, grad_bias
+    rows = _channel_rows(xp, x)
     if training:
         mean, var = empty(xp, (C,), dtype), empty(xp, (C,), dtype)
         if x.size:
@@ -757,6 +822,7 @@ def dropout(
     x,
     p: float = 0.5,
     training: bool = True,
+    inplace: bool = False,
     *,
     mask=None,
     return_mask: bool = False,
@@ -769,6 +835,7 @@ def dropout(
     ``mask`` (bool, x's shape, True where kept) is drawn from fastcnn's generator
     (``fastcnn.manual_seed``) unless given; ``return_mask=True`` returns ``(y, mask)``
     for :func:`dropout_backward`. ``training=False`` returns a copy of x (into ``out``).
+    ``inplace=True`` overwrites x and returns it; ``backend`` names the backend to run on.
 
     >>> y, mask = dropout(np.ones((2, 3), np.float32), 0.5, mask=np.eye(2, 3, dtype=bool),
     ...                   return_mask=True)
@@ -791,12 +858,16 @@ def dropout(
         _check_mask(xp, mask, x.shape)
     if not training:
         scale = 1.0
+    out, inplace = _in_place(x, out, inplace)
     kernel = _kernel("dropout", xp, backend)
-    y = _output(xp, x.shape, dtype, out, [("x", x)])
+    y = _output(xp, x.shape, dtype, out, [] if inplace else [("x", x)])
     if y.size:
         kernel(
             contiguous(xp, x).reshape(-1), contiguous(xp, mask).reshape(-1), y.reshape(-1), scale
         )
+    if inplace and y is not x:
+        x[...] = y
+        y = x
     return (y, mask) if return_mask else y
 
 
@@ -900,8 +971,27 @@ def _rows_last(xp, x, axis: int):
     return xp.ascontiguousarray(moved).reshape(rows, x.shape[axis]), moved.shape
 
 
-def _softmax_family(op: str, x, axis, out, backend):
+def _softmax_family(op: str, x, axis, dim, dtype, out, backend):
+    if dim is not None:  # PyTorch's name
+        if axis is not None:
+            raise TypeError("pass axis= or dim= (its PyTorch name), not both")
+        axis = dim
+    axis = -1 if axis is None else axis
     xp = array_module(x=x)
+    if dtype is not None:  # PyTorch's dtype=: the input is cast first
+        try:
+            wanted = np.dtype(dtype)
+        except TypeError:
+            wanted = None
+        if wanted is None or wanted.type not in (np.float32, np.float64):
+            raise TypeError(f"dtype must be float32 or float64, got {dtype!r}")
+        x = x.astype(wanted, copy=False)
+    if x.ndim == 0:  # PyTorch: a scalar is a one-element axis 0 (or -1)
+        if not _shapes._is_int(axis) or axis not in (0, -1):
+            raise ValueError(f"axis must be 0 or -1 for a 0-d x, got {axis!r}")
+        vector_out = None if out is None else _output(xp, (), float_dtype(x=x), out).reshape(1)
+        y = _softmax_family(op, x.reshape(1), 0, None, None, vector_out, backend)
+        return out if out is not None else y.reshape(())
     dtype = float_dtype(x=x)
     axis = _shapes.normalize_axis(axis, x.ndim)
     kernel = _kernel(op, xp, backend)
@@ -919,18 +1009,37 @@ def _softmax_family(op: str, x, axis, out, backend):
     return y
 
 
-def softmax(x, axis: int = -1, *, out=None, backend: str | None = None):
-    """exp(x) / sum(exp(x)) along ``axis``, stable for any magnitude of x.
+_SOFTMAX_ARGUMENTS = """
+    Args:
+        x: any shape; a 0-d x is one element.
+        axis: the axis reduced over (default the last); ``dim`` is PyTorch's name for it.
+        dtype: cast x to this (float32 or float64) first, as PyTorch's ``dtype=``.
+        out: receives the result (x's shape, the result's dtype).
+        backend: the backend to run on (default: chosen by the array type).
+"""
 
+
+def softmax(
+    x, axis: int | None = None, *, dim=None, dtype=None, out=None, backend: str | None = None
+):
+    """exp(x) / sum(exp(x)) along ``axis``, stable for any magnitude of x.
+    {arguments}
     >>> softmax(np.array([[1e8, 1e8]]))
     array([[0.5, 0.5]])
     """
-    return _softmax_family("softmax", x, axis, out, backend)
+    return _softmax_family("softmax", x, axis, dim, dtype, out, backend)
 
 
-def log_softmax(x, axis: int = -1, *, out=None, backend: str | None = None):
-    """x - logsumexp(x) along ``axis``, stable for any magnitude of x."""
-    return _softmax_family("log_softmax", x, axis, out, backend)
+def log_softmax(
+    x, axis: int | None = None, *, dim=None, dtype=None, out=None, backend: str | None = None
+):
+    """x - logsumexp(x) along ``axis``, stable for any magnitude of x.
+    {arguments}"""
+    return _softmax_family("log_softmax", x, axis, dim, dtype, out, backend)
+
+
+softmax.__doc__ = softmax.__doc__.format(arguments=_SOFTMAX_ARGUMENTS)
+log_softmax.__doc__ = log_softmax.__doc__.format(arguments=_SOFTMAX_ARGUMENTS)
 
 
 class _Loss:

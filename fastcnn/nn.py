@@ -34,7 +34,7 @@ from fastcnn import _shapes
 from fastcnn import functional as F
 from fastcnn._arrays import FLOAT_DTYPES, array_module
 from fastcnn._random import generator
-from fastcnn.backends import BackendUnavailableError
+from fastcnn.backends import BACKENDS, BackendUnavailableError
 
 __all__ = [
     "AvgPool2d",
@@ -184,6 +184,9 @@ class Module:
     """
 
     training: bool
+    #: The backend the layer's kernels run on; None: chosen by the array type (see
+    #: :func:`fastcnn.use_backend`). Set by the ``backend=`` of the layers that run kernels.
+    backend: str | None = None
 
     def __init__(self) -> None:
         object.__setattr__(self, "_parameters", OrderedDict())
@@ -216,6 +219,11 @@ class Module:
                 parameters.pop(name, None)
                 self._modules.pop(name, None)
         object.__setattr__(self, name, value)
+
+    def _set_backend(self, backend: str | None) -> None:
+        if backend is not None and backend not in BACKENDS:
+            raise ValueError(f"backend must be None or one of {BACKENDS}, got {backend!r}")
+        self.backend = backend
 
     def register_state(self, name: str, array) -> None:
         """Keep ``array`` as the persistent state ``name`` (PyTorch's ``register_buffer``:
@@ -535,13 +543,52 @@ class Sequential(Module):
 # ------------------------------------------------------------------ layers with parameters
 
 
+def _check_channels(x, channels: int, unbatched: bool) -> None:
+    """An input of the wrong rank or channel count, said in the layer's terms, with a
+    hint where it looks channels-last (NHWC)."""
+    shape = getattr(x, "shape", None)
+    ranks = (3, 4) if unbatched else (4,)
+    if shape is None or len(shape) not in ranks:
+        got = f"shape {tuple(shape)}" if shape is not None else type(x).__name__
+        expected = "(N, C, H, W) or unbatched (C, H, W)" if unbatched else "4-d (N, C, H, W)"
+        raise ValueError(f"input must be a {expected} array, got {got}")
+    if shape[-3] != channels:
+        hint = ""
+        if shape[-1] == channels:
+            order = "(0, 3, 1, 2)" if len(shape) == 4 else "(2, 0, 1)"
+            hint = (
+                f"; it looks channels-last ({'N, ' if len(shape) == 4 else ''}H, W, C): "
+                f"fastcnn takes NCHW, x.transpose{order} converts it"
+            )
+        raise ValueError(f"input has {shape[-3]} channels, the layer expects {channels}{hint}")
+
+
+def _algo(algo):
+    """A Conv2d's ``algo``: one name for every direction, or a triple (forward, input
+    gradient, weight gradient)."""
+    if isinstance(algo, str):
+        return algo, algo
+    if isinstance(algo, (tuple, list)) and len(algo) == 3 and all(isinstance(a, str) for a in algo):
+        return algo[0], (algo[1], algo[2])
+    raise TypeError(
+        f"algo must be a str or a triple (forward, input gradient, weight gradient) of str, "
+        f"got {algo!r}"
+    )
+
+
 class Conv2d(Module):
     """2-D convolution over NCHW input, with PyTorch's arguments and parameter shapes.
 
     ``weight`` is (out_channels, in_channels / groups, kH, kW) and ``bias``
     (out_channels,), both uniform(-1/sqrt(fan_in), 1/sqrt(fan_in)) with
     fan_in = in_channels / groups * kH * kW, as PyTorch. ``padding`` may also be
-    ``"same"`` or ``"valid"``; only ``padding_mode="zeros"`` is supported.
+    ``"same"`` or ``"valid"``; only ``padding_mode="zeros"`` is supported. Input is
+    (N, C, H, W) or unbatched (C, H, W).
+
+    ``algo`` names the convolution algorithm (see :func:`fastcnn.functional.conv2d`):
+    one name for every direction, or a triple (forward, input gradient, weight
+    gradient), e.g. ``("winograd", "auto", "direct")``. ``backend`` names the backend
+    the layer runs on (default: chosen by the array type).
 
     >>> conv = Conv2d(3, 8, kernel_size=3, padding=1)
     >>> conv.weight.shape, conv(np.ones((2, 3, 5, 5), np.float32)).shape
@@ -561,8 +608,13 @@ class Conv2d(Module):
         padding_mode: str = "zeros",
         *,
         dtype: DTypeLike = np.float32,
+        algo: str | tuple[str, str, str] = "auto",
+        backend: str | None = None,
     ) -> None:
         super().__init__()
+        self._set_backend(backend)
+        self.algo = algo
+        self._forward_algo, self._backward_algo = _algo(algo)
         self.in_channels = _shapes.positive_int("in_channels", in_channels)
         self.out_channels = _shapes.positive_int("out_channels", out_channels)
         self.groups = _shapes.positive_int("groups", groups)
@@ -591,33 +643,19 @@ class Conv2d(Module):
         return self.stride, self.padding, self.dilation, self.groups
 
     def _output_shape(self, x) -> tuple[int, ...]:
-        return _shapes.conv2d_geometry(
-            x.shape, self.weight.shape, None, *self._geometry()
-        ).output_shape
-
-    def _check_input(self, x) -> None:
-        """A wrong input named in the layer's terms (channels), with a hint for NHWC."""
-        shape = getattr(x, "shape", None)
-        if shape is None or len(shape) != 4:
-            got = f"shape {tuple(shape)}" if shape is not None else type(x).__name__
-            raise ValueError(f"input must be a 4-d (N, C, H, W) array, got {got}")
-        if shape[1] != self.in_channels:
-            hint = ""
-            if shape[3] == self.in_channels:
-                hint = (
-                    "; it looks channels-last (N, H, W, C): fastcnn takes NCHW, "
-                    "x.transpose(0, 3, 1, 2) converts it"
-                )
-            raise ValueError(
-                f"input has {shape[1]} channels, the layer expects {self.in_channels}{hint}"
-            )
+        batched = x.shape if x.ndim == 4 else (1, *x.shape)
+        shape = _shapes.conv2d_geometry(batched, self.weight.shape, None, *self._geometry())
+        return shape.output_shape if x.ndim == 4 else shape.output_shape[1:]
 
     def forward(self, x):
-        self._check_input(x)
+        _check_channels(x, self.in_channels, unbatched=True)
         self._saved = x
         bias = None if self.bias is None else self.bias.data
         out = self._buffer("y", lambda: self._output_shape(x), x)
-        return F.conv2d(x, self.weight.data, bias, *self._geometry(), out=out)
+        return F.conv2d(
+            x, self.weight.data, bias, *self._geometry(), out=out, algo=self._forward_algo,
+            backend=self.backend,
+        )  # fmt: skip
 
     def backward(self, grad, *, input_grad: bool = True):
         """As :meth:`Module.backward`; ``input_grad=False`` computes only the parameters'
@@ -626,7 +664,7 @@ class Conv2d(Module):
         out = _gradient_buffers(self, x, input_grad)
         grad_x, grad_weight, grad_bias = F.conv2d_backward(
             grad, x, self.weight.data, *self._geometry(), bias=self.bias is not None,
-            input_grad=input_grad, out=out,
+            input_grad=input_grad, out=out, algo=self._backward_algo, backend=self.backend,
         )  # fmt: skip
         self._accumulate(self.weight, grad_weight)
         self._accumulate(self.bias, grad_bias)
@@ -641,6 +679,7 @@ class Conv2d(Module):
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
             f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}, "
             f"groups={self.groups}, bias={self.bias is not None}, dtype={self.weight.dtype}"
+            + _kernel_repr(self)
         )
 
 
@@ -658,8 +697,10 @@ class Linear(Module):
         bias: bool = True,
         *,
         dtype: DTypeLike = np.float32,
+        backend: str | None = None,
     ) -> None:
         super().__init__()
+        self._set_backend(backend)
         self.in_features = _shapes.positive_int("in_features", in_features)
         self.out_features = _shapes.positive_int("out_features", out_features)
         dtype = _float_dtype(dtype)
@@ -678,15 +719,16 @@ class Linear(Module):
         self._saved = x
         out = self._buffer("y", lambda: (*x.shape[:-1], self.out_features), x)
         bias = None if self.bias is None else self.bias.data
-        return F.linear(x, self.weight.data, bias, out=out)
+        return F.linear(x, self.weight.data, bias, out=out, backend=self.backend)
 
     def backward(self, grad, *, input_grad: bool = True):
         """As :meth:`Conv2d.backward`."""
         x = self._saved_for_backward()
         out = _gradient_buffers(self, x, input_grad)
         grad_x, grad_weight, grad_bias = F.linear_backward(
-            grad, x, self.weight.data, bias=self.bias is not None, input_grad=input_grad, out=out
-        )
+            grad, x, self.weight.data, bias=self.bias is not None, input_grad=input_grad, out=out,
+            backend=self.backend,
+        )  # fmt: skip
         self._accumulate(self.weight, grad_weight)
         self._accumulate(self.bias, grad_bias)
         return grad_x
@@ -697,8 +739,18 @@ class Linear(Module):
     def extra_repr(self) -> str:
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
-            f"bias={self.bias is not None}, dtype={self.weight.dtype}"
+            f"bias={self.bias is not None}, dtype={self.weight.dtype}" + _kernel_repr(self)
         )
+
+
+def _kernel_repr(layer: Module) -> str:
+    """The non-default ``algo`` and ``backend`` of a layer, for its repr."""
+    parts = ""
+    if getattr(layer, "algo", "auto") != "auto":
+        parts += f", algo={layer.algo!r}"
+    if layer.backend is not None:
+        parts += f", backend={layer.backend!r}"
+    return parts
 
 
 def _gradient_buffers(layer: Module, x, input_grad: bool) -> tuple | None:
@@ -735,8 +787,11 @@ class MaxPool2d(Module):
         dilation: int | tuple[int, int] = 1,
         return_indices: bool = False,
         ceil_mode: bool = False,
+        *,
+        backend: str | None = None,
     ) -> None:
         super().__init__()
+        self._set_backend(backend)
         self.kernel_size = kernel_size
         self.stride = stride
         self.padding = padding
@@ -755,14 +810,18 @@ class MaxPool2d(Module):
                 self._buffer("y", lambda: shape, x),
                 self._buffer("indices", lambda: shape, x, np.int64),
             )
-        y, indices = F.max_pool2d(x, *self._geometry(), return_indices=True, out=out)
+        y, indices = F.max_pool2d(
+            x, *self._geometry(), return_indices=True, out=out, backend=self.backend
+        )
         self._saved = (x, indices)
         return (y, indices) if self.return_indices else y
 
     def backward(self, grad):
         x, indices = self._saved_for_backward()
         out = self._buffer("grad_x", lambda: x.shape, x)
-        return F.max_pool2d_backward(grad, x, *self._geometry(), indices=indices, out=out)
+        return F.max_pool2d_backward(
+            grad, x, *self._geometry(), indices=indices, out=out, backend=self.backend
+        )
 
     def extra_repr(self) -> str:
         return (
@@ -772,7 +831,7 @@ class MaxPool2d(Module):
 
 
 class AvgPool2d(Module):
-    """2-D average pooling with PyTorch's arguments (``divisor_override`` is not supported).
+    """2-D average pooling with PyTorch's arguments.
 
     >>> AvgPool2d(2)(np.ones((1, 1, 4, 4), np.float32)).shape
     (1, 1, 2, 2)
@@ -786,10 +845,11 @@ class AvgPool2d(Module):
         ceil_mode: bool = False,
         count_include_pad: bool = True,
         divisor_override: int | None = None,
+        *,
+        backend: str | None = None,
     ) -> None:
         super().__init__()
-        if divisor_override is not None:
-            raise NotImplementedError("AvgPool2d: divisor_override is not supported")
+        self._set_backend(backend)
         self.kernel_size = kernel_size
         self.stride = stride
         self.padding = padding
@@ -798,24 +858,31 @@ class AvgPool2d(Module):
         self.divisor_override = divisor_override
 
     def _geometry(self) -> tuple:
-        return self.kernel_size, self.stride, self.padding, self.ceil_mode, self.count_include_pad
+        return (
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            self.ceil_mode,
+            self.count_include_pad,
+            self.divisor_override,
+        )
 
     def _output_shape(self, x) -> tuple[int, ...]:
-        kernel_size, stride, padding, ceil_mode, count_include_pad = self._geometry()
+        kernel_size, stride, padding, *modes = self._geometry()
         return _shapes.pool2d_geometry(
-            x.shape, kernel_size, stride, padding, 1, ceil_mode, count_include_pad
+            x.shape, kernel_size, stride, padding, 1, *modes
         ).output_shape
 
     def forward(self, x):
         # Only the shape and dtype of x are needed later; keeping x itself costs nothing extra.
         self._saved = x
         out = self._buffer("y", lambda: self._output_shape(x), x)
-        return F.avg_pool2d(x, *self._geometry(), out=out)
+        return F.avg_pool2d(x, *self._geometry(), out=out, backend=self.backend)
 
     def backward(self, grad):
         x = self._saved_for_backward()
         out = self._buffer("grad_x", lambda: x.shape, x)
-        return F.avg_pool2d_backward(grad, x, *self._geometry(), out=out)
+        return F.avg_pool2d_backward(grad, x, *self._geometry(), out=out, backend=self.backend)
 
     def extra_repr(self) -> str:
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
@@ -831,18 +898,21 @@ class ReLU(Module):
     array([0., 2.])
     """
 
-    def __init__(self, inplace: bool = False) -> None:
+    def __init__(self, inplace: bool = False, *, backend: str | None = None) -> None:
         super().__init__()
-        self.inplace = inplace
+        self._set_backend(backend)
+        self.inplace = _shapes.flag("inplace", inplace)
 
     def forward(self, x):
-        y = F.relu(x, out=x if self.inplace else self._buffer("y", lambda: x.shape, x))
+        out = None if self.inplace else self._buffer("y", lambda: x.shape, x)
+        y = F.relu(x, self.inplace, out=out, backend=self.backend)
         self._saved = y
         return y
 
     def backward(self, grad):
         y = self._saved_for_backward()
-        return F.relu_backward(grad, y, out=self._buffer("grad_x", lambda: y.shape, y))
+        out = self._buffer("grad_x", lambda: y.shape, y)
+        return F.relu_backward(grad, y, out=out, backend=self.backend)
 
     def extra_repr(self) -> str:
         return "inplace=True" if self.inplace else ""
@@ -858,23 +928,29 @@ class LeakyReLU(Module):
     array([-0.1,  2. ])
     """
 
-    def __init__(self, negative_slope: float = 0.01, inplace: bool = False) -> None:
+    def __init__(
+        self, negative_slope: float = 0.01, inplace: bool = False, *, backend: str | None = None
+    ) -> None:
         super().__init__()
+        self._set_backend(backend)
+        _shapes.flag("inplace", inplace)
         if inplace and negative_slope < 0:
             raise ValueError("LeakyReLU(inplace=True) needs negative_slope >= 0")
         self.negative_slope = negative_slope
         self.inplace = inplace
 
     def forward(self, x):
-        out = x if self.inplace else self._buffer("y", lambda: x.shape, x)
-        y = F.leaky_relu(x, self.negative_slope, out=out)
+        out = None if self.inplace else self._buffer("y", lambda: x.shape, x)
+        y = F.leaky_relu(x, self.negative_slope, self.inplace, out=out, backend=self.backend)
         self._saved = y if self.inplace else x
         return y
 
     def backward(self, grad):
         saved = self._saved_for_backward()
         out = self._buffer("grad_x", lambda: saved.shape, saved)
-        return F.leaky_relu_backward(grad, saved, self.negative_slope, out=out)
+        return F.leaky_relu_backward(
+            grad, saved, self.negative_slope, out=out, backend=self.backend
+        )
 
     def extra_repr(self) -> str:
         return f"negative_slope={self.negative_slope}" + (", inplace=True" if self.inplace else "")
@@ -887,13 +963,19 @@ class Sigmoid(Module):
     array([0.5])
     """
 
+    def __init__(self, *, backend: str | None = None) -> None:
+        super().__init__()
+        self._set_backend(backend)
+
     def forward(self, x):
-        self._saved = F.sigmoid(x, out=self._buffer("y", lambda: x.shape, x))
+        out = self._buffer("y", lambda: x.shape, x)
+        self._saved = F.sigmoid(x, out=out, backend=self.backend)
         return self._saved
 
     def backward(self, grad):
         y = self._saved_for_backward()
-        return F.sigmoid_backward(grad, y, out=self._buffer("grad_x", lambda: y.shape, y))
+        out = self._buffer("grad_x", lambda: y.shape, y)
+        return F.sigmoid_backward(grad, y, out=out, backend=self.backend)
 
 
 class Tanh(Module):
@@ -903,13 +985,19 @@ class Tanh(Module):
     array([0.])
     """
 
+    def __init__(self, *, backend: str | None = None) -> None:
+        super().__init__()
+        self._set_backend(backend)
+
     def forward(self, x):
-        self._saved = F.tanh(x, out=self._buffer("y", lambda: x.shape, x))
+        out = self._buffer("y", lambda: x.shape, x)
+        self._saved = F.tanh(x, out=out, backend=self.backend)
         return self._saved
 
     def backward(self, grad):
         y = self._saved_for_backward()
-        return F.tanh_backward(grad, y, out=self._buffer("grad_x", lambda: y.shape, y))
+        out = self._buffer("grad_x", lambda: y.shape, y)
+        return F.tanh_backward(grad, y, out=out, backend=self.backend)
 
 
 # ---------------------------------------------------------------------------- reshaping
@@ -938,8 +1026,10 @@ class BatchNorm2d(Module):
         track_running_stats: bool = True,
         *,
         dtype: DTypeLike = np.float32,
+        backend: str | None = None,
     ) -> None:
         super().__init__()
+        self._set_backend(backend)
         self.num_features = _shapes.positive_int("num_features", num_features)
         if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not eps > 0:
             raise ValueError(f"eps must be a positive real number, got {eps!r}")
@@ -962,50 +1052,35 @@ class BatchNorm2d(Module):
     def _batch_statistics(self) -> bool:
         return self.training or not self.track_running_stats
 
-    def _check_input(self, x) -> None:
-        shape = getattr(x, "shape", None)
-        if shape is None or len(shape) != 4:
-            got = f"shape {tuple(shape)}" if shape is not None else type(x).__name__
-            raise ValueError(f"input must be a 4-d (N, C, H, W) array, got {got}")
-        if shape[1] != self.num_features:
-            raise ValueError(
-                f"input has {shape[1]} channels, the layer expects {self.num_features}"
-            )
+    def _statistics(self) -> dict:
+        """The statistics arguments of the functional calls: in training the batch's
+        statistics normalise and the running ones (if tracked) are updated."""
+        return {
+            "running_mean": self.running_mean,
+            "running_var": self.running_var,
+            "training": self._batch_statistics(),
+        }
 
     def forward(self, x):
-        self._check_input(x)
+        _check_channels(x, self.num_features, unbatched=False)
         self._saved = x
         weight = None if self.weight is None else self.weight.data
         bias = None if self.bias is None else self.bias.data
         out = self._buffer("y", lambda: x.shape, x)
-        training = self._batch_statistics()
-        running = {} if training else {
-            "running_mean": self.running_mean, "running_var": self.running_var
-        }  # fmt: skip
-        y, mean, var = F.batch_norm(
-            x, weight, bias, **running, training=training, eps=self.eps, return_stats=True,
-            out=out,
-        )  # fmt: skip
+        momentum = 0.0
         if self.training and self.track_running_stats:
-            self._update_running(x, mean, var)
-        return y
-
-    def _update_running(self, x, mean, var) -> None:
-        self.num_batches_tracked[...] += 1
-        factor = self.momentum
-        if factor is None:  # the cumulative moving average
-            factor = 1.0 / float(self.num_batches_tracked)
-        count = x.size // self.num_features
-        unbiased = var * (count / max(count - 1, 1))
-        self.running_mean[...] = (1 - factor) * self.running_mean + factor * mean
-        self.running_var[...] = (1 - factor) * self.running_var + factor * unbiased
+            self.num_batches_tracked[...] += 1
+            momentum = self.momentum
+            if momentum is None:  # the cumulative moving average
+                momentum = 1.0 / float(self.num_batches_tracked)
+        return F.batch_norm(
+            x, weight=weight, bias=bias, **self._statistics(), momentum=momentum, eps=self.eps,
+            out=out,
+            backend=self.backend,
+        )  # fmt: skip
 
     def backward(self, grad):
         x = self._saved_for_backward()
-        training = self._batch_statistics()
-        running = {} if training else {
-            "running_mean": self.running_mean, "running_var": self.running_var
-        }  # fmt: skip
         weight = None if self.weight is None else self.weight.data
         out = None
         if self._buffers is not None:
@@ -1015,7 +1090,13 @@ class BatchNorm2d(Module):
                 None if weight is None else self._buffer("grad_bias", lambda: weight.shape, x),
             )
         grad_x, grad_weight, grad_bias = F.batch_norm_backward(
-            grad, x, weight, **running, training=training, eps=self.eps, out=out
+            grad,
+            x,
+            weight=weight,
+            **self._statistics(),
+            eps=self.eps,
+            out=out,
+            backend=self.backend,
         )
         self._accumulate(self.weight, grad_weight)
         self._accumulate(self.bias, grad_bias)
@@ -1041,25 +1122,29 @@ class Dropout(Module):
     array([1., 1., 1.], dtype=float32)
     """
 
-    def __init__(self, p: float = 0.5) -> None:
+    def __init__(self, p: float = 0.5, inplace: bool = False, *, backend: str | None = None):
         super().__init__()
+        self._set_backend(backend)
         F._dropout_scale(p)  # checks p
         self.p = float(p)
+        self.inplace = _shapes.flag("inplace", inplace)
         self._mask = None
 
     def forward(self, x):
         if not self.training or self.p == 0:
             self._mask = None
             return x
-        out = self._buffer("y", lambda: x.shape, x)
-        y, self._mask = F.dropout(x, self.p, return_mask=True, out=out)
+        out = None if self.inplace else self._buffer("y", lambda: x.shape, x)
+        y, self._mask = F.dropout(
+            x, self.p, True, self.inplace, return_mask=True, out=out, backend=self.backend
+        )
         return y
 
     def backward(self, grad):
         if self._mask is None:
             return grad
         out = self._buffer("grad_x", lambda: grad.shape, grad)
-        return F.dropout_backward(grad, self._mask, self.p, out=out)
+        return F.dropout_backward(grad, self._mask, self.p, out=out, backend=self.backend)
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
@@ -1122,8 +1207,11 @@ class CrossEntropyLoss(Module):
         ignore_index: int = -100,
         reduction: str = "mean",
         label_smoothing: float = 0.0,
+        *,
+        backend: str | None = None,
     ) -> None:
         super().__init__()
+        self._set_backend(backend)
         if isinstance(weight, str):
             raise TypeError(
                 f"weight must be an array of class weights or None, got {weight!r} "
@@ -1147,6 +1235,7 @@ class CrossEntropyLoss(Module):
             "ignore_index": self.ignore_index,
             "reduction": self.reduction,
             "label_smoothing": self.label_smoothing,
+            "backend": self.backend,
         }
 
     def forward(self, logits, target):

@@ -123,6 +123,8 @@ def pool_cases(draw, max_pool: bool) -> Case:
             params["return_indices"] = params["use_indices"] = True
     else:
         params["count_include_pad"] = draw(st.booleans())
+        if draw(st.integers(0, 3)) == 0:
+            params["divisor_override"] = draw(st.sampled_from([-3, 1, 2, 7]))
     try:
         _shapes.pool2d_geometry(
             (N, C, H, W), kernel, params.get("stride"), params["padding"],

@@ -357,7 +357,11 @@ def test_layer_arguments_are_validated():
     with pytest.raises(TypeError, match="Modules"):
         nn.Sequential(nn.ReLU(), "relu")
     with pytest.raises(ValueError, match="reduction"):
-        nn.CrossEntropyLoss("average")
+        nn.CrossEntropyLoss(reduction="average")
+    with pytest.raises(ValueError, match="backend must be None or one of"):
+        nn.Conv2d(1, 1, 3, backend="fortran")
+    with pytest.raises(TypeError, match="algo must be a str or a triple"):
+        nn.Conv2d(1, 1, 3, algo=("direct", "im2col"))
 
 
 # ---------------------------------------------------------------------------- initialisation
@@ -529,8 +533,44 @@ def test_channels_last_input_gets_a_hint():
     conv = nn.Conv2d(3, 8, 3)
     with pytest.raises(ValueError, match=r"channels-last.*transpose\(0, 3, 1, 2\)"):
         conv(np.ones((2, 10, 10, 3), np.float32))
+    with pytest.raises(ValueError, match=r"channels-last.*transpose\(2, 0, 1\)"):
+        conv(np.ones((10, 10, 3), np.float32))
+    with pytest.raises(ValueError, match=r"\(N, C, H, W\) or unbatched \(C, H, W\)"):
+        conv(np.ones((10, 10), np.float32))
+    norm = nn.BatchNorm2d(3)
+    with pytest.raises(ValueError, match=r"channels-last.*transpose\(0, 3, 1, 2\)"):
+        norm(np.ones((2, 10, 10, 3), np.float32))
     with pytest.raises(ValueError, match="4-d"):
-        conv(np.ones((3, 10, 10), np.float32))
+        norm(np.ones((3, 10, 10), np.float32))
+
+
+def test_conv2d_layer_takes_an_unbatched_input(rng):
+    conv = nn.Conv2d(3, 4, 3, padding=1)
+    x = rng.standard_normal((3, 6, 5)).astype(np.float32)
+    y_batched = conv(x[None])
+    grad_batched = conv.backward(np.ones_like(y_batched))
+    y = conv(x)
+    np.testing.assert_array_equal(y, y_batched[0])
+    np.testing.assert_array_equal(conv.backward(np.ones_like(y)), grad_batched[0])
+
+
+def test_layers_take_backend_and_algo(rng):
+    x = rng.standard_normal((2, 3, 9, 9)).astype(np.float32)
+    fastcnn.manual_seed(0)
+    auto = nn.Conv2d(3, 4, 3)
+    fastcnn.manual_seed(0)
+    chosen = nn.Conv2d(3, 4, 3, algo=("winograd", "im2col", "direct"), backend="numba")
+    assert "algo=('winograd', 'im2col', 'direct'), backend='numba'" in repr(chosen)
+    if "numba" not in fastcnn.available_backends():
+        pytest.skip("numba is not installed")
+    np.testing.assert_allclose(chosen(x), auto(x), atol=1e-5)
+    gy = np.ones((2, 4, 7, 7), np.float32)
+    np.testing.assert_allclose(chosen.backward(gy), auto.backward(gy), atol=1e-5)
+    np.testing.assert_allclose(chosen.weight.grad, auto.weight.grad, rtol=1e-5)
+    winograd = nn.Conv2d(3, 4, 3, algo="winograd", backend="numba")
+    winograd(x)  # Winograd has no weight gradient: the backward names those that have
+    with pytest.raises(ValueError, match="cannot take the weight gradient"):
+        winograd.backward(gy)
 
 
 def test_linear_on_an_unflattened_input_says_to_flatten():

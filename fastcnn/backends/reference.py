@@ -170,7 +170,10 @@ def max_pool2d_backward(grad_y, x, indices, grad_x, g: PoolGeometry) -> None:
 
 def _avg_divisors(g: PoolGeometry):
     """(P, Q) divisor of each window, by PyTorch's rule (the window is first clipped to
-    the padded input, then, without count_include_pad, to the input itself)."""
+    the padded input, then, without count_include_pad, to the input itself), or the
+    divisor_override."""
+    if g.divisor_override is not None:
+        return np.full((g.P, g.Q), float(g.divisor_override))
 
     def one_axis(size, pad, kernel, stride, outputs):
         start = np.arange(outputs) * stride - pad

@@ -403,6 +403,7 @@ def _pool_geometry(case: Case, max_pool: bool) -> _shapes.PoolGeometry:
         params.get("dilation", 1) if max_pool else 1,
         params.get("ceil_mode", False),
         params.get("count_include_pad", True),
+        params.get("divisor_override"),
     )
 
 
@@ -611,8 +612,28 @@ AVG_POOL2D = OpSpec(
             ceil_mode=True,
             count_include_pad=False,
         ),
+        _pool("divisor_override", (2, 3, 9, 9), kernel_size=3, padding=1, divisor_override=2),
+        _pool(
+            "negative divisor_override, ceil",
+            (1, 2, 6, 7),
+            kernel_size=2,
+            stride=(1, 2),
+            ceil_mode=True,
+            divisor_override=-3,
+        ),
     ),
-    errors=_pool_errors(max_pool=False),
+    errors=(
+        *_pool_errors(max_pool=False),
+        ErrorCase(
+            "divisor_override 0", ValueError, "divisor_override", params={"divisor_override": 0}
+        ),
+        ErrorCase(
+            "divisor_override float",
+            ValueError,
+            "divisor_override",
+            params={"divisor_override": 2.0},
+        ),
+    ),
     torch_forward=lambda tf, t, p: tf.avg_pool2d(t["x"], **p),
     cost=_pool_cost(max_pool=False),
     bench=_POOL_BENCH[1:],
@@ -678,16 +699,25 @@ TANH = _activation("tanh", saved="y")
 # ---------------------------------------------------------------------------- batch norm
 
 
-def _batch_norm_inputs(i):
-    return {
-        "running_mean": i.get("running_mean"),
-        "running_var": i.get("running_var"),
-    }
+def _batch_norm_running(i, params):
+    """The running statistics, as copies in training (the forward updates them in place;
+    the harness holds inputs unchanged; tests/test_nn.py checks the update itself)."""
+    running = (i.get("running_mean"), i.get("running_var"))
+    if params.get("training"):
+        running = tuple(None if a is None else a.copy() for a in running)
+    return running
+
+
+def _batch_norm_forward(i, p, backend):
+    return F.batch_norm(
+        i["x"], *_batch_norm_running(i, p), i.get("weight"), i.get("bias"), **p, backend=backend
+    )
 
 
 def _batch_norm_backward(inputs, params, grad_y, y, backend):
     grad_x, grad_weight, grad_bias = F.batch_norm_backward(
-        grad_y, inputs["x"], inputs.get("weight"), **_batch_norm_inputs(inputs), **params,
+        grad_y, inputs["x"], inputs.get("running_mean"), inputs.get("running_var"),
+        inputs.get("weight"), **{k: v for k, v in params.items() if k != "momentum"},
         backend=backend,
     )  # fmt: skip
     grads = {"x": grad_x}
@@ -699,18 +729,18 @@ def _batch_norm_backward(inputs, params, grad_y, y, backend):
 def _batch_norm_torch(tf, t, p):
     return tf.batch_norm(
         t["x"], t.get("running_mean"), t.get("running_var"), t.get("weight"), t.get("bias"),
-        training=p.get("training", True), eps=p.get("eps", 1e-5),
+        training=p["training"], eps=p.get("eps", 1e-5),
     )  # fmt: skip
 
 
-def _norm(name, x, affine=True, running=False, scale=1.0, tags=(), **params) -> Case:
+def _norm(name, x, affine=True, running=False, scale=1.0, tags=(), training=True, **params):
     C = x[1]
     shapes = {"x": x}
     if affine:
         shapes.update(weight=(C,), bias=(C,))
     if running:
         shapes.update(running_mean=(C,), running_var=(C,))
-    return Case(name, shapes, params, scale, tags)
+    return Case(name, shapes, {"training": training, **params}, scale, tags)
 
 
 BATCH_NORM = OpSpec(
@@ -718,9 +748,7 @@ BATCH_NORM = OpSpec(
     ops=("batch_norm", "batch_norm_backward"),
     inputs=("x", "weight", "bias", "running_mean", "running_var"),
     positive=("running_var",),
-    forward=lambda i, p, b: F.batch_norm(
-        i["x"], i.get("weight"), i.get("bias"), **_batch_norm_inputs(i), **p, backend=b
-    ),
+    forward=_batch_norm_forward,
     backward=_batch_norm_backward,
     differentiable=("x", "weight", "bias"),
     cases=(
@@ -732,6 +760,7 @@ BATCH_NORM = OpSpec(
         _norm("eval", (3, 4, 5, 5), running=True, training=False),
         _norm("eval 3-D, no affine", (2, 3, 7), affine=False, running=True, training=False),
         _norm("training with running stats given", (2, 3, 4, 4), running=True),
+        _norm("training, momentum -1.2", (3, 2, 4), running=True, momentum=-1.2),
         _norm("batch 0", (0, 3, 4, 4)),
     ),
     errors=(

@@ -630,7 +630,12 @@ def _max_geometry(g: PoolGeometry) -> tuple[int, ...]:
 @functools.lru_cache(maxsize=64)
 def _avg_reciprocals(g: PoolGeometry, dtype: np.dtype) -> np.ndarray:
     """(P, Q) 1 / divisor of each window, by PyTorch's rule: the window is clipped to the
-    padded input, then (without count_include_pad) to the input itself."""
+    padded input, then (without count_include_pad) to the input itself; or the
+    divisor_override."""
+    if g.divisor_override is not None:
+        reciprocals = np.full((g.P, g.Q), 1.0 / g.divisor_override, dtype)
+        reciprocals.flags.writeable = False
+        return reciprocals
 
     def one_axis(size, pad, kernel, stride, outputs):
         start = np.arange(outputs) * stride - pad
