@@ -111,7 +111,10 @@ def fraction(name: str, value: object) -> float:
 
 
 def pair(name: str, value: object, *, minimum: int) -> tuple[int, int]:
-    """An int or a pair of ints, each ``>= minimum``, as a pair."""
+    """An int or a pair of ints, each ``>= minimum``, as a pair (a one-element sequence
+    stands for both, as PyTorch takes it)."""
+    if isinstance(value, (tuple, list)) and len(value) == 1:
+        value = value[0]
     if _is_int(value):
         values = (int(value), int(value))
     elif isinstance(value, (tuple, list)) and len(value) == 2 and all(_is_int(v) for v in value):
