@@ -390,15 +390,33 @@ def max_pool2d(
     out=None,
     backend: str | None = None,
 ):
-    """2-D max pooling, NCHW. A window holding a NaN gives NaN.
-
-    With ``return_indices=True`` also returns the int64 position of each maximum,
-    flattened over (H, W) of its plane, as PyTorch does; ``out`` is then a pair.
+    """2-D max pooling, NCHW (or unbatched (C, H, W)). A window holding a NaN gives NaN.
 
     A window of -inf only reports its first tap inside x. A window lying wholly in the
     padding (possible with dilation or ``ceil_mode``) gives -inf, as PyTorch, and index
     -1 (PyTorch's index there is unspecified); no gradient flows from it.
 
+    Parameters
+    ----------
+    x : (N, C, H, W) or (C, H, W) array
+    kernel_size : int or pair of ints
+    stride : int, pair of ints, or None (the kernel size)
+    padding : int or pair, at most half the kernel size (implicit -inf)
+    dilation : int or pair of ints
+    ceil_mode : bool, PyTorch's rule: round the output size up (a window must start
+        inside the input or the left padding)
+    return_indices : bool, also return the int64 position of each maximum, flattened
+        over (H, W) of its plane, as PyTorch does
+    out : array of the output's shape and x's dtype, or with ``return_indices`` a pair
+        ``(y, indices)``; or None
+    backend : as :func:`conv2d` (None: chosen by the array type)
+
+    Returns
+    -------
+    y, or ``(y, indices)`` with ``return_indices``
+
+    Examples
+    --------
     >>> x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
     >>> max_pool2d(x, 2)[0, 0]
     array([[ 5.,  7.],
@@ -437,10 +455,17 @@ def max_pool2d_backward(
     out=None,
     backend: str | None = None,
 ):
-    """Gradient of :func:`max_pool2d` with respect to x.
+    """Gradient of :func:`max_pool2d` with respect to x: each output's gradient goes to
+    its window's maximum.
 
-    Each output's gradient goes to its window's maximum; pass the forward's
-    ``indices`` to skip finding the maxima again.
+    Parameters
+    ----------
+    grad_y : array of the forward output's shape
+    x, kernel_size, stride, padding, dilation, ceil_mode : the forward call's
+    indices : the forward's ``return_indices`` result (skips finding the maxima again),
+        or None
+    out : array of x's shape and dtype to write into, or None
+    backend : as :func:`conv2d` (None: chosen by the array type)
     """
     xp = array_module(grad_y=grad_y, x=x, indices=indices)
     dtype = float_dtype(grad_y=grad_y, x=x)
@@ -473,8 +498,23 @@ def avg_pool2d(
     out=None,
     backend: str | None = None,
 ):
-    """2-D average pooling, NCHW, with PyTorch's divisor rules.
+    """2-D average pooling, NCHW (or unbatched (C, H, W)), with PyTorch's divisor rules.
 
+    Parameters
+    ----------
+    x : (N, C, H, W) or (C, H, W) array
+    kernel_size : int or pair of ints
+    stride : int, pair of ints, or None (the kernel size)
+    padding : int or pair, at most half the kernel size (implicit zeros)
+    ceil_mode : bool, PyTorch's rule: round the output size up
+    count_include_pad : bool, whether the padding counts in a window's divisor (the
+        window is first clipped to the padded input, as PyTorch)
+    divisor_override : nonzero int dividing every window's sum instead, or None
+    out : array of the output's shape and x's dtype, or None
+    backend : as :func:`conv2d` (None: chosen by the array type)
+
+    Examples
+    --------
     >>> avg_pool2d(np.ones((1, 1, 3, 3), np.float32), 2, padding=1,
     ...            count_include_pad=False)[0, 0]
     array([[1., 1.],
@@ -506,7 +546,17 @@ def avg_pool2d_backward(
     out=None,
     backend: str | None = None,
 ):
-    """Gradient of :func:`avg_pool2d` with respect to x (x supplies the shape and dtype)."""
+    """Gradient of :func:`avg_pool2d` with respect to x.
+
+    Parameters
+    ----------
+    grad_y : array of the forward output's shape
+    x : the forward's input (its shape and dtype)
+    kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override : the
+        forward call's
+    out : array of x's shape and dtype to write into, or None
+    backend : as :func:`conv2d` (None: chosen by the array type)
+    """
     xp = array_module(grad_y=grad_y, x=x)
     dtype = float_dtype(grad_y=grad_y, x=x)
     geometry = _shapes.pool2d_geometry(
@@ -572,9 +622,15 @@ def _elementwise_backward(op: str, grad_y, saved, saved_name: str, out, backend,
 def relu(x, inplace: bool = False, *, out=None, backend: str | None = None):
     """max(x, 0) elementwise; relu(NaN) is NaN.
 
-    ``inplace=True`` (or ``out=x``) overwrites x and returns it; ``out`` receives the
-    result otherwise (x's shape and dtype); ``backend`` names the backend to run on.
+    Parameters
+    ----------
+    x : array, any shape
+    inplace : bool, overwrite x and return it (``out=x`` does the same)
+    out : array of x's shape and dtype to write into, or None
+    backend : as :func:`conv2d` (None: chosen by the array type)
 
+    Examples
+    --------
     >>> relu(np.array([-1.0, 2.0]))
     array([0., 2.])
     """
@@ -582,8 +638,15 @@ def relu(x, inplace: bool = False, *, out=None, backend: str | None = None):
 
 
 def relu_backward(grad_y, x, *, out=None, backend: str | None = None):
-    """grad_y where x > 0, else 0 (x may be relu's output: its sign is the same).
-    ``out`` receives the gradient; ``backend`` as for the forward."""
+    """Gradient of :func:`relu`: grad_y where x > 0, else 0.
+
+    Parameters
+    ----------
+    grad_y : array of x's shape
+    x : the forward's input, or its output (the same sign)
+    out : array of x's shape and dtype to write into, or None
+    backend : as :func:`conv2d` (None: chosen by the array type)
+    """
     return _elementwise_backward("relu_backward", grad_y, x, "x", out, backend)
 
 
@@ -592,8 +655,14 @@ def leaky_relu(
 ):
     """x where x > 0, else negative_slope * x.
 
-    ``inplace``, ``out`` and ``backend`` as for :func:`relu`.
+    Parameters
+    ----------
+    x : array, any shape
+    negative_slope : real number
+    inplace, out, backend : as :func:`relu`
 
+    Examples
+    --------
     >>> leaky_relu(np.array([-1.0, 2.0]), 0.1)
     array([-0.1,  2. ])
     """
@@ -601,18 +670,31 @@ def leaky_relu(
 
 
 def leaky_relu_backward(grad_y, x, negative_slope=0.01, *, out=None, backend: str | None = None):
-    """grad_y where x > 0, else negative_slope * grad_y (x may be the forward's output
-    when negative_slope >= 0). ``out`` receives the gradient."""
+    """Gradient of :func:`leaky_relu`: grad_y where x > 0, else negative_slope * grad_y.
+
+    Parameters
+    ----------
+    grad_y : array of x's shape
+    x : the forward's input, or its output when negative_slope >= 0 (the same sign)
+    negative_slope : the forward's
+    out : array of x's shape and dtype to write into, or None
+    backend : as :func:`conv2d` (None: chosen by the array type)
+    """
     return _elementwise_backward(
         "leaky_relu_backward", grad_y, x, "x", out, backend, _slope(negative_slope)
     )
 
 
 def sigmoid(x, inplace: bool = False, *, out=None, backend: str | None = None):
-    """1 / (1 + exp(-x)), without overflow for large |x|.
+    """1 / (1 + exp(-x)) elementwise, without overflow for large |x|.
 
-    ``inplace``, ``out`` and ``backend`` as for :func:`relu`.
+    Parameters
+    ----------
+    x : array, any shape
+    inplace, out, backend : as :func:`relu`
 
+    Examples
+    --------
     >>> sigmoid(np.array([0.0]))
     array([0.5])
     """
@@ -620,15 +702,28 @@ def sigmoid(x, inplace: bool = False, *, out=None, backend: str | None = None):
 
 
 def sigmoid_backward(grad_y, y, *, out=None, backend: str | None = None):
-    """grad_y * y * (1 - y), where y is sigmoid's output. ``out`` receives the gradient."""
+    """Gradient of :func:`sigmoid`: grad_y * y * (1 - y).
+
+    Parameters
+    ----------
+    grad_y : array of y's shape
+    y : the forward's output
+    out : array of y's shape and dtype to write into, or None
+    backend : as :func:`conv2d` (None: chosen by the array type)
+    """
     return _elementwise_backward("sigmoid_backward", grad_y, y, "y", out, backend)
 
 
 def tanh(x, inplace: bool = False, *, out=None, backend: str | None = None):
     """Hyperbolic tangent elementwise.
 
-    ``inplace``, ``out`` and ``backend`` as for :func:`relu`.
+    Parameters
+    ----------
+    x : array, any shape
+    inplace, out, backend : as :func:`relu`
 
+    Examples
+    --------
     >>> tanh(np.array([0.0]))
     array([0.])
     """
@@ -636,7 +731,15 @@ def tanh(x, inplace: bool = False, *, out=None, backend: str | None = None):
 
 
 def tanh_backward(grad_y, y, *, out=None, backend: str | None = None):
-    """grad_y * (1 - y**2), where y is tanh's output. ``out`` receives the gradient."""
+    """Gradient of :func:`tanh`: grad_y * (1 - y**2).
+
+    Parameters
+    ----------
+    grad_y : array of y's shape
+    y : the forward's output
+    out : array of y's shape and dtype to write into, or None
+    backend : as :func:`conv2d` (None: chosen by the array type)
+    """
     return _elementwise_backward("tanh_backward", grad_y, y, "y", out, backend)
 
 
@@ -701,25 +804,28 @@ def batch_norm(
     weight + bias`` per channel, as ``torch.nn.functional.batch_norm`` (same arguments,
     same order).
 
-    Args:
-        x: (N, C, ...), float32 or float64.
-        running_mean, running_var: (C,) running statistics, or None. ``training=False``
-            normalises with them (both needed). With ``training=True`` the batch's mean and
-            biased variance normalise, and the running statistics given are updated in
-            place, as PyTorch: ``running = (1 - momentum) * running + momentum * batch``
-            (the batch variance unbiased).
-        weight, bias: optional (C,) affine parameters.
-        training: which statistics normalise (see above).
-        momentum: the running statistics' update factor (a real number).
-        eps: added to the variance, > 0.
-        return_stats: also return the statistics used, ``(y, mean, var)``.
-        out: receives y (x's shape and dtype).
-        backend: the backend to run on (default: chosen by the array type).
+    Parameters
+    ----------
+    x : (N, C, ...) array
+    running_mean, running_var : (C,) arrays or None. ``training=False`` normalises with
+        them (both needed). With ``training=True`` the batch's mean and biased variance
+        normalise, and the running statistics given are updated in place, as PyTorch:
+        ``running = (1 - momentum) * running + momentum * batch`` (the batch variance
+        unbiased)
+    weight, bias : (C,) arrays or None, the affine parameters
+    training : bool, which statistics normalise (see above)
+    momentum : real number, the running statistics' update factor
+    eps : positive real number added to the variance
+    return_stats : bool, also return the statistics used: ``(y, mean, var)``
+    out : array of x's shape and dtype to write y into, or None
+    backend : as :func:`conv2d` (None: chosen by the array type)
 
+    Examples
+    --------
     >>> x = np.arange(8.0).reshape(2, 2, 2)
-    >>> batch_norm(x, training=True, eps=0.0)[0]
-    array([[-1.        , -0.71428571],
-           [-1.        , -0.71428571]])
+    >>> batch_norm(x, training=True)[0].round(4)
+    array([[-1.2127, -0.7276],
+           [-1.2127, -0.7276]])
     """
     xp, dtype = _batch_norm_args(x, weight, bias, running_mean, running_var, training, eps)
     momentum = _shapes.real("momentum", momentum)
@@ -765,9 +871,16 @@ def batch_norm_backward(
     """Gradients of :func:`batch_norm`: ``(grad_x or None, grad_weight, grad_bias)``
     (grad_weight and grad_bias are None without ``weight``).
 
-    The other arguments are the forward call's (nothing is updated here); in training the
-    batch statistics are recomputed from x. ``input_grad=False`` skips grad_x; ``out`` is
-    a tuple of arrays to write into; ``backend`` as for the forward."""
+    Parameters
+    ----------
+    grad_y : array of x's shape
+    x, running_mean, running_var, weight, training, eps : the forward call's (nothing is
+        updated here); in training the batch statistics are recomputed from x
+    input_grad : bool, whether to compute grad_x
+    out : a tuple ``(grad_x, grad_weight, grad_bias)`` of arrays to write into, ``None``
+        in place of those skipped; or None
+    backend : as :func:`conv2d` (None: chosen by the array type)
+    """
     xp, dtype = _batch_norm_args(
         x, weight, None, running_mean, running_var, training, eps, grad_y=grad_y
     )
@@ -832,11 +945,20 @@ def dropout(
     """Zero each element with probability ``p`` and scale the others by 1 / (1 - p), as
     ``torch.nn.functional.dropout`` (a dropped NaN stays NaN, as there).
 
-    ``mask`` (bool, x's shape, True where kept) is drawn from fastcnn's generator
-    (``fastcnn.manual_seed``) unless given; ``return_mask=True`` returns ``(y, mask)``
-    for :func:`dropout_backward`. ``training=False`` returns a copy of x (into ``out``).
-    ``inplace=True`` overwrites x and returns it; ``backend`` names the backend to run on.
+    Parameters
+    ----------
+    x : array, any shape
+    p : real number in [0, 1], the probability of zeroing
+    training : bool; ``False`` returns a copy of x (into ``out``)
+    inplace : bool, overwrite x and return it
+    mask : bool array of x's shape, True where kept, or None: drawn from fastcnn's
+        generator (``fastcnn.manual_seed``)
+    return_mask : bool, return ``(y, mask)`` for :func:`dropout_backward`
+    out : array of x's shape and dtype to write into, or None
+    backend : as :func:`conv2d` (None: chosen by the array type)
 
+    Examples
+    --------
     >>> y, mask = dropout(np.ones((2, 3), np.float32), 0.5, mask=np.eye(2, 3, dtype=bool),
     ...                   return_mask=True)
     >>> y
@@ -872,7 +994,15 @@ def dropout(
 
 
 def dropout_backward(grad_y, mask, p: float = 0.5, *, out=None, backend: str | None = None):
-    """Gradient of :func:`dropout` with respect to x: ``grad_y * mask / (1 - p)``."""
+    """Gradient of :func:`dropout` with respect to x: ``grad_y * mask / (1 - p)``.
+
+    Parameters
+    ----------
+    grad_y : array of the mask's shape
+    mask, p : the forward's mask (``return_mask=True``) and probability
+    out : array of grad_y's shape and dtype to write into, or None
+    backend : as :func:`conv2d` (None: chosen by the array type)
+    """
     xp = array_module(grad_y=grad_y, mask=mask)
     dtype = float_dtype(grad_y=grad_y)
     scale = _dropout_scale(p)
@@ -893,8 +1023,18 @@ def dropout_backward(grad_y, mask, p: float = 0.5, *, out=None, backend: str | N
 
 
 def linear(x, weight, bias=None, *, out=None, backend: str | None = None):
-    """x @ weight.T + bias over x's last axis; weight is (out_features, in_features).
+    """``x @ weight.T + bias`` over x's last axis, as ``torch.nn.functional.linear``.
 
+    Parameters
+    ----------
+    x : (..., in_features) array: 1-D, 2-D or more (the leading axes are kept)
+    weight : (out_features, in_features) array
+    bias : (out_features,) array or None
+    out : (..., out_features) array of x's dtype to write into, or None
+    backend : as :func:`conv2d` (None: chosen by the array type)
+
+    Examples
+    --------
     >>> linear(np.ones((2, 3)), np.ones((4, 3)), np.zeros(4)).shape
     (2, 4)
     """
@@ -927,8 +1067,15 @@ def linear_backward(
 ):
     """Gradients of :func:`linear`: ``(grad_x or None, grad_weight, grad_bias or None)``.
 
-    ``bias`` and ``input_grad`` as in :func:`conv2d_backward`. ``out`` is an optional
-    tuple of arrays to write the gradients into.
+    Parameters
+    ----------
+    grad_y : (..., out_features) array, the gradient of the forward output
+    x, weight : the forward call's
+    bias : bool, whether to compute grad_bias
+    input_grad : bool, whether to compute grad_x (as :func:`conv2d_backward`)
+    out : a tuple ``(grad_x, grad_weight, grad_bias)`` of arrays to write into, ``None``
+        in place of those skipped; or None
+    backend : as :func:`conv2d` (None: chosen by the array type)
     """
     xp = array_module(grad_y=grad_y, x=x, weight=weight)
     dtype = float_dtype(grad_y=grad_y, x=x, weight=weight)
@@ -1009,21 +1156,22 @@ def _softmax_family(op: str, x, axis, dim, dtype, out, backend):
     return y
 
 
-_SOFTMAX_ARGUMENTS = """
-    Args:
-        x: any shape; a 0-d x is one element.
-        axis: the axis reduced over (default the last); ``dim`` is PyTorch's name for it.
-        dtype: cast x to this (float32 or float64) first, as PyTorch's ``dtype=``.
-        out: receives the result (x's shape, the result's dtype).
-        backend: the backend to run on (default: chosen by the array type).
-"""
-
-
 def softmax(
     x, axis: int | None = None, *, dim=None, dtype=None, out=None, backend: str | None = None
 ):
     """exp(x) / sum(exp(x)) along ``axis``, stable for any magnitude of x.
-    {arguments}
+
+    Parameters
+    ----------
+    x : array, any shape; a 0-d x is one element
+    axis : int, the axis reduced over (default: the last)
+    dim : PyTorch's name for ``axis``
+    dtype : float32 or float64, to cast x to first (PyTorch's ``dtype=``), or None
+    out : array of x's shape and the result's dtype to write into, or None
+    backend : as :func:`conv2d` (None: chosen by the array type)
+
+    Examples
+    --------
     >>> softmax(np.array([[1e8, 1e8]]))
     array([[0.5, 0.5]])
     """
@@ -1034,12 +1182,17 @@ def log_softmax(
     x, axis: int | None = None, *, dim=None, dtype=None, out=None, backend: str | None = None
 ):
     """x - logsumexp(x) along ``axis``, stable for any magnitude of x.
-    {arguments}"""
+
+    Parameters
+    ----------
+    x, axis, dim, dtype, out, backend : as :func:`softmax`
+
+    Examples
+    --------
+    >>> log_softmax(np.array([0.0, 0.0]))
+    array([-0.69314718, -0.69314718])
+    """
     return _softmax_family("log_softmax", x, axis, dim, dtype, out, backend)
-
-
-softmax.__doc__ = softmax.__doc__.format(arguments=_SOFTMAX_ARGUMENTS)
-log_softmax.__doc__ = log_softmax.__doc__.format(arguments=_SOFTMAX_ARGUMENTS)
 
 
 class _Loss:
@@ -1142,23 +1295,27 @@ def cross_entropy(
 ):
     """Softmax cross-entropy, as ``torch.nn.functional.cross_entropy``.
 
-    Args:
-        logits: (N, C), (N, C, d1, ...) or unbatched (C,) unnormalised scores.
-        target: class indices, integers of shape (N,), (N, d1, ...) or () in [0, C);
-            or class probabilities (soft targets) of the logits' shape and dtype.
-        weight: optional (C,) weight of each class's loss (the logits' dtype).
-        ignore_index: a class index whose targets add nothing to the loss nor to the
-            "mean" divisor (class-index targets only).
-        reduction: "mean" (a 0-d array: divided by the summed weight of the targets
-            kept, or by N * d1 * ... for probabilities; NaN when nothing is kept), "sum",
-            or "none" (one loss per target position).
-        label_smoothing: in [0, 1]; the target becomes (1 - s) * target + s / C.
-        out: receives the result (the targets' positions for "none", 0-d otherwise).
-        backend: the backend to run on (default: chosen by the array type).
-
     A class the target gives no weight adds nothing, also where its logit is -inf
     (PyTorch gives NaN there).
 
+    Parameters
+    ----------
+    logits : (N, C), (N, C, d1, ...) or unbatched (C,) array of scores
+    target : class indices, an integer array of shape (N,), (N, d1, ...) or () in
+        [0, C); or class probabilities (soft targets), of the logits' shape and dtype
+    weight : (C,) array of the logits' dtype weighting each class's loss, or None
+    ignore_index : int, a class index whose targets add nothing to the loss nor to the
+        "mean" divisor (class-index targets only)
+    reduction : ``"mean"`` (divided by the summed weight of the targets kept, or by
+        N * d1 * ... for probabilities; NaN when nothing is kept), ``"sum"``, or
+        ``"none"`` (one loss per target position)
+    label_smoothing : real number in [0, 1]; the target becomes (1 - s) * target + s / C
+    out : array to write the result into (the targets' positions for ``"none"``, 0-d
+        otherwise), or None
+    backend : as :func:`conv2d` (None: chosen by the array type)
+
+    Examples
+    --------
     >>> float(cross_entropy(np.array([[0.0, 0.0]]), np.array([1])))  # log 2
     0.6931471805599453
     """
@@ -1198,11 +1355,18 @@ def cross_entropy_backward(
     out=None,
     backend: str | None = None,
 ):
-    """Gradient of :func:`cross_entropy` with respect to the logits (same arguments).
+    """Gradient of :func:`cross_entropy` with respect to the logits.
 
-    ``grad_output`` is the gradient of the loss: a scalar (or one-element array) for
-    "mean" and "sum", the targets' positions for "none"; it defaults to ones. ``out``
-    receives the gradient (the logits' shape). Targets ignored get a zero gradient.
+    Parameters
+    ----------
+    logits, target, weight, ignore_index, reduction, label_smoothing : the forward call's
+    grad_output : the gradient of the loss: a real number or one-element array for
+        ``"mean"`` and ``"sum"``, an array of the targets' positions for ``"none"``; or
+        None (ones)
+    out : array of the logits' shape and dtype to write into, or None
+    backend : as :func:`conv2d` (None: chosen by the array type)
+
+    Targets ignored get a zero gradient.
     """
     loss = _Loss(logits, target, weight, ignore_index, reduction, label_smoothing)
     xp, dtype = loss.xp, loss.dtype

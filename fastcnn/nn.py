@@ -467,6 +467,12 @@ class Module:
 class Sequential(Module):
     """Children run in order; ``backward`` runs them in reverse. Children are named "0", "1", ...
 
+    Parameters
+    ----------
+    modules : the layers, applied in order
+
+    Examples
+    --------
     >>> model = Sequential(Linear(3, 2), Tanh())
     >>> model(np.ones((4, 3), np.float32)).shape
     (4, 2)
@@ -590,6 +596,21 @@ class Conv2d(Module):
     gradient), e.g. ``("winograd", "auto", "direct")``. ``backend`` names the backend
     the layer runs on (default: chosen by the array type).
 
+    Parameters
+    ----------
+    in_channels, out_channels : int, C and K
+    kernel_size : int or pair of ints
+    stride, dilation : int or pair of ints
+    padding : int, pair of ints, ``"same"`` or ``"valid"``
+    groups : int dividing both channel counts
+    bias : bool, whether the layer has a bias
+    padding_mode : ``"zeros"``
+    dtype : float32 or float64, of the parameters
+    algo : see above
+    backend : the backend its kernels run on, or None (chosen by the array type)
+
+    Examples
+    --------
     >>> conv = Conv2d(3, 8, kernel_size=3, padding=1)
     >>> conv.weight.shape, conv(np.ones((2, 3, 5, 5), np.float32)).shape
     ((8, 3, 3, 3), (2, 8, 5, 5))
@@ -686,6 +707,15 @@ class Conv2d(Module):
 class Linear(Module):
     """y = x @ weight.T + bias, weight (out_features, in_features), PyTorch's initialisation.
 
+    Parameters
+    ----------
+    in_features, out_features : int
+    bias : bool, whether the layer has a bias
+    dtype : float32 or float64, of the parameters
+    backend : the backend its kernels run on, or None (chosen by the array type)
+
+    Examples
+    --------
     >>> Linear(4, 2)(np.ones((3, 4), np.float32)).shape
     (3, 2)
     """
@@ -774,6 +804,15 @@ class MaxPool2d(Module):
     Forward always records where each maximum is, so backward does not search again;
     with ``return_indices=True`` forward also returns those indices, as PyTorch.
 
+    Parameters
+    ----------
+    kernel_size, stride, padding, dilation, ceil_mode : as
+        :func:`fastcnn.functional.max_pool2d`
+    return_indices : bool, also return the indices from forward
+    backend : the backend its kernels run on, or None (chosen by the array type)
+
+    Examples
+    --------
     >>> MaxPool2d(2)(np.arange(16.0).reshape(1, 1, 4, 4))[0, 0]
     array([[ 5.,  7.],
            [13., 15.]])
@@ -833,6 +872,14 @@ class MaxPool2d(Module):
 class AvgPool2d(Module):
     """2-D average pooling with PyTorch's arguments.
 
+    Parameters
+    ----------
+    kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override : as
+        :func:`fastcnn.functional.avg_pool2d`
+    backend : the backend its kernels run on, or None (chosen by the array type)
+
+    Examples
+    --------
     >>> AvgPool2d(2)(np.ones((1, 1, 4, 4), np.float32)).shape
     (1, 1, 2, 2)
     """
@@ -894,6 +941,13 @@ class AvgPool2d(Module):
 class ReLU(Module):
     """max(x, 0). Backward uses the output (y > 0 exactly where x > 0), so ``inplace`` is safe.
 
+    Parameters
+    ----------
+    inplace : bool, overwrite the input
+    backend : the backend its kernels run on, or None (chosen by the array type)
+
+    Examples
+    --------
     >>> ReLU()(np.array([-1.0, 2.0]))
     array([0., 2.])
     """
@@ -924,6 +978,14 @@ class LeakyReLU(Module):
     With ``inplace=True`` backward reads the output, whose sign equals the input's
     only when negative_slope >= 0; a negative slope in place is therefore refused.
 
+    Parameters
+    ----------
+    negative_slope : real number
+    inplace : bool, overwrite the input (negative_slope >= 0 only)
+    backend : the backend its kernels run on, or None (chosen by the array type)
+
+    Examples
+    --------
     >>> LeakyReLU(0.1)(np.array([-1.0, 2.0]))
     array([-0.1,  2. ])
     """
@@ -959,6 +1021,12 @@ class LeakyReLU(Module):
 class Sigmoid(Module):
     """1 / (1 + exp(-x)); backward uses the output.
 
+    Parameters
+    ----------
+    backend : the backend its kernels run on, or None (chosen by the array type)
+
+    Examples
+    --------
     >>> Sigmoid()(np.array([0.0]))
     array([0.5])
     """
@@ -981,6 +1049,12 @@ class Sigmoid(Module):
 class Tanh(Module):
     """Hyperbolic tangent; backward uses the output.
 
+    Parameters
+    ----------
+    backend : the backend its kernels run on, or None (chosen by the array type)
+
+    Examples
+    --------
     >>> Tanh()(np.array([0.0]))
     array([0.])
     """
@@ -1011,6 +1085,18 @@ class BatchNorm2d(Module):
     average). Training mode normalises with the batch's statistics; eval mode with the
     running ones (when ``track_running_stats``).
 
+    Parameters
+    ----------
+    num_features : int, C
+    eps : positive real number added to the variance
+    momentum : the running statistics' update factor, or None (cumulative average)
+    affine : bool, whether the layer has weight and bias
+    track_running_stats : bool, whether it keeps running statistics
+    dtype : float32 or float64, of the parameters and statistics
+    backend : the backend its kernels run on, or None (chosen by the array type)
+
+    Examples
+    --------
     >>> layer = BatchNorm2d(3)
     >>> y = layer(np.random.default_rng(0).standard_normal((4, 3, 5, 5)).astype(np.float32))
     >>> bool(abs(y.mean()) < 1e-6), layer.num_batches_tracked
@@ -1117,6 +1203,14 @@ class Dropout(Module):
     by 1 / (1 - p); the identity in eval mode (``model.eval()``), as ``torch.nn.Dropout``.
     The masks come from fastcnn's generator (``fastcnn.manual_seed``).
 
+    Parameters
+    ----------
+    p : real number in [0, 1], the probability of zeroing
+    inplace : bool, overwrite the input
+    backend : the backend its kernels run on, or None (chosen by the array type)
+
+    Examples
+    --------
     >>> layer = Dropout(0.5).eval()
     >>> layer(np.ones(3, np.float32))
     array([1., 1., 1.], dtype=float32)
@@ -1194,6 +1288,14 @@ class CrossEntropyLoss(Module):
     ``backward()`` returns the gradient of the loss with respect to the logits
     (``grad_output`` scales it; it defaults to 1, or to ones for ``reduction="none"``).
 
+    Parameters
+    ----------
+    weight, ignore_index, reduction, label_smoothing : as
+        :func:`fastcnn.functional.cross_entropy`
+    backend : the backend its kernels run on, or None (chosen by the array type)
+
+    Examples
+    --------
     >>> criterion = CrossEntropyLoss()
     >>> float(criterion(np.zeros((2, 4)), np.array([0, 3])))  # log 4
     1.3862943611198906
