@@ -52,6 +52,22 @@ print([len(k.signatures) for k in kernels])
     assert result.stdout.strip() == "[0, 0, 0, 0]"
 
 
+def test_a_warm_cache_loads_kernels_without_numba_s_compiler_registries(tmp_path):
+    # Loading from the cache skips Numba's registry refresh (numba.np.linalg imports
+    # scipy.linalg: a third of a warm first call); the loaded kernels compute the same.
+    code = """
+import sys, numpy as np, fastcnn.functional as F
+rng = np.random.default_rng(0)
+x, w = rng.standard_normal((2, 3, 9, 9), np.float32), rng.standard_normal((4, 3, 3, 3), np.float32)
+y = F.conv2d(x, w, padding=1, backend="numba")
+print(y.tobytes().hex(), "scipy.linalg" in sys.modules)
+"""
+    cold = _python(code, tmp_path, FASTCNN_QUIET="1").stdout.split()
+    warm = _python(code, tmp_path, FASTCNN_QUIET="1").stdout.split()
+    assert warm[0] == cold[0]
+    assert warm[1] == "False"
+
+
 def test_compile_ahead_covers_every_op_and_algorithm():
     units = _compile._work(["numba"])
     assert {name for name, _, _ in units} == {spec.name for spec in SPECS}
