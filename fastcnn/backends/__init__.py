@@ -74,7 +74,16 @@ RECORDS: tuple[Backend, ...] = (
         True,
         False,
         "pip install 'fastcnn[cuda]' (CuPy) on a machine with an NVIDIA GPU",
-        "cuda",
+        "cuda.gpu",
+    ),
+    # The CUDA kernels run on the CPU under the emulation header: for testing, NumPy arrays.
+    Backend(
+        "cuda-emu",
+        "cpu",
+        False,
+        False,
+        "install a C++17 compiler (g++) on the PATH",
+        "cuda.emu",
     ),
 )
 _RECORDS = {record.name: record for record in RECORDS}

@@ -1,14 +1,10 @@
-"""The CUDA backend: raw CUDA C kernels from kernels/cuda, compiled at run time by CuPy.
+"""The CUDA backends: raw CUDA C from ``kernels/cuda``, launched by one Python code path.
 
-It is available where CuPy is installed and sees a GPU; its kernels are not written yet.
+``cuda`` compiles the kernels with CuPy's ``RawModule`` and runs them on the GPU, on
+CuPy's current device and stream (module ``gpu``). ``cuda-emu`` compiles the very same
+sources with g++ under the emulation header ``kernels/cuda/emulate`` and runs them on
+the CPU with NumPy arrays (module ``emu``): a testing backend, never chosen by array
+type, that lets every machine test what the GPU runs. The launch code of each op family
+(``activation``, ...) knows only a :class:`~fastcnn.backends.cuda._runtime.Runtime`;
+the two runtimes differ in the final launch call alone.
 """
-
-from __future__ import annotations
-
-try:
-    import cupy
-except ImportError as error:
-    raise ImportError("CuPy is not installed") from error
-
-if not cupy.is_available():
-    raise ImportError("CuPy found no usable CUDA device")

@@ -1,0 +1,68 @@
+"""Batch normalisation on the CUDA backends: launch code for kernels/cuda/batch_norm.cu.
+
+x arrives as (N, C, L). The per-channel sums run one block per channel (double
+accumulators, deterministic); y and grad_x are grid-stride elementwise passes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fastcnn.backends import register
+from fastcnn.backends.cuda._runtime import Runtime, Source
+
+THREADS = 256
+
+
+def _expressions(T: str) -> list[str]:
+    return [
+        f"fastcnn::batch_norm_statistics<{T}>",
+        f"fastcnn::batch_norm_forward<{T}>",
+        f"fastcnn::batch_norm_backward_sums<{T}>",
+        f"fastcnn::batch_norm_input_gradient<{T}>",
+    ]
+
+
+SOURCE = Source("batch_norm.cu", _expressions)
+
+
+def register_kernels(backend: str, runtime: Runtime) -> None:
+    def per_channel(x, expression: str, args: tuple, tail: tuple = ()) -> None:
+        """One block per channel; the kernel takes (*args, N, C, L, *tail)."""
+        N, C, L = x.shape
+        threads = runtime.threads(THREADS)
+        scratch = threads // 32 * 8  # one double per warp
+        runtime.launch(SOURCE, x.dtype, expression, runtime.grid(C, 1), threads,
+                       (*args, np.int32(N), np.int32(C), np.int64(L), *tail), scratch)  # fmt: skip
+
+    def elementwise(x, expression: str, args: tuple) -> None:
+        threads = runtime.threads(THREADS)
+        runtime.launch(SOURCE, x.dtype, expression, runtime.grid(x.size, threads), threads, args)
+
+    @register("batch_norm_statistics", backend)
+    def batch_norm_statistics(x, mean, var) -> None:
+        per_channel(x, "fastcnn::batch_norm_statistics<{T}>", (x, mean, var))
+
+    @register("batch_norm", backend)
+    def batch_norm(x, mean, var, weight, bias, y, eps) -> None:
+        _, C, L = x.shape
+        elementwise(x, "fastcnn::batch_norm_forward<{T}>", (
+            x, mean, var, mean if weight is None else weight, mean if bias is None else bias,
+            y, np.int32(C), np.int64(L), np.int64(x.size), np.float64(eps),
+            np.int32(weight is not None), np.int32(bias is not None),
+        ))  # fmt: skip
+
+    @register("batch_norm_backward", backend)
+    def batch_norm_backward(
+        grad_y, x, mean, var, weight, grad_x, grad_weight, grad_bias, eps, training
+    ) -> None:
+        N, C, L = x.shape
+        per_channel(x, "fastcnn::batch_norm_backward_sums<{T}>",
+                    (grad_y, x, mean, var, grad_weight, grad_bias), (np.float64(eps),))  # fmt: skip
+        if grad_x is None:
+            return
+        elementwise(x, "fastcnn::batch_norm_input_gradient<{T}>", (
+            grad_y, x, mean, var, mean if weight is None else weight, grad_bias, grad_weight,
+            grad_x, np.int32(C), np.int64(L), np.int64(x.size), np.float64(N * L),
+            np.float64(eps), np.int32(weight is not None), np.int32(bool(training)),
+        ))  # fmt: skip
