@@ -231,10 +231,21 @@ _build_lock = threading.Lock()
 @functools.cache
 def _runtime(cache: Path) -> tuple[Path, str]:
     """The scheduler library every module links against, and its key."""
+    try:
+        return _build_runtime(cache, ())
+    except OSError as error:
+        if "static TLS" not in str(error):
+            raise
+        # Other libraries took glibc's spare static TLS: the slower general-dynamic model.
+        return _build_runtime(cache, ("-DFASTCNN_EMULATE_GENERAL_TLS",))
+
+
+def _build_runtime(cache: Path, defines: tuple[str, ...]) -> tuple[Path, str]:
     compiler = _compiler()
     key = _digest(
         _compiler_version(compiler),
         *_FLAGS,
+        *defines,
         RUNTIME_SOURCE.read_bytes(),
         HEADER.read_bytes(),
     )[:20]
@@ -242,7 +253,7 @@ def _runtime(cache: Path) -> tuple[Path, str]:
     if not path.exists():
         _build(
             path,
-            [compiler, *_FLAGS, f"-Wl,-soname,{path.name}", str(RUNTIME_SOURCE)],
+            [compiler, *_FLAGS, *defines, f"-Wl,-soname,{path.name}", str(RUNTIME_SOURCE)],
         )
     # Loaded once here, globally, so the modules' undefined symbols resolve even if the runtime
     # library is not found again through their RUNPATH.

@@ -12,8 +12,12 @@
 // every fiber that has not exited waits at it. Anything else is reported as an error.
 // The runtime's own per-thread variables use the initial-exec model: a plain %fs-relative access
 // instead of a call to __tls_get_addr at every barrier (a few bytes of glibc's static TLS).
-// Modules keep the default model: their static __shared__ arrays may be large.
+// Modules keep the default model: their static __shared__ arrays may be large. Where glibc has
+// no static TLS left for a library loaded this late, _emulator.py rebuilds with
+// -DFASTCNN_EMULATE_GENERAL_TLS.
+#ifndef FASTCNN_EMULATE_GENERAL_TLS
 #define FASTCNN_EMULATE_RUNTIME_TLS __attribute__((tls_model("initial-exec")))
+#endif
 #include "cuda_emulate.h"
 
 #include <sys/mman.h>
