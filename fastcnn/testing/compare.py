@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
-LAYOUTS = ("contiguous", "strided", "reversed")
+LAYOUTS = ("contiguous", "strided", "reversed", "offset")
 
 
 def relayout(array, layout: str):
     """The same values in another memory layout: every other element of a larger
-    buffer ("strided"), or with negative strides on every axis ("reversed")."""
+    buffer ("strided"), with negative strides on every axis ("reversed"), or contiguous
+    but one element into a larger buffer ("offset": misaligned for 16-byte loads)."""
     if layout == "contiguous" or not isinstance(array, np.ndarray) or array.ndim == 0:
         return array
     if layout == "strided":
@@ -19,6 +20,11 @@ def relayout(array, layout: str):
         return wide[..., ::2]
     if layout == "reversed":
         return np.flip(np.flip(array).copy())
+    if layout == "offset":
+        buffer = np.empty(array.size + 1, array.dtype)
+        shifted = buffer[1:].reshape(array.shape)
+        shifted[...] = array
+        return shifted
     raise ValueError(f"unknown layout {layout!r}")
 
 

@@ -2,6 +2,8 @@
 // The same source compiles with NVRTC for the GPU and with g++ for the CPU emulator (cuda-emu).
 #pragma once
 
+#include "emulate/portable.cuh"
+
 namespace fastcnn {
 
 // Element counts and offsets are 64-bit: a tensor may pass 2^31 elements.
@@ -36,8 +38,8 @@ namespace fastcnn {
 // The block's dynamic shared memory (the launch's shared_mem bytes), as T.
 template <typename T>
 __device__ __forceinline__ T* dynamic_shared() {
-    extern __shared__ unsigned char fastcnn_dynamic_shared[];
-    return reinterpret_cast<T*>(fastcnn_dynamic_shared);
+    FASTCNN_DYNAMIC_SHARED(T, memory);
+    return memory;
 }
 
 struct Sum {

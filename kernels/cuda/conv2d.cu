@@ -1,7 +1,9 @@
 // 2-D convolution (cross-correlation, NCHW, groups, stride, padding, dilation): forward,
-// input gradient and weight gradient. Algorithm "direct": one thread per output element,
-// summing its taps in a fixed order (deterministic; the reference-shaped baseline the tiled
-// implicit-GEMM kernels are measured against).
+// input gradient and weight gradient. Algorithms: "direct", one thread per output element
+// summing its taps in a fixed order (the baseline); "implicit_gemm" (forward), the GEMM
+// y[m, k] = sum_d A[m, d] B[d, k] over M = N*P*Q output positions, K filters and depth
+// D = C/groups * R * S, with A gathered from x on the fly (no im2col buffer): shared-memory
+// tiles of BM x BK and BK x BN, double-buffered, TM x TN outputs per thread in registers.
 #include "common.cuh"
 
 namespace fastcnn {
@@ -134,6 +136,125 @@ __global__ void conv2d_bias_gradient(const T* __restrict__ grad_y, T* __restrict
             for (index_t j = 0; j < plane_size; ++j) total += plane[j];
         }
         grad_bias[k] = static_cast<T>(total);
+    }
+}
+
+// The implicit GEMM forward. Grid: (M / BM, K/groups / BN, groups); block: (BM / TM) * (BN /
+// TN) threads, each loading BK * BM / threads elements of A and BK * BN / threads of B per
+// depth step and computing a TM x TN block of outputs. Per depth step of BK: 2 * TM * TN *
+// BK FLOPs a thread against (TM + TN) * BK shared loads (TM = TN = 8: 8 FLOPs a load).
+template <typename T, int BM, int BN, int BK, int TM, int TN, bool with_bias>
+__global__ void __launch_bounds__((BM / TM) * (BN / TN))
+conv2d_forward_implicit_gemm(const T* __restrict__ x, const T* __restrict__ weight,
+                             const T* __restrict__ bias, T* __restrict__ y, CONV_SHAPE) {
+    constexpr int THREADS = (BM / TM) * (BN / TN);
+    constexpr int A_PER = BK * BM / THREADS;  // A elements a thread loads per depth step
+    constexpr int B_PER = BK * BN / THREADS;
+    static_assert(THREADS % BM == 0 && A_PER * THREADS == BK * BM, "A tile loading");
+    static_assert(B_PER * THREADS == BK * BN && BK % B_PER == 0, "B tile loading");
+    const ConvShape g CONV_ARGUMENTS;
+    const int Cg = g.channels_per_group(), Kg = g.filters_per_group();
+    const int RS = g.R * g.S, D = Cg * RS;
+    const index_t PQ = static_cast<index_t>(g.P) * g.Q, M = g.N * PQ;
+    const int group = blockIdx.z;
+    const index_t m0 = static_cast<index_t>(blockIdx.x) * BM;
+    const int k0 = blockIdx.y * BN;
+
+    // shared: A as [2][BK][BM], B as [2][BK][BN] (double-buffered)
+    T* As = dynamic_shared<T>();
+    T* Bs = As + 2 * BK * BM;
+
+    // This thread's A row (one output position) and its first depth index within a step.
+    const int a_row = threadIdx.x % BM, a_depth = threadIdx.x / BM * A_PER;
+    const index_t m_load = m0 + a_row;
+    const bool m_inside = m_load < M;
+    const index_t n_load = m_inside ? m_load / PQ : 0;
+    const int pq = static_cast<int>(m_inside ? m_load % PQ : 0);
+    const int h_origin = pq / g.Q * g.stride_h - g.pad_h;
+    const int w_origin = pq % g.Q * g.stride_w - g.pad_w;
+    const T* x_image = x + (n_load * g.C + static_cast<index_t>(group) * Cg) * g.H * g.W;
+    // This thread's B column (one filter) and its first depth index within a step.
+    const int b_column = threadIdx.x / (BK / B_PER), b_depth = threadIdx.x % (BK / B_PER) * B_PER;
+    const int k_load = k0 + b_column;
+    const T* filter = weight + (static_cast<index_t>(group) * Kg + k_load) * D;
+
+    T a_next[A_PER], b_next[B_PER];
+    auto load = [&](int d0) {
+#pragma unroll
+        for (int i = 0; i < A_PER; ++i) {
+            const int d = d0 + a_depth + i;
+            T value = T(0);
+            if (m_inside && d < D) {
+                const int c = d / RS, rs = d % RS;
+                const int h = h_origin + rs / g.S * g.dilation_h;
+                const int w = w_origin + rs % g.S * g.dilation_w;
+                if (h >= 0 && h < g.H && w >= 0 && w < g.W) {
+                    value = x_image[(static_cast<index_t>(c) * g.H + h) * g.W + w];
+                }
+            }
+            a_next[i] = value;
+        }
+#pragma unroll
+        for (int i = 0; i < B_PER; ++i) {
+            const int d = d0 + b_depth + i;
+            b_next[i] = (k_load < Kg && d < D) ? filter[d] : T(0);
+        }
+    };
+    auto store = [&](int buffer) {
+#pragma unroll
+        for (int i = 0; i < A_PER; ++i) As[(buffer * BK + a_depth + i) * BM + a_row] = a_next[i];
+#pragma unroll
+        for (int i = 0; i < B_PER; ++i) Bs[(buffer * BK + b_depth + i) * BN + b_column] = b_next[i];
+    };
+
+    // This thread's outputs: rows ty*TM.., columns tx*TN.. of the block's tile.
+    const int tx = threadIdx.x % (BN / TN), ty = threadIdx.x / (BN / TN);
+    T accumulator[TM][TN];
+#pragma unroll
+    for (int i = 0; i < TM; ++i)
+#pragma unroll
+        for (int j = 0; j < TN; ++j) accumulator[i][j] = T(0);
+
+    load(0);
+    store(0);
+    __syncthreads();
+    int buffer = 0;
+    for (int d0 = 0; d0 < D; d0 += BK) {
+        const bool more = d0 + BK < D;
+        if (more) load(d0 + BK);  // global loads in flight while this step computes
+        const T* a = As + buffer * BK * BM + ty * TM;
+        const T* b = Bs + buffer * BK * BN + tx * TN;
+#pragma unroll
+        for (int kk = 0; kk < BK; ++kk) {
+            T a_fragment[TM], b_fragment[TN];
+#pragma unroll
+            for (int i = 0; i < TM; ++i) a_fragment[i] = a[kk * BM + i];
+#pragma unroll
+            for (int j = 0; j < TN; ++j) b_fragment[j] = b[kk * BN + j];
+#pragma unroll
+            for (int i = 0; i < TM; ++i)
+#pragma unroll
+                for (int j = 0; j < TN; ++j) accumulator[i][j] += a_fragment[i] * b_fragment[j];
+        }
+        if (more) store(buffer ^ 1);
+        __syncthreads();
+        buffer ^= 1;
+    }
+
+#pragma unroll
+    for (int i = 0; i < TM; ++i) {
+        const index_t m = m0 + ty * TM + i;
+        if (m >= M) continue;
+        const index_t n = m / PQ, position = m % PQ;
+#pragma unroll
+        for (int j = 0; j < TN; ++j) {
+            const int k = k0 + tx * TN + j;
+            if (k >= Kg) continue;
+            const int filter_index = group * Kg + k;
+            T value = accumulator[i][j];
+            if (with_bias) value += bias[filter_index];
+            y[(n * g.K + filter_index) * PQ + position] = value;
+        }
     }
 }
 

@@ -28,8 +28,10 @@ from pathlib import Path
 import numpy as np
 
 from fastcnn import _cache_dirs
+from fastcnn.backends.cuda._runtime import kernel_dir
 
-EMULATE_DIR = Path(__file__).resolve().parents[3] / "kernels" / "cuda" / "emulate"
+# Beside the kernels: kernels/cuda in a source tree, fastcnn/kernels/cuda in a wheel.
+EMULATE_DIR = kernel_dir() / "emulate"
 HEADER = EMULATE_DIR / "cuda_emulate.h"
 RUNTIME_SOURCE = EMULATE_DIR / "runtime.cpp"
 

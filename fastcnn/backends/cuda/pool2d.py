@@ -56,7 +56,8 @@ def register_kernels(backend: str, runtime: Runtime) -> None:
     @register("max_pool2d", backend)
     def max_pool2d(x, y, indices, g: PoolGeometry) -> None:
         with_indices = "true" if indices is not None else "false"
-        placeholder = indices if indices is not None else y  # not read without indices
+        # without indices the kernel never touches its indices argument
+        placeholder = indices if indices is not None else runtime.xp.empty(0, np.int64)
         run(x.dtype, "max_pool2d_forward<{T}, " + with_indices + ">", y.size,
             (x, y, placeholder), _shape(g))  # fmt: skip
 

@@ -1,0 +1,104 @@
+"""What only the CUDA kernels need: run under the emulator (backend ``cuda-emu``).
+
+The spec suite, the fuzzing and the census run on ``cuda-emu`` like on every backend.
+Here: the threads of a block between two barriers run in another order and every result
+must be bitwise the same (a missing ``__syncthreads`` shows up as a difference); grids
+over more than 2^31 elements index correctly (only their last blocks run, over lazily
+mapped zero pages); the CUDA sources ship inside the wheel.
+"""
+
+from __future__ import annotations
+
+import glob
+import math
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fastcnn.backends import available_backends, has_op
+from fastcnn.testing.harness import algorithm_cases, truth
+from fastcnn.testing.specs import SPECS
+
+ROOT = Path(__file__).resolve().parents[1]
+EMULATED = "cuda-emu" in available_backends()
+needs_emulator = pytest.mark.skipif(not EMULATED, reason="cuda-emu is not available")
+
+
+def _calls():
+    """Every spec case and algorithm on cuda-emu, forward and backward."""
+    for spec in SPECS:
+        for direction, op in zip(("forward", "backward"), spec.ops, strict=True):
+            if op is None or not EMULATED or not has_op(op, "cuda-emu"):
+                continue
+            for case in spec.cases:
+                for variant in algorithm_cases(spec, case, "cuda-emu", direction):
+                    name = f"{spec.name}-{direction}-{variant.name}".replace(" ", "_")
+                    yield pytest.param(spec, variant, direction, id=name)
+
+
+def _run(spec, case, direction, inputs):
+    if direction == "forward":
+        return [spec.forward(inputs, case.params, "cuda-emu")]
+    y = spec.forward(inputs, truth(case.params), "reference")
+    grad_y = (
+        np.random.default_rng(1).standard_normal(np.shape(y)).astype(inputs[spec.inputs[0]].dtype)
+    )
+    gradients = spec.backward(inputs, case.params, grad_y, y, "cuda-emu")
+    return [gradients[name] for name in sorted(gradients)]
+
+
+@needs_emulator
+@pytest.mark.parametrize(("spec", "case", "direction"), list(_calls()))
+def test_results_do_not_depend_on_the_order_threads_run_in(spec, case, direction, rng):
+    from fastcnn.backends.cuda._emulator import emulation
+
+    inputs = spec.make_inputs(case, np.float32, rng)
+    results = {}
+    for order, seed in (("forward", 0), ("reverse", 0), ("shuffle", 7)):
+        with emulation(order=order, seed=seed):
+            results[order] = [np.asarray(r).copy() for r in _run(spec, case, direction, inputs)]
+    for order in ("reverse", "shuffle"):
+        for first, other in zip(results["forward"], results[order], strict=True):
+            np.testing.assert_array_equal(first, other, err_msg=f"forward vs {order}")
+
+
+@needs_emulator
+def test_a_grid_past_two_to_the_31_indexes_its_last_elements():
+    """relu over 2^31 + 1000 floats: only the last blocks run, on lazily mapped pages."""
+    from fastcnn.backends.cuda import activation
+    from fastcnn.backends.cuda._emulator import emulation
+    from fastcnn.backends.cuda.emu import RUNTIME
+
+    n = (1 << 31) + 1000
+    x = np.zeros(n, np.float32)  # calloc'd: no page is touched until written
+    x[-4096:] = np.linspace(-2, 2, 4096, dtype=np.float32)
+    y = np.zeros(n, np.float32)
+    threads = 64
+    blocks = math.ceil(n / threads)  # one element a thread: the grid itself passes 2^31
+    with emulation(blocks=range(blocks - 70, blocks)):
+        RUNTIME.launch(
+            activation.SOURCE, np.dtype(np.float32),
+            "fastcnn::unary_forward<{T}, fastcnn::Relu<{T}>, false>", (blocks, 1, 1),
+            (threads, 1, 1), (x, y, np.int64(n), np.float32(0)),
+        )  # fmt: skip
+    np.testing.assert_array_equal(y[-4096:], np.maximum(x[-4096:], 0))
+    assert not y[: n - 70 * threads].any()  # blocks not run left their outputs alone
+
+
+def test_the_wheel_ships_the_cuda_sources(tmp_path):
+    """Also a wheel built without the C++ extension (the fallback when it fails to build)."""
+    pytest.importorskip("scikit_build_core")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation",
+         "-q", "-w", str(tmp_path), "-Cwheel.cmake=false"],
+        check=True,
+    )  # fmt: skip
+    (wheel,) = glob.glob(str(tmp_path / "*.whl"))
+    names = set(zipfile.ZipFile(wheel).namelist())
+    sources = {f"fastcnn/kernels/cuda/{p.relative_to(ROOT / 'kernels' / 'cuda')}"
+               for p in (ROOT / "kernels" / "cuda").rglob("*") if p.is_file()}  # fmt: skip
+    assert sources and sources <= names, sorted(sources - names)
