@@ -4,6 +4,10 @@
 
 #include "emulate/portable.cuh"
 
+#ifndef INFINITY  // NVRTC has no math.h (nvcc's runtime header and g++ bring it)
+#define INFINITY __int_as_float(0x7f800000)
+#endif
+
 namespace fastcnn {
 
 // Element counts and offsets are 64-bit: a tensor may pass 2^31 elements.

@@ -139,65 +139,49 @@ __global__ void conv2d_bias_gradient(const T* __restrict__ grad_y, T* __restrict
     }
 }
 
-// The implicit GEMM forward. Grid: (M / BM, K/groups / BN, groups); block: (BM / TM) * (BN /
-// TN) threads, each loading BK * BM / threads elements of A and BK * BN / threads of B per
-// depth step and computing a TM x TN block of outputs. Per depth step of BK: 2 * TM * TN *
-// BK FLOPs a thread against (TM + TN) * BK shared loads (TM = TN = 8: 8 FLOPs a load).
-template <typename T, int BM, int BN, int BK, int TM, int TN, bool with_bias>
-__global__ void __launch_bounds__((BM / TM) * (BN / TN))
-conv2d_forward_implicit_gemm(const T* __restrict__ x, const T* __restrict__ weight,
-                             const T* __restrict__ bias, T* __restrict__ y, CONV_SHAPE) {
+// ---------------------------------------------------------------------------- implicit GEMM
+// out[row, column] = sum over depth of A[row, depth] * B[depth, column], A and B gathered from
+// the tensors by a Problem (forward, input gradient, weight gradient), never materialised.
+// A block computes a BM x BN tile: per depth step of BK it loads the A and B tiles into
+// shared memory (double-buffered: the next step's global loads are in flight while this one
+// computes), each of its (BM / TM) * (BN / TN) threads a TM x TN block of outputs in
+// registers: 2 * TM * TN * BK FLOPs against (TM + TN) * BK shared loads, 16-byte ones.
+//
+// A Problem gives rows(), columns(), depth(), Row row(r) / T a(Row, d) (0 outside), Column
+// column(c) / T b(Column, d), and store(r, c, value); a_depth_major says A is contiguous
+// along the depth (load consecutive depths in consecutive threads) rather than the rows.
+
+template <typename T, int BM, int BN, int BK, int TM, int TN, typename Problem>
+__device__ __forceinline__ void gemm_tile(const Problem& problem, index_t row0, int column0,
+                                          index_t depth_begin, index_t depth_end) {
     constexpr int THREADS = (BM / TM) * (BN / TN);
     constexpr int A_PER = BK * BM / THREADS;  // A elements a thread loads per depth step
     constexpr int B_PER = BK * BN / THREADS;
-    static_assert(THREADS % BM == 0 && A_PER * THREADS == BK * BM, "A tile loading");
-    static_assert(B_PER * THREADS == BK * BN && BK % B_PER == 0, "B tile loading");
-    const ConvShape g CONV_ARGUMENTS;
-    const int Cg = g.channels_per_group(), Kg = g.filters_per_group();
-    const int RS = g.R * g.S, D = Cg * RS;
-    const index_t PQ = static_cast<index_t>(g.P) * g.Q, M = g.N * PQ;
-    const int group = blockIdx.z;
-    const index_t m0 = static_cast<index_t>(blockIdx.x) * BM;
-    const int k0 = blockIdx.y * BN;
-
-    // shared: A as [2][BK][BM], B as [2][BK][BN] (double-buffered)
-    T* As = dynamic_shared<T>();
+    static_assert(A_PER * THREADS == BK * BM && BK % A_PER == 0 && THREADS % BM == 0, "A tile");
+    static_assert(B_PER * THREADS == BK * BN && BK % B_PER == 0, "B tile");
+    FASTCNN_DYNAMIC_SHARED(T, As);  // [2][BK][BM], then B as [2][BK][BN]
     T* Bs = As + 2 * BK * BM;
 
-    // This thread's A row (one output position) and its first depth index within a step.
-    const int a_row = threadIdx.x % BM, a_depth = threadIdx.x / BM * A_PER;
-    const index_t m_load = m0 + a_row;
-    const bool m_inside = m_load < M;
-    const index_t n_load = m_inside ? m_load / PQ : 0;
-    const int pq = static_cast<int>(m_inside ? m_load % PQ : 0);
-    const int h_origin = pq / g.Q * g.stride_h - g.pad_h;
-    const int w_origin = pq % g.Q * g.stride_w - g.pad_w;
-    const T* x_image = x + (n_load * g.C + static_cast<index_t>(group) * Cg) * g.H * g.W;
-    // This thread's B column (one filter) and its first depth index within a step.
-    const int b_column = threadIdx.x / (BK / B_PER), b_depth = threadIdx.x % (BK / B_PER) * B_PER;
-    const int k_load = k0 + b_column;
-    const T* filter = weight + (static_cast<index_t>(group) * Kg + k_load) * D;
+    const int t = threadIdx.x;
+    const int a_row = Problem::a_depth_major ? t / (BK / A_PER) : t % BM;
+    const int a_depth = Problem::a_depth_major ? t % (BK / A_PER) * A_PER : t / BM * A_PER;
+    const bool a_inside = row0 + a_row < problem.rows();
+    const typename Problem::Row row = problem.row(a_inside ? row0 + a_row : 0);
+    const int b_column = t / (BK / B_PER), b_depth = t % (BK / B_PER) * B_PER;
+    const bool b_inside = column0 + b_column < problem.columns();
+    const typename Problem::Column column = problem.column(b_inside ? column0 + b_column : 0);
 
     T a_next[A_PER], b_next[B_PER];
-    auto load = [&](int d0) {
+    auto load = [&](index_t d0) {
 #pragma unroll
         for (int i = 0; i < A_PER; ++i) {
-            const int d = d0 + a_depth + i;
-            T value = T(0);
-            if (m_inside && d < D) {
-                const int c = d / RS, rs = d % RS;
-                const int h = h_origin + rs / g.S * g.dilation_h;
-                const int w = w_origin + rs % g.S * g.dilation_w;
-                if (h >= 0 && h < g.H && w >= 0 && w < g.W) {
-                    value = x_image[(static_cast<index_t>(c) * g.H + h) * g.W + w];
-                }
-            }
-            a_next[i] = value;
+            const index_t d = d0 + a_depth + i;
+            a_next[i] = a_inside && d < depth_end ? problem.a(row, d) : T(0);
         }
 #pragma unroll
         for (int i = 0; i < B_PER; ++i) {
-            const int d = d0 + b_depth + i;
-            b_next[i] = (k_load < Kg && d < D) ? filter[d] : T(0);
+            const index_t d = d0 + b_depth + i;
+            b_next[i] = b_inside && d < depth_end ? problem.b(column, d) : T(0);
         }
     };
     auto store = [&](int buffer) {
@@ -207,21 +191,20 @@ conv2d_forward_implicit_gemm(const T* __restrict__ x, const T* __restrict__ weig
         for (int i = 0; i < B_PER; ++i) Bs[(buffer * BK + b_depth + i) * BN + b_column] = b_next[i];
     };
 
-    // This thread's outputs: rows ty*TM.., columns tx*TN.. of the block's tile.
-    const int tx = threadIdx.x % (BN / TN), ty = threadIdx.x / (BN / TN);
+    const int tx = t % (BN / TN), ty = t / (BN / TN);
     T accumulator[TM][TN];
 #pragma unroll
     for (int i = 0; i < TM; ++i)
 #pragma unroll
         for (int j = 0; j < TN; ++j) accumulator[i][j] = T(0);
 
-    load(0);
+    load(depth_begin);
     store(0);
     __syncthreads();
     int buffer = 0;
-    for (int d0 = 0; d0 < D; d0 += BK) {
-        const bool more = d0 + BK < D;
-        if (more) load(d0 + BK);  // global loads in flight while this step computes
+    for (index_t d0 = depth_begin; d0 < depth_end; d0 += BK) {
+        const bool more = d0 + BK < depth_end;
+        if (more) load(d0 + BK);
         const T* a = As + buffer * BK * BM + ty * TM;
         const T* b = Bs + buffer * BK * BN + tx * TN;
 #pragma unroll
@@ -243,18 +226,213 @@ conv2d_forward_implicit_gemm(const T* __restrict__ x, const T* __restrict__ weig
 
 #pragma unroll
     for (int i = 0; i < TM; ++i) {
-        const index_t m = m0 + ty * TM + i;
-        if (m >= M) continue;
-        const index_t n = m / PQ, position = m % PQ;
+        const index_t r = row0 + ty * TM + i;
+        if (r >= problem.rows()) continue;
 #pragma unroll
         for (int j = 0; j < TN; ++j) {
-            const int k = k0 + tx * TN + j;
-            if (k >= Kg) continue;
-            const int filter_index = group * Kg + k;
-            T value = accumulator[i][j];
-            if (with_bias) value += bias[filter_index];
-            y[(n * g.K + filter_index) * PQ + position] = value;
+            const int c = column0 + tx * TN + j;
+            if (c < problem.columns()) problem.store(r, c, accumulator[i][j]);
         }
+    }
+}
+
+// Forward, per group: rows m = (n, p, q), columns the group's filters k, depth d = (c, r, s).
+template <typename T, bool with_bias>
+struct ForwardProblem {
+    static constexpr bool a_depth_major = false;  // x is contiguous along q: along the rows
+    const T* x;
+    const T* weight;
+    const T* bias;
+    T* y;
+    ConvShape g;
+    int group;
+
+    __device__ index_t rows() const { return static_cast<index_t>(g.N) * g.P * g.Q; }
+    __device__ int columns() const { return g.filters_per_group(); }
+    __device__ index_t depth() const { return static_cast<index_t>(g.channels_per_group()) * g.R * g.S; }
+
+    struct Row {
+        const T* image;  // x[n, group's first channel]
+        int h0, w0;
+    };
+    __device__ Row row(index_t m) const {
+        const index_t PQ = static_cast<index_t>(g.P) * g.Q;
+        const index_t n = m / PQ;
+        const int pq = static_cast<int>(m % PQ);
+        return {x + (n * g.C + static_cast<index_t>(group) * g.channels_per_group()) * g.H * g.W,
+                pq / g.Q * g.stride_h - g.pad_h, pq % g.Q * g.stride_w - g.pad_w};
+    }
+    __device__ T a(const Row& row, index_t d) const {
+        const int RS = g.R * g.S;
+        const int c = static_cast<int>(d / RS), rs = static_cast<int>(d % RS);
+        const int h = row.h0 + rs / g.S * g.dilation_h, w = row.w0 + rs % g.S * g.dilation_w;
+        if (h < 0 || h >= g.H || w < 0 || w >= g.W) return T(0);
+        return row.image[(static_cast<index_t>(c) * g.H + h) * g.W + w];
+    }
+
+    using Column = const T*;  // the filter's weights, contiguous along the depth
+    __device__ Column column(int k) const {
+        return weight + (static_cast<index_t>(group) * g.filters_per_group() + k) * depth();
+    }
+    __device__ T b(Column filter, index_t d) const { return filter[d]; }
+
+    __device__ void store(index_t m, int k, T value) const {
+        const index_t PQ = static_cast<index_t>(g.P) * g.Q;
+        const int filter = group * g.filters_per_group() + k;
+        if (with_bias) value += bias[filter];
+        y[(m / PQ * g.K + filter) * PQ + m % PQ] = value;
+    }
+};
+
+// Input gradient, per group: rows m = (n, h, w), columns the group's channels c, depth
+// d = (k, r, s); A is grad_y at the output (p, q) whose tap (r, s) reads (h, w), 0 where
+// none does (the stride skips it, or it lies outside).
+template <typename T>
+struct InputGradientProblem {
+    static constexpr bool a_depth_major = false;
+    const T* grad_y;
+    const T* weight;
+    T* grad_x;
+    ConvShape g;
+    int group;
+
+    __device__ index_t rows() const { return static_cast<index_t>(g.N) * g.H * g.W; }
+    __device__ int columns() const { return g.channels_per_group(); }
+    __device__ index_t depth() const { return static_cast<index_t>(g.filters_per_group()) * g.R * g.S; }
+
+    struct Row {
+        const T* gradient;  // grad_y[n, group's first filter]
+        int h, w;
+    };
+    __device__ Row row(index_t m) const {
+        const index_t HW = static_cast<index_t>(g.H) * g.W;
+        const index_t n = m / HW;
+        const int hw = static_cast<int>(m % HW);
+        return {grad_y + (n * g.K + static_cast<index_t>(group) * g.filters_per_group()) * g.P * g.Q,
+                hw / g.W, hw % g.W};
+    }
+    __device__ T a(const Row& row, index_t d) const {
+        const int RS = g.R * g.S;
+        const int k = static_cast<int>(d / RS), rs = static_cast<int>(d % RS);
+        const int ph = row.h + g.pad_h - rs / g.S * g.dilation_h;
+        const int qw = row.w + g.pad_w - rs % g.S * g.dilation_w;
+        if (ph < 0 || qw < 0 || ph % g.stride_h || qw % g.stride_w) return T(0);
+        const int p = ph / g.stride_h, q = qw / g.stride_w;
+        if (p >= g.P || q >= g.Q) return T(0);
+        return row.gradient[(static_cast<index_t>(k) * g.P + p) * g.Q + q];
+    }
+
+    using Column = int;  // the channel within the group
+    __device__ Column column(int c) const { return c; }
+    __device__ T b(Column c, index_t d) const {
+        const int RS = g.R * g.S;
+        const int k = static_cast<int>(d / RS), rs = static_cast<int>(d % RS);
+        const index_t filter = static_cast<index_t>(group) * g.filters_per_group() + k;
+        return weight[(filter * g.channels_per_group() + c) * RS + rs];
+    }
+
+    __device__ void store(index_t m, int c, T value) const {
+        const index_t HW = static_cast<index_t>(g.H) * g.W;
+        const int channel = group * g.channels_per_group() + c;
+        grad_x[(m / HW * g.C + channel) * HW + m % HW] = value;
+    }
+};
+
+// Weight gradient, per group: rows the group's filters k, columns e = (c, r, s), depth
+// j = (n, p, q) (split over blocks: each writes its partial sums to a workspace row).
+template <typename T>
+struct WeightGradientProblem {
+    static constexpr bool a_depth_major = true;  // grad_y is contiguous along (p, q)
+    const T* grad_y;
+    const T* x;
+    T* partial;  // this split's [groups][K/groups][C/groups * R * S]
+    ConvShape g;
+    int group;
+
+    __device__ index_t rows() const { return g.filters_per_group(); }
+    __device__ int columns() const { return g.channels_per_group() * g.R * g.S; }
+    __device__ index_t depth() const { return static_cast<index_t>(g.N) * g.P * g.Q; }
+
+    using Row = const T*;  // grad_y[0, filter]
+    __device__ Row row(index_t k) const {
+        return grad_y + (static_cast<index_t>(group) * g.filters_per_group() + k) * g.P * g.Q;
+    }
+    __device__ T a(Row gradient, index_t j) const {
+        const index_t PQ = static_cast<index_t>(g.P) * g.Q;
+        return gradient[j / PQ * g.K * PQ + j % PQ];
+    }
+
+    struct Column {
+        const T* plane;  // x[0, channel]
+        int r_offset, s_offset;  // r * dilation - pad, s * dilation - pad
+    };
+    __device__ Column column(int e) const {
+        const int RS = g.R * g.S;
+        const int c = e / RS, rs = e % RS;
+        const index_t channel = static_cast<index_t>(group) * g.channels_per_group() + c;
+        return {x + channel * g.H * g.W, rs / g.S * g.dilation_h - g.pad_h,
+                rs % g.S * g.dilation_w - g.pad_w};
+    }
+    __device__ T b(const Column& column, index_t j) const {
+        const index_t PQ = static_cast<index_t>(g.P) * g.Q;
+        const index_t n = j / PQ;
+        const int pq = static_cast<int>(j % PQ);
+        const int h = pq / g.Q * g.stride_h + column.r_offset;
+        const int w = pq % g.Q * g.stride_w + column.s_offset;
+        if (h < 0 || h >= g.H || w < 0 || w >= g.W) return T(0);
+        return column.plane[(n * g.C * g.H + h) * g.W + w];
+    }
+
+    __device__ void store(index_t k, int e, T value) const {
+        partial[(static_cast<index_t>(group) * g.filters_per_group() + k) * columns() + e] = value;
+    }
+};
+
+// Grid: (rows / BM, columns / BN, groups).
+template <typename T, int BM, int BN, int BK, int TM, int TN, bool with_bias>
+__global__ void __launch_bounds__((BM / TM) * (BN / TN))
+conv2d_forward_implicit_gemm(const T* __restrict__ x, const T* __restrict__ weight,
+                             const T* __restrict__ bias, T* __restrict__ y, CONV_SHAPE) {
+    const ForwardProblem<T, with_bias> problem{x, weight, bias, y, CONV_ARGUMENTS,
+                                               static_cast<int>(blockIdx.z)};
+    gemm_tile<T, BM, BN, BK, TM, TN>(problem, static_cast<index_t>(blockIdx.x) * BM,
+                                     blockIdx.y * BN, 0, problem.depth());
+}
+
+template <typename T, int BM, int BN, int BK, int TM, int TN>
+__global__ void __launch_bounds__((BM / TM) * (BN / TN))
+conv2d_input_gradient_implicit_gemm(const T* __restrict__ grad_y, const T* __restrict__ weight,
+                                    T* __restrict__ grad_x, CONV_SHAPE) {
+    const InputGradientProblem<T> problem{grad_y, weight, grad_x, CONV_ARGUMENTS,
+                                          static_cast<int>(blockIdx.z)};
+    gemm_tile<T, BM, BN, BK, TM, TN>(problem, static_cast<index_t>(blockIdx.x) * BM,
+                                     blockIdx.y * BN, 0, problem.depth());
+}
+
+// Grid: (rows / BM, columns / BN, groups * splits); split s sums depths [s * chunk, (s + 1) *
+// chunk) into workspace[s] (chunk a multiple of BK).
+template <typename T, int BM, int BN, int BK, int TM, int TN>
+__global__ void __launch_bounds__((BM / TM) * (BN / TN))
+conv2d_weight_gradient_implicit_gemm(const T* __restrict__ grad_y, const T* __restrict__ x,
+                                     T* __restrict__ workspace, index_t chunk, CONV_SHAPE) {
+    const ConvShape g CONV_ARGUMENTS;
+    const int split = blockIdx.z / g.groups, group = blockIdx.z % g.groups;
+    const index_t weights = static_cast<index_t>(g.K) * g.channels_per_group() * g.R * g.S;
+    const WeightGradientProblem<T> problem{grad_y, x, workspace + split * weights, g, group};
+    const index_t begin = split * chunk;
+    const index_t end = begin + chunk < problem.depth() ? begin + chunk : problem.depth();
+    gemm_tile<T, BM, BN, BK, TM, TN>(problem, static_cast<index_t>(blockIdx.x) * BM,
+                                     blockIdx.y * BN, begin, end);
+}
+
+// grad_weight[i] = sum over the splits, in split order (deterministic), of workspace[s][i].
+template <typename T>
+__global__ void sum_splits(const T* __restrict__ workspace, T* __restrict__ out, index_t size,
+                           int splits) {
+    for (index_t i = grid_start(); i < size; i += grid_stride()) {
+        T total = workspace[i];
+        for (int s = 1; s < splits; ++s) total += workspace[s * size + i];
+        out[i] = total;
     }
 }
 

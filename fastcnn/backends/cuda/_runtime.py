@@ -54,6 +54,8 @@ class Runtime:
     #: grid-stride paths run on small test inputs.
     max_threads: int
     max_grid: int
+    #: Blocks that fill the device (a split-K GEMM splits until it has this many).
+    target_blocks: int
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -120,6 +122,7 @@ class GpuRuntime(Runtime):
 
         self.xp = cupy
         self._cupy = cupy
+        self.target_blocks = 2 * cupy.cuda.Device().attributes["MultiProcessorCount"]
 
     def _device_key(self):
         return self._cupy.cuda.Device().id
@@ -145,6 +148,7 @@ class EmulatedRuntime(Runtime):
     name = "cuda-emu"
     max_threads = 64
     max_grid = 6
+    target_blocks = 4
 
     def __init__(self) -> None:
         super().__init__()

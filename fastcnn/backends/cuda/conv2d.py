@@ -5,9 +5,13 @@ Algorithms, per direction (forward, input gradient, weight gradient):
 
 - ``direct``: one thread per output element summing its taps in a fixed order. Takes
   every case; the baseline the tiled kernels are measured against.
-- ``implicit_gemm`` (forward): the GEMM over M = N*P*Q positions, K filters and depth
-  C/groups*R*S, A gathered from x on the fly into shared-memory tiles, double-buffered,
-  a register block of outputs per thread. Takes every forward case.
+- ``implicit_gemm``: each direction as a GEMM whose operands are gathered from the
+  tensors on the fly into shared-memory tiles (double-buffered; a register block of
+  outputs per thread): forward over M = N*P*Q positions x K filters, depth C/groups*R*S;
+  input gradient over N*H*W positions x C channels, depth K/groups*R*S (grad_y gathered
+  where a tap reaches, zero where the stride skips); weight gradient over K x C/groups*R*S,
+  depth N*P*Q, split over blocks into a workspace and summed in split order (no atomics:
+  deterministic). Takes every case.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import numpy as np
 from fastcnn import _census
 from fastcnn._shapes import ConvGeometry
 from fastcnn.backends import register
-from fastcnn.backends.cuda._runtime import Runtime, Source
+from fastcnn.backends.cuda._runtime import C_TYPES, Runtime, Source
 
 THREADS = 256
 DIRECTIONS = ("forward", "input_gradient", "weight_gradient")
@@ -29,22 +33,29 @@ GEMM_TILES = {"float": (128, 128, 8, 8, 8), "double": (64, 64, 8, 4, 4)}
 EMULATED_GEMM_TILE = (32, 32, 8, 4, 4)
 
 
-def _gemm_expression(T: str, tile: tuple, bias: bool) -> str:
+GEMM_KERNELS = {
+    "forward": "conv2d_forward_implicit_gemm",
+    "input_gradient": "conv2d_input_gradient_implicit_gemm",
+    "weight_gradient": "conv2d_weight_gradient_implicit_gemm",
+}
+
+
+def _gemm_expression(T: str, tile: tuple, direction: str, bias: bool = False) -> str:
     BM, BN, BK, TM, TN = tile
-    return (
-        f"fastcnn::conv2d_forward_implicit_gemm<{T}, {BM}, {BN}, {BK}, {TM}, {TN}, "
-        f"{'true' if bias else 'false'}>"
-    )
+    tail = f", {'true' if bias else 'false'}" if direction == "forward" else ""
+    return f"fastcnn::{GEMM_KERNELS[direction]}<{T}, {BM}, {BN}, {BK}, {TM}, {TN}{tail}>"
 
 
 def _expressions(T: str) -> list[str]:
     gemm = [
-        _gemm_expression(T, tile, bias)
+        _gemm_expression(T, tile, direction, bias)
         for tile in (GEMM_TILES[T], EMULATED_GEMM_TILE)
-        for bias in (True, False)
+        for direction in DIRECTIONS
+        for bias in ((True, False) if direction == "forward" else (False,))
     ]
     return [
         *gemm,
+        f"fastcnn::sum_splits<{T}>",
         f"fastcnn::conv2d_forward_direct<{T}, true>",
         f"fastcnn::conv2d_forward_direct<{T}, false>",
         f"fastcnn::conv2d_input_gradient_direct<{T}>",
@@ -54,6 +65,10 @@ def _expressions(T: str) -> list[str]:
 
 
 SOURCE = Source("conv2d.cu", _expressions)
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
 
 
 def _shape(g: ConvGeometry) -> tuple:
@@ -73,13 +88,11 @@ class AlgorithmTable:
 
     @staticmethod
     def takes(name: str, g: ConvGeometry, direction: str) -> bool:
-        return name == "direct" or (name == "implicit_gemm" and direction == "forward")
+        return name in ("direct", "implicit_gemm")
 
     @staticmethod
     def heuristic(g: ConvGeometry, direction: str) -> tuple[str, str]:
-        if direction == "forward":
-            return "implicit_gemm", "tiled GEMM with the input gathered on the fly"
-        return "direct", "the only algorithm for this direction yet"
+        return "implicit_gemm", "tiled GEMM with the operands gathered on the fly"
 
     @classmethod
     def choose(cls, g: ConvGeometry, direction: str, dtype) -> str:
@@ -90,28 +103,75 @@ TABLE = AlgorithmTable()
 
 
 def register_kernels(backend: str, runtime: Runtime) -> None:
-    _census.declare(backend, "conv2d.direct", "conv2d.implicit_gemm")
+    _census.declare(
+        backend, "conv2d.direct", "conv2d.implicit_gemm", "conv2d.implicit_gemm.weight_whole",
+        "conv2d.implicit_gemm.weight_split",
+    )  # fmt: skip
 
     def run(dtype, expression: str, items: int, args: tuple) -> None:
         threads = runtime.threads(THREADS)
         runtime.launch(SOURCE, dtype, expression, runtime.grid(items, threads), threads, args)
 
-    def implicit_gemm(x, weight, bias, y, g: ConvGeometry) -> None:
-        T = "float" if x.dtype == np.float32 else "double"
-        tile = EMULATED_GEMM_TILE if runtime.name == "cuda-emu" else GEMM_TILES[T]
+    def tile_of(dtype) -> tuple:
+        return EMULATED_GEMM_TILE if runtime.name == "cuda-emu" else GEMM_TILES[C_TYPES[dtype]]
+
+    def gemm(direction, dtype, rows: int, columns: int, layers: int, args: tuple,
+             bias: bool = False) -> None:  # fmt: skip
+        """Launch one direction's implicit GEMM over rows x columns per group (layers:
+        groups, times the splits for the weight gradient)."""
+        tile = tile_of(dtype)
         BM, BN, BK, TM, TN = tile
-        threads = (BM // TM) * (BN // TN)
-        grid = (-(-g.N * g.P * g.Q // BM), -(-(g.K // g.groups) // BN), g.groups)
-        shared = 2 * BK * (BM + BN) * x.dtype.itemsize
-        runtime.launch(SOURCE, x.dtype, _gemm_expression("{T}", tile, bias is not None), grid,
-                       threads, (x, weight, weight if bias is None else bias, y, *_shape(g)),
-                       shared)  # fmt: skip
+        grid = (_ceil_div(rows, BM), _ceil_div(columns, BN), layers)
+        shared = 2 * BK * (BM + BN) * dtype.itemsize
+        runtime.launch(SOURCE, dtype, _gemm_expression("{T}", tile, direction, bias), grid,
+                       (BM // TM) * (BN // TN), args, shared)  # fmt: skip
+
+    def forward_gemm(x, weight, bias, y, g: ConvGeometry) -> None:
+        gemm(
+            "forward",
+            x.dtype,
+            g.N * g.P * g.Q,
+            g.K // g.groups,
+            g.groups,
+            (x, weight, weight if bias is None else bias, y, *_shape(g)),
+            bias is not None,
+        )
+
+    def input_gradient_gemm(grad_y, weight, grad_x, g: ConvGeometry) -> None:
+        gemm("input_gradient", grad_x.dtype, g.N * g.H * g.W, g.C // g.groups, g.groups,
+             (grad_y, weight, grad_x, *_shape(g)))  # fmt: skip
+
+    def weight_gradient_gemm(grad_y, x, grad_weight, g: ConvGeometry) -> None:
+        """Split the depth N*P*Q over enough blocks to fill the device, each split into its
+        own workspace row; then sum the rows in order."""
+        BM, BN, BK, _, _ = tile_of(x.dtype)
+        rows, columns = g.K // g.groups, g.C // g.groups * g.R * g.S
+        depth = g.N * g.P * g.Q
+        tiles = _ceil_div(rows, BM) * _ceil_div(columns, BN) * g.groups
+        splits = max(1, min(_ceil_div(runtime.target_blocks, tiles), depth // (4 * BK)))
+        chunk = _ceil_div(_ceil_div(depth, splits), BK) * BK  # a multiple of BK
+        splits = _ceil_div(depth, chunk)
+        _census.record(
+            backend, "conv2d.implicit_gemm.weight_" + ("split" if splits > 1 else "whole")
+        )
+        workspace = runtime.xp.empty((splits, grad_weight.size), x.dtype)
+        gemm("weight_gradient", x.dtype, rows, columns, g.groups * splits,
+             (grad_y, x, workspace, np.int64(chunk), *_shape(g)))  # fmt: skip
+        threads = runtime.threads(THREADS)
+        runtime.launch(
+            SOURCE,
+            x.dtype,
+            "fastcnn::sum_splits<{T}>",
+            runtime.grid(grad_weight.size, threads),
+            threads,
+            (workspace, grad_weight, np.int64(grad_weight.size), np.int32(splits)),
+        )
 
     @register("conv2d", backend, algorithms=TABLE)
     def conv2d(x, weight, bias, y, g: ConvGeometry, *, algo: str) -> None:
         _census.record(backend, f"conv2d.{algo}")
         if algo == "implicit_gemm":
-            implicit_gemm(x, weight, bias, y, g)
+            forward_gemm(x, weight, bias, y, g)
             return
         with_bias = "true" if bias is not None else "false"
         run(x.dtype, "fastcnn::conv2d_forward_direct<{T}, " + with_bias + ">", y.size,
@@ -124,11 +184,17 @@ def register_kernels(backend: str, runtime: Runtime) -> None:
         input_algo, weight_algo = algo
         if grad_x is not None:
             _census.record(backend, f"conv2d.{input_algo}")
-            run(grad_x.dtype, "fastcnn::conv2d_input_gradient_direct<{T}>", grad_x.size,
-                (grad_y, weight, grad_x, *_shape(g)))  # fmt: skip
+            if input_algo == "implicit_gemm":
+                input_gradient_gemm(grad_y, weight, grad_x, g)
+            else:
+                run(grad_x.dtype, "fastcnn::conv2d_input_gradient_direct<{T}>", grad_x.size,
+                    (grad_y, weight, grad_x, *_shape(g)))  # fmt: skip
         _census.record(backend, f"conv2d.{weight_algo}")
-        run(grad_weight.dtype, "fastcnn::conv2d_weight_gradient_direct<{T}>", grad_weight.size,
-            (grad_y, x, grad_weight, *_shape(g)))  # fmt: skip
+        if weight_algo == "implicit_gemm":
+            weight_gradient_gemm(grad_y, x, grad_weight, g)
+        else:
+            run(grad_weight.dtype, "fastcnn::conv2d_weight_gradient_direct<{T}>",
+                grad_weight.size, (grad_y, x, grad_weight, *_shape(g)))  # fmt: skip
         if grad_bias is not None:
             run(
                 grad_bias.dtype,
