@@ -284,6 +284,27 @@ struct ForwardProblem {
     }
 };
 
+// Forward of a 1x1, stride-1, unpadded convolution: A is x itself, (n, c, h*w) with the
+// positions contiguous, so the gather is one multiply-add of an offset (no division, no
+// bounds check).
+template <typename T, bool with_bias>
+struct PointwiseForwardProblem : ForwardProblem<T, with_bias> {
+    using Base = ForwardProblem<T, with_bias>;
+    struct Row {
+        const T* position;  // x[n, group's first channel, h, w]
+    };
+    __device__ Row row(index_t m) const {
+        const index_t HW = static_cast<index_t>(this->g.H) * this->g.W;
+        const index_t n = m / HW;
+        const index_t first = (n * this->g.C + static_cast<index_t>(this->group) *
+                               this->g.channels_per_group()) * HW;
+        return {this->x + first + m % HW};
+    }
+    __device__ T a(const Row& row, index_t c) const {
+        return row.position[c * static_cast<index_t>(this->g.H) * this->g.W];
+    }
+};
+
 // Input gradient, per group: rows m = (n, h, w), columns the group's channels c, depth
 // d = (k, r, s); A is grad_y at the output (p, q) whose tap (r, s) reads (h, w), 0 where
 // none does (the stride skips it, or it lies outside).
@@ -399,6 +420,16 @@ conv2d_forward_implicit_gemm(const T* __restrict__ x, const T* __restrict__ weig
                                      blockIdx.y * BN, 0, problem.depth());
 }
 
+template <typename T, int BM, int BN, int BK, int TM, int TN, bool with_bias>
+__global__ void __launch_bounds__((BM / TM) * (BN / TN))
+conv2d_forward_pointwise_gemm(const T* __restrict__ x, const T* __restrict__ weight,
+                              const T* __restrict__ bias, T* __restrict__ y, CONV_SHAPE) {
+    const PointwiseForwardProblem<T, with_bias> problem{
+        {x, weight, bias, y, CONV_ARGUMENTS, static_cast<int>(blockIdx.z)}};
+    gemm_tile<T, BM, BN, BK, TM, TN>(problem, static_cast<index_t>(blockIdx.x) * BM,
+                                     blockIdx.y * BN, 0, problem.depth());
+}
+
 template <typename T, int BM, int BN, int BK, int TM, int TN>
 __global__ void __launch_bounds__((BM / TM) * (BN / TN))
 conv2d_input_gradient_implicit_gemm(const T* __restrict__ grad_y, const T* __restrict__ weight,
@@ -434,6 +465,93 @@ __global__ void sum_splits(const T* __restrict__ workspace, T* __restrict__ out,
         for (int s = 1; s < splits; ++s) total += workspace[s * size + i];
         out[i] = total;
     }
+}
+
+// ---------------------------------------------------------------------------- depthwise
+// Depthwise (one input channel per group, K = C * multiplier): every output reads R * S
+// values of one plane, so the op is memory-bound; threads run along q, so a warp's loads
+// are consecutive. The weight gradient reduces over N * P * Q in one block per (filter,
+// tap), in a fixed order.
+
+template <typename T, bool with_bias>
+__global__ void conv2d_forward_depthwise(const T* __restrict__ x, const T* __restrict__ weight,
+                                         const T* __restrict__ bias, T* __restrict__ y,
+                                         CONV_SHAPE) {
+    const ConvShape g CONV_ARGUMENTS;
+    const int multiplier = g.K / g.C;
+    const index_t outputs = static_cast<index_t>(g.N) * g.K * g.P * g.Q;
+    for (index_t i = grid_start(); i < outputs; i += grid_stride()) {
+        const int q = static_cast<int>(i % g.Q), p = static_cast<int>(i / g.Q % g.P);
+        const index_t nk = i / (static_cast<index_t>(g.P) * g.Q);
+        const int k = static_cast<int>(nk % g.K);
+        const T* plane = x + (nk / g.K * g.C + k / multiplier) * g.H * g.W;
+        const T* filter = weight + static_cast<index_t>(k) * g.R * g.S;
+        T total = with_bias ? bias[k] : T(0);
+        for (int r = 0; r < g.R; ++r) {
+            const int h = p * g.stride_h - g.pad_h + r * g.dilation_h;
+            if (h < 0 || h >= g.H) continue;
+            for (int s = 0; s < g.S; ++s) {
+                const int w = q * g.stride_w - g.pad_w + s * g.dilation_w;
+                if (w >= 0 && w < g.W) total += plane[static_cast<index_t>(h) * g.W + w] * filter[r * g.S + s];
+            }
+        }
+        y[i] = total;
+    }
+}
+
+template <typename T>
+__global__ void conv2d_input_gradient_depthwise(const T* __restrict__ grad_y,
+                                                const T* __restrict__ weight,
+                                                T* __restrict__ grad_x, CONV_SHAPE) {
+    const ConvShape g CONV_ARGUMENTS;
+    const int multiplier = g.K / g.C;
+    const index_t inputs = static_cast<index_t>(g.N) * g.C * g.H * g.W;
+    for (index_t i = grid_start(); i < inputs; i += grid_stride()) {
+        const int w = static_cast<int>(i % g.W), h = static_cast<int>(i / g.W % g.H);
+        const index_t nc = i / (static_cast<index_t>(g.H) * g.W);
+        const int c = static_cast<int>(nc % g.C);
+        const index_t n = nc / g.C;
+        T total = T(0);
+        for (int k = c * multiplier; k < (c + 1) * multiplier; ++k) {
+            const T* plane = grad_y + (n * g.K + k) * g.P * g.Q;
+            const T* filter = weight + static_cast<index_t>(k) * g.R * g.S;
+            for (int r = 0; r < g.R; ++r) {
+                const int ph = h + g.pad_h - r * g.dilation_h;
+                if (ph < 0 || ph % g.stride_h || ph / g.stride_h >= g.P) continue;
+                for (int s = 0; s < g.S; ++s) {
+                    const int qw = w + g.pad_w - s * g.dilation_w;
+                    if (qw < 0 || qw % g.stride_w || qw / g.stride_w >= g.Q) continue;
+                    total += plane[static_cast<index_t>(ph / g.stride_h) * g.Q + qw / g.stride_w] *
+                             filter[r * g.S + s];
+                }
+            }
+        }
+        grad_x[i] = total;
+    }
+}
+
+// Grid: (K, R * S); a block per weight, its threads over (n, p, q), double partial sums.
+template <typename T>
+__global__ void conv2d_weight_gradient_depthwise(const T* __restrict__ grad_y,
+                                                 const T* __restrict__ x,
+                                                 T* __restrict__ grad_weight, CONV_SHAPE) {
+    const ConvShape g CONV_ARGUMENTS;
+    const int multiplier = g.K / g.C;
+    const int k = blockIdx.x, r = blockIdx.y / g.S, s = blockIdx.y % g.S;
+    const index_t PQ = static_cast<index_t>(g.P) * g.Q, count = g.N * PQ;
+    double total = 0.0;
+    for (index_t j = threadIdx.x; j < count; j += blockDim.x) {
+        const index_t n = j / PQ;
+        const int pq = static_cast<int>(j % PQ);
+        const int h = pq / g.Q * g.stride_h - g.pad_h + r * g.dilation_h;
+        const int w = pq % g.Q * g.stride_w - g.pad_w + s * g.dilation_w;
+        if (h < 0 || h >= g.H || w < 0 || w >= g.W) continue;
+        const T gradient = grad_y[(n * g.K + k) * PQ + pq];
+        total += static_cast<double>(gradient) *
+                 x[((n * g.C + k / multiplier) * g.H + h) * static_cast<index_t>(g.W) + w];
+    }
+    total = block_reduce(total, dynamic_shared<double>(), Sum());
+    if (threadIdx.x == 0) grad_weight[static_cast<index_t>(k) * g.R * g.S + blockIdx.y] = static_cast<T>(total);
 }
 
 }  // namespace fastcnn

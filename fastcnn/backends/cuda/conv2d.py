@@ -11,7 +11,11 @@ Algorithms, per direction (forward, input gradient, weight gradient):
   input gradient over N*H*W positions x C channels, depth K/groups*R*S (grad_y gathered
   where a tap reaches, zero where the stride skips); weight gradient over K x C/groups*R*S,
   depth N*P*Q, split over blocks into a workspace and summed in split order (no atomics:
-  deterministic). Takes every case.
+  deterministic). Takes every case. A 1x1 stride-1 unpadded forward reads x as the GEMM's
+  operand itself (no gather).
+- ``depthwise`` (one input channel per group): a thread per output (forward) or input
+  (gradient) over the R x S taps, threads along q; the weight gradient one block per
+  (filter, tap) reducing over N*P*Q. Takes every case with C/groups == 1.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ EMULATED_GEMM_TILE = (32, 32, 8, 4, 4)
 
 GEMM_KERNELS = {
     "forward": "conv2d_forward_implicit_gemm",
+    "pointwise": "conv2d_forward_pointwise_gemm",
     "input_gradient": "conv2d_input_gradient_implicit_gemm",
     "weight_gradient": "conv2d_weight_gradient_implicit_gemm",
 }
@@ -42,7 +47,7 @@ GEMM_KERNELS = {
 
 def _gemm_expression(T: str, tile: tuple, direction: str, bias: bool = False) -> str:
     BM, BN, BK, TM, TN = tile
-    tail = f", {'true' if bias else 'false'}" if direction == "forward" else ""
+    tail = f", {'true' if bias else 'false'}" if direction in ("forward", "pointwise") else ""
     return f"fastcnn::{GEMM_KERNELS[direction]}<{T}, {BM}, {BN}, {BK}, {TM}, {TN}{tail}>"
 
 
@@ -50,8 +55,8 @@ def _expressions(T: str) -> list[str]:
     gemm = [
         _gemm_expression(T, tile, direction, bias)
         for tile in (GEMM_TILES[T], EMULATED_GEMM_TILE)
-        for direction in DIRECTIONS
-        for bias in ((True, False) if direction == "forward" else (False,))
+        for direction in GEMM_KERNELS
+        for bias in ((True, False) if direction in ("forward", "pointwise") else (False,))
     ]
     return [
         *gemm,
@@ -61,6 +66,10 @@ def _expressions(T: str) -> list[str]:
         f"fastcnn::conv2d_input_gradient_direct<{T}>",
         f"fastcnn::conv2d_weight_gradient_direct<{T}>",
         f"fastcnn::conv2d_bias_gradient<{T}>",
+        f"fastcnn::conv2d_forward_depthwise<{T}, true>",
+        f"fastcnn::conv2d_forward_depthwise<{T}, false>",
+        f"fastcnn::conv2d_input_gradient_depthwise<{T}>",
+        f"fastcnn::conv2d_weight_gradient_depthwise<{T}>",
     ]
 
 
@@ -83,15 +92,19 @@ def _shape(g: ConvGeometry) -> tuple:
 class AlgorithmTable:
     """What the registry and the functional API ask of this backend's conv2d algorithms."""
 
-    names = ("direct", "implicit_gemm")
+    names = ("direct", "implicit_gemm", "depthwise")
     directions = DIRECTIONS
 
     @staticmethod
     def takes(name: str, g: ConvGeometry, direction: str) -> bool:
+        if name == "depthwise":
+            return g.C == g.groups
         return name in ("direct", "implicit_gemm")
 
     @staticmethod
     def heuristic(g: ConvGeometry, direction: str) -> tuple[str, str]:
+        if g.C == g.groups and g.groups > 1:
+            return "depthwise", "one input channel per group: a GEMM of depth R*S would idle"
         return "implicit_gemm", "tiled GEMM with the operands gathered on the fly"
 
     @classmethod
@@ -104,7 +117,8 @@ TABLE = AlgorithmTable()
 
 def register_kernels(backend: str, runtime: Runtime) -> None:
     _census.declare(
-        backend, "conv2d.direct", "conv2d.implicit_gemm", "conv2d.implicit_gemm.weight_whole",
+        backend, "conv2d.direct", "conv2d.implicit_gemm", "conv2d.depthwise",
+        "conv2d.implicit_gemm.pointwise", "conv2d.implicit_gemm.weight_whole",
         "conv2d.implicit_gemm.weight_split",
     )  # fmt: skip
 
@@ -127,15 +141,12 @@ def register_kernels(backend: str, runtime: Runtime) -> None:
                        (BM // TM) * (BN // TN), args, shared)  # fmt: skip
 
     def forward_gemm(x, weight, bias, y, g: ConvGeometry) -> None:
-        gemm(
-            "forward",
-            x.dtype,
-            g.N * g.P * g.Q,
-            g.K // g.groups,
-            g.groups,
-            (x, weight, weight if bias is None else bias, y, *_shape(g)),
-            bias is not None,
-        )
+        pointwise = (g.R, g.S, g.stride_h, g.stride_w, g.pad_h, g.pad_w) == (1, 1, 1, 1, 0, 0)
+        if pointwise:
+            _census.record(backend, "conv2d.implicit_gemm.pointwise")
+        gemm("pointwise" if pointwise else "forward", x.dtype, g.N * g.P * g.Q, g.K // g.groups,
+             g.groups, (x, weight, weight if bias is None else bias, y, *_shape(g)),
+             bias is not None)  # fmt: skip
 
     def input_gradient_gemm(grad_y, weight, grad_x, g: ConvGeometry) -> None:
         gemm("input_gradient", grad_x.dtype, g.N * g.H * g.W, g.C // g.groups, g.groups,
@@ -174,7 +185,8 @@ def register_kernels(backend: str, runtime: Runtime) -> None:
             forward_gemm(x, weight, bias, y, g)
             return
         with_bias = "true" if bias is not None else "false"
-        run(x.dtype, "fastcnn::conv2d_forward_direct<{T}, " + with_bias + ">", y.size,
+        kernel = "conv2d_forward_depthwise" if algo == "depthwise" else "conv2d_forward_direct"
+        run(x.dtype, f"fastcnn::{kernel}<{{T}}, {with_bias}>", y.size,
             (x, weight, weight if bias is None else bias, y, *_shape(g)))  # fmt: skip
 
     @register("conv2d_backward", backend, algorithms=TABLE)
@@ -187,11 +199,16 @@ def register_kernels(backend: str, runtime: Runtime) -> None:
             if input_algo == "implicit_gemm":
                 input_gradient_gemm(grad_y, weight, grad_x, g)
             else:
-                run(grad_x.dtype, "fastcnn::conv2d_input_gradient_direct<{T}>", grad_x.size,
-                    (grad_y, weight, grad_x, *_shape(g)))  # fmt: skip
+                run(grad_x.dtype, f"fastcnn::conv2d_input_gradient_{input_algo}<{{T}}>",
+                    grad_x.size, (grad_y, weight, grad_x, *_shape(g)))  # fmt: skip
         _census.record(backend, f"conv2d.{weight_algo}")
         if weight_algo == "implicit_gemm":
             weight_gradient_gemm(grad_y, x, grad_weight, g)
+        elif weight_algo == "depthwise":
+            threads = runtime.threads(THREADS)
+            runtime.launch(SOURCE, x.dtype, "fastcnn::conv2d_weight_gradient_depthwise<{T}>",
+                           (g.K, g.R * g.S), threads, (grad_y, x, grad_weight, *_shape(g)),
+                           threads // 32 * 8)  # fmt: skip
         else:
             run(grad_weight.dtype, "fastcnn::conv2d_weight_gradient_direct<{T}>",
                 grad_weight.size, (grad_y, x, grad_weight, *_shape(g)))  # fmt: skip
