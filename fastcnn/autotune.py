@@ -55,12 +55,13 @@ def cache_path() -> Path:
     return _cache_dirs.first_writable("") / _FILE_NAME
 
 
-def _key(geometry, dtype, direction: str, backend: str) -> str:
+def _key(geometry, dtype, direction: str, backend: str, device: str | None = None) -> str:
     from fastcnn import __version__
     from fastcnn._config import cpu_name
 
     shape = ",".join(str(v) for v in astuple(geometry))
-    return f"{backend}|{direction}|{np.dtype(dtype).name}|{shape}|{cpu_name()}|{__version__}"
+    device = cpu_name() if device is None else device
+    return f"{backend}|{direction}|{np.dtype(dtype).name}|{shape}|{device}|{__version__}"
 
 
 def _read(path: Path) -> dict[str, str]:
@@ -86,31 +87,34 @@ def _write(path: Path, key: str, name: str) -> None:
         pass  # an unwritable cache only costs the timing again next time
 
 
-def _time(run: Callable[[], None]) -> float:
+def _time(run: Callable[[], None], synchronize: Callable[[], None] = lambda: None) -> float:
     run()  # warm-up: compiles on first use, faults the pages in
+    synchronize()
     best = float("inf")
     for _ in range(_REPEATS):
         start = time.perf_counter()
         run()
+        synchronize()
         best = min(best, time.perf_counter() - start)
     return best
 
 
-def _run(geometry, dtype, direction: str, runners: Mapping[str, Callable]):
+def _run(geometry, dtype, direction: str, runners: Mapping[str, Callable], to_device=None):
     """A function of an algorithm's name that runs it on random data of this shape."""
     g = geometry
     rng = np.random.default_rng(0)
 
     def array(*shape):
-        return rng.standard_normal(shape).astype(dtype)
+        values = rng.standard_normal(shape).astype(dtype)
+        return values if to_device is None else to_device(values)
 
     x = array(g.N, g.C, g.H, g.W)
     weight = array(g.K, g.C // g.groups, g.R, g.S)
     y = array(g.N, g.K, g.P, g.Q)
     arguments = {
-        "forward": (x, weight, np.empty_like(y)),
-        "input_gradient": (y, weight, np.empty_like(x)),
-        "weight_gradient": (y, x, np.empty_like(weight)),
+        "forward": (x, weight, y.copy()),
+        "input_gradient": (y, weight, x.copy()),
+        "weight_gradient": (y, x, weight.copy()),
     }[direction]
     return lambda name: lambda: runners[direction](name, *arguments, g)
 
@@ -123,6 +127,9 @@ def choose(
     names: Sequence[str],
     runners: Mapping[str, Callable],
     backend: str = "numba",
+    device: str | None = None,
+    to_device: Callable | None = None,
+    synchronize: Callable[[], None] = lambda: None,
 ) -> str:
     """The algorithm for ``algo="auto"`` in ``direction`` ("forward", "input_gradient" or
     "weight_gradient"): ``default`` unless autotuning is on, then the fastest of ``names``
@@ -130,11 +137,13 @@ def choose(
 
     ``runners[direction](name, *arrays, geometry)`` runs one algorithm of the backend
     (forward: x, weight, y; input_gradient: grad_y, weight, grad_x; weight_gradient:
-    grad_y, x, grad_weight).
+    grad_y, x, grad_weight). ``device`` names what the choice holds for (default: this
+    CPU; a GPU backend gives its device's name), ``to_device`` moves the timing's arrays
+    there and ``synchronize`` waits for its kernels.
     """
     if not _enabled or len(names) < 2:
         return default
-    key = _key(geometry, dtype, direction, backend)
+    key = _key(geometry, dtype, direction, backend, device)
     with _lock:
         if key in _memory:
             return _memory[key]
@@ -143,8 +152,8 @@ def choose(
         if stored in names:
             _memory[key] = stored
             return stored
-        run = _run(geometry, dtype, direction, runners)
-        timings = {name: _time(run(name)) for name in names}
+        run = _run(geometry, dtype, direction, runners, to_device)
+        timings = {name: _time(run(name), synchronize) for name in names}
         best = min(timings, key=timings.__getitem__)
         _memory[key] = best
         _write(path, key, best)

@@ -147,3 +147,21 @@ def test_concurrent_threads_tune_safely(tuning):
         thread.join()
     assert not errors
     assert len(json.loads(tuning.read_text())) == 2
+
+
+def test_cuda_backends_tune_per_device(tuning):
+    """The CUDA backends time their own algorithms and key the choice by their device
+    (the GPU's name; under the emulator, the CPU it emulates on)."""
+    if "cuda-emu" not in fastcnn.available_backends():
+        pytest.skip("cuda-emu is not available")
+    from fastcnn.backends.cuda.emu import RUNTIME
+
+    x, w = _inputs((2, 8, 9, 9), (8, 8, 3, 3))
+    y = F.conv2d(x, w, padding=1, backend="cuda-emu")
+    F.conv2d_backward(np.ones_like(y), x, w, padding=1, backend="cuda-emu")
+    stored = json.loads(tuning.read_text())
+    assert len(stored) == 3  # each direction on its own
+    for key, name in stored.items():
+        assert key.startswith("cuda-emu|") and RUNTIME.device_name() in key
+        assert name in ("direct", "implicit_gemm")
+    np.testing.assert_allclose(y, F.conv2d(x, w, padding=1, backend="reference"), atol=1e-4)

@@ -61,6 +61,13 @@ class Runtime:
         self._lock = threading.Lock()
         self._modules: dict = {}
 
+    def device_name(self) -> str:
+        """What autotuning keys its choices by."""
+        raise NotImplementedError
+
+    def synchronize(self) -> None:
+        """Wait for the kernels launched so far (timing)."""
+
     def threads(self, wanted: int) -> int:
         return min(wanted, self.max_threads)
 
@@ -127,6 +134,13 @@ class GpuRuntime(Runtime):
     def _device_key(self):
         return self._cupy.cuda.Device().id
 
+    def device_name(self) -> str:
+        device = self._cupy.cuda.Device()
+        return self._cupy.cuda.runtime.getDeviceProperties(device.id)["name"].decode()
+
+    def synchronize(self) -> None:
+        self._cupy.cuda.get_current_stream().synchronize()
+
     def _compile(self, code, expressions):
         options = (*OPTIONS, f"-I{kernel_dir()}")
         return self._cupy.RawModule(code=code, options=options, name_expressions=expressions)
@@ -159,6 +173,11 @@ class EmulatedRuntime(Runtime):
 
     def _device_key(self):
         return "cpu"
+
+    def device_name(self) -> str:
+        from fastcnn._config import cpu_name
+
+        return f"emulated on {cpu_name()}"
 
     def _compile(self, code, expressions):
         return self._emulator.EmulatedModule(

@@ -24,6 +24,7 @@ import numpy as np
 
 from fastcnn import _census
 from fastcnn._shapes import ConvGeometry
+from fastcnn.autotune import choose as autotuned
 from fastcnn.backends import register
 from fastcnn.backends.cuda._runtime import C_TYPES, Runtime, Source
 
@@ -90,10 +91,17 @@ def _shape(g: ConvGeometry) -> tuple:
 
 
 class AlgorithmTable:
-    """What the registry and the functional API ask of this backend's conv2d algorithms."""
+    """What the registry and the functional API ask of this backend's conv2d algorithms.
+
+    ``runners`` run one algorithm in one direction (``fastcnn.autotune``'s interface);
+    autotuning keys its choices by the runtime's device (the GPU's name, or the CPU).
+    """
 
     names = ("direct", "implicit_gemm", "depthwise")
     directions = DIRECTIONS
+
+    def __init__(self, backend: str, runtime: Runtime, runners: dict) -> None:
+        self.backend, self.runtime, self.runners = backend, runtime, runners
 
     @staticmethod
     def takes(name: str, g: ConvGeometry, direction: str) -> bool:
@@ -107,12 +115,14 @@ class AlgorithmTable:
             return "depthwise", "one input channel per group: a GEMM of depth R*S would idle"
         return "implicit_gemm", "tiled GEMM with the operands gathered on the fly"
 
-    @classmethod
-    def choose(cls, g: ConvGeometry, direction: str, dtype) -> str:
-        return cls.heuristic(g, direction)[0]
-
-
-TABLE = AlgorithmTable()
+    def choose(self, g: ConvGeometry, direction: str, dtype) -> str:
+        default = self.heuristic(g, direction)[0]
+        names = [name for name in self.names if self.takes(name, g, direction)]
+        return autotuned(
+            g, dtype, direction, default, names, self.runners, backend=self.backend,
+            device=self.runtime.device_name(), to_device=self.runtime.xp.asarray,
+            synchronize=self.runtime.synchronize,
+        )  # fmt: skip
 
 
 def register_kernels(backend: str, runtime: Runtime) -> None:
@@ -122,9 +132,10 @@ def register_kernels(backend: str, runtime: Runtime) -> None:
         "conv2d.implicit_gemm.weight_split",
     )  # fmt: skip
 
-    def run(dtype, expression: str, items: int, args: tuple) -> None:
+    def run(dtype, expression: str, items: int, args: tuple, grid=None, shared=0) -> None:
         threads = runtime.threads(THREADS)
-        runtime.launch(SOURCE, dtype, expression, runtime.grid(items, threads), threads, args)
+        grid = runtime.grid(items, threads) if grid is None else grid
+        runtime.launch(SOURCE, dtype, expression, grid, threads, args, shared)
 
     def tile_of(dtype) -> tuple:
         return EMULATED_GEMM_TILE if runtime.name == "cuda-emu" else GEMM_TILES[C_TYPES[dtype]]
@@ -140,18 +151,6 @@ def register_kernels(backend: str, runtime: Runtime) -> None:
         runtime.launch(SOURCE, dtype, _gemm_expression("{T}", tile, direction, bias), grid,
                        (BM // TM) * (BN // TN), args, shared)  # fmt: skip
 
-    def forward_gemm(x, weight, bias, y, g: ConvGeometry) -> None:
-        pointwise = (g.R, g.S, g.stride_h, g.stride_w, g.pad_h, g.pad_w) == (1, 1, 1, 1, 0, 0)
-        if pointwise:
-            _census.record(backend, "conv2d.implicit_gemm.pointwise")
-        gemm("pointwise" if pointwise else "forward", x.dtype, g.N * g.P * g.Q, g.K // g.groups,
-             g.groups, (x, weight, weight if bias is None else bias, y, *_shape(g)),
-             bias is not None)  # fmt: skip
-
-    def input_gradient_gemm(grad_y, weight, grad_x, g: ConvGeometry) -> None:
-        gemm("input_gradient", grad_x.dtype, g.N * g.H * g.W, g.C // g.groups, g.groups,
-             (grad_y, weight, grad_x, *_shape(g)))  # fmt: skip
-
     def weight_gradient_gemm(grad_y, x, grad_weight, g: ConvGeometry) -> None:
         """Split the depth N*P*Q over enough blocks to fill the device, each split into its
         own workspace row; then sum the rows in order."""
@@ -162,56 +161,64 @@ def register_kernels(backend: str, runtime: Runtime) -> None:
         splits = max(1, min(_ceil_div(runtime.target_blocks, tiles), depth // (4 * BK)))
         chunk = _ceil_div(_ceil_div(depth, splits), BK) * BK  # a multiple of BK
         splits = _ceil_div(depth, chunk)
-        _census.record(
-            backend, "conv2d.implicit_gemm.weight_" + ("split" if splits > 1 else "whole")
-        )
+        path = "split" if splits > 1 else "whole"
+        _census.record(backend, f"conv2d.implicit_gemm.weight_{path}")
         workspace = runtime.xp.empty((splits, grad_weight.size), x.dtype)
         gemm("weight_gradient", x.dtype, rows, columns, g.groups * splits,
              (grad_y, x, workspace, np.int64(chunk), *_shape(g)))  # fmt: skip
-        threads = runtime.threads(THREADS)
-        runtime.launch(
-            SOURCE,
-            x.dtype,
-            "fastcnn::sum_splits<{T}>",
-            runtime.grid(grad_weight.size, threads),
-            threads,
-            (workspace, grad_weight, np.int64(grad_weight.size), np.int32(splits)),
-        )
+        run(x.dtype, "fastcnn::sum_splits<{T}>", grad_weight.size,
+            (workspace, grad_weight, np.int64(grad_weight.size), np.int32(splits)))  # fmt: skip
 
-    @register("conv2d", backend, algorithms=TABLE)
-    def conv2d(x, weight, bias, y, g: ConvGeometry, *, algo: str) -> None:
-        _census.record(backend, f"conv2d.{algo}")
-        if algo == "implicit_gemm":
-            forward_gemm(x, weight, bias, y, g)
-            return
+    def forward(name, x, weight, y, g: ConvGeometry, bias=None) -> None:
+        _census.record(backend, f"conv2d.{name}")
         with_bias = "true" if bias is not None else "false"
-        kernel = "conv2d_forward_depthwise" if algo == "depthwise" else "conv2d_forward_direct"
-        run(x.dtype, f"fastcnn::{kernel}<{{T}}, {with_bias}>", y.size,
-            (x, weight, weight if bias is None else bias, y, *_shape(g)))  # fmt: skip
+        args = (x, weight, weight if bias is None else bias, y, *_shape(g))
+        if name == "implicit_gemm":
+            pointwise = (g.R, g.S, g.stride_h, g.stride_w, g.pad_h, g.pad_w) == (1, 1, 1, 1, 0, 0)
+            if pointwise:
+                _census.record(backend, "conv2d.implicit_gemm.pointwise")
+            gemm("pointwise" if pointwise else "forward", x.dtype, g.N * g.P * g.Q,
+                 g.K // g.groups, g.groups, args, bias is not None)  # fmt: skip
+        else:
+            run(x.dtype, f"fastcnn::conv2d_forward_{name}<{{T}}, {with_bias}>", y.size, args)
 
-    @register("conv2d_backward", backend, algorithms=TABLE)
+    def input_gradient(name, grad_y, weight, grad_x, g: ConvGeometry) -> None:
+        _census.record(backend, f"conv2d.{name}")
+        args = (grad_y, weight, grad_x, *_shape(g))
+        if name == "implicit_gemm":
+            gemm("input_gradient", grad_x.dtype, g.N * g.H * g.W, g.C // g.groups, g.groups,
+                 args)  # fmt: skip
+        else:
+            run(grad_x.dtype, f"fastcnn::conv2d_input_gradient_{name}<{{T}}>", grad_x.size, args)
+
+    def weight_gradient(name, grad_y, x, grad_weight, g: ConvGeometry) -> None:
+        _census.record(backend, f"conv2d.{name}")
+        args = (grad_y, x, grad_weight, *_shape(g))
+        if name == "implicit_gemm":
+            weight_gradient_gemm(grad_y, x, grad_weight, g)
+        elif name == "depthwise":  # a block per (filter, tap), one double a warp to reduce
+            threads = runtime.threads(THREADS)
+            run(x.dtype, "fastcnn::conv2d_weight_gradient_depthwise<{T}>", 0, args,
+                grid=(g.K, g.R * g.S), shared=threads // 32 * 8)  # fmt: skip
+        else:
+            run(x.dtype, "fastcnn::conv2d_weight_gradient_direct<{T}>", grad_weight.size, args)
+
+    table = AlgorithmTable(backend, runtime, {
+        "forward": forward, "input_gradient": input_gradient, "weight_gradient": weight_gradient,
+    })  # fmt: skip
+
+    @register("conv2d", backend, algorithms=table)
+    def conv2d(x, weight, bias, y, g: ConvGeometry, *, algo: str) -> None:
+        forward(algo, x, weight, y, g, bias)
+
+    @register("conv2d_backward", backend, algorithms=table)
     def conv2d_backward(
         grad_y, x, weight, grad_x, grad_weight, grad_bias, g: ConvGeometry, *, algo: tuple
     ) -> None:
         input_algo, weight_algo = algo
         if grad_x is not None:
-            _census.record(backend, f"conv2d.{input_algo}")
-            if input_algo == "implicit_gemm":
-                input_gradient_gemm(grad_y, weight, grad_x, g)
-            else:
-                run(grad_x.dtype, f"fastcnn::conv2d_input_gradient_{input_algo}<{{T}}>",
-                    grad_x.size, (grad_y, weight, grad_x, *_shape(g)))  # fmt: skip
-        _census.record(backend, f"conv2d.{weight_algo}")
-        if weight_algo == "implicit_gemm":
-            weight_gradient_gemm(grad_y, x, grad_weight, g)
-        elif weight_algo == "depthwise":
-            threads = runtime.threads(THREADS)
-            runtime.launch(SOURCE, x.dtype, "fastcnn::conv2d_weight_gradient_depthwise<{T}>",
-                           (g.K, g.R * g.S), threads, (grad_y, x, grad_weight, *_shape(g)),
-                           threads // 32 * 8)  # fmt: skip
-        else:
-            run(grad_weight.dtype, "fastcnn::conv2d_weight_gradient_direct<{T}>",
-                grad_weight.size, (grad_y, x, grad_weight, *_shape(g)))  # fmt: skip
+            input_gradient(input_algo, grad_y, weight, grad_x, g)
+        weight_gradient(weight_algo, grad_y, x, grad_weight, g)
         if grad_bias is not None:
             run(
                 grad_bias.dtype,
