@@ -14,11 +14,16 @@ It needs fastcnn installed (``pip install -e .``) and scikit-learn.
 
 Switching backends: ``--backend`` runs every op inside ``fastcnn.use_backend(name)``;
 the default, ``auto``, lets fastcnn pick the fastest available one for the arrays.
-``--backend cuda`` also moves the model and each batch to the GPU (CuPy).
+``--backend cuda`` also moves the model (``model.to("cuda")``) and each batch
+(``cupy.asarray``) to the GPU, and brings the loss and the predictions back to the host.
+``--backend cuda-emu`` runs the same CUDA kernels on the CPU under the emulator, with
+NumPy arrays (a testing backend, slower than numba). ``--limit`` trains on the first N
+training images only, for a short run.
 
     python examples/train_digits.py
     python examples/train_digits.py --backend reference --epochs 5
     python examples/train_digits.py --backend cuda
+    python examples/train_digits.py --backend cuda-emu --epochs 2 --limit 256
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from sklearn.model_selection import train_test_split
 
 import fastcnn
 from fastcnn import nn, optim
-from fastcnn.backends import BACKENDS, select
+from fastcnn.backends import BACKENDS, BackendUnavailableError, select
 
 
 def lenet(dtype: np.dtype) -> nn.Sequential:
@@ -63,17 +68,29 @@ def load_data(dtype: np.dtype, seed: int):
     )
 
 
+def to_host(array) -> np.ndarray:
+    """A NumPy array of ``array``'s values: CuPy arrays come back with ``.get()``."""
+    return array.get() if hasattr(array, "get") else np.asarray(array)
+
+
 def accuracy(model: nn.Module, images, labels, batch_size: int, to_device) -> float:
     """Fraction of images whose largest logit is the true label."""
     model.eval()
     correct = 0
     for start in range(0, len(images), batch_size):
         logits = model(to_device(images[start : start + batch_size]))
-        predicted = logits.argmax(axis=1)
-        predicted = predicted if isinstance(predicted, np.ndarray) else predicted.get()
+        predicted = to_host(logits.argmax(axis=1))
         correct += int((predicted == labels[start : start + batch_size]).sum())
     model.train()
     return correct / len(images)
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an int of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return value
 
 
 def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
@@ -82,10 +99,17 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         "--backend",
         default="auto",
         choices=("auto", *BACKENDS),
-        help="which fastcnn backend runs the ops (default: automatic choice)",
+        help="which fastcnn backend runs the ops (default: chosen by the array type)",
     )
-    parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--epochs", type=positive_int, default=20)
+    parser.add_argument(
+        "--limit",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="train on the first N training images only (default: all); the test set stays",
+    )
+    parser.add_argument("--batch-size", type=positive_int, default=32)
     parser.add_argument("--lr", type=float, default=0.05, help="SGD learning rate")
     parser.add_argument("--momentum", type=float, default=0.9)
     parser.add_argument("--dtype", default="float32", choices=("float32", "float64"))
@@ -98,18 +122,23 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> float:
-    """Train, print one line per epoch, and return the final test accuracy."""
-    args = parse_arguments(argv)
+def train(args: argparse.Namespace) -> dict:
+    """Train as ``args`` say, print one line per epoch; returns the mean training loss
+    of every epoch (``"losses"``) and the final ``"test_accuracy"``."""
     dtype = np.dtype(args.dtype)
     fastcnn.manual_seed(args.seed)
     shuffle = np.random.default_rng(args.seed)
     train_images, test_images, train_labels, test_labels = load_data(dtype, args.seed)
+    if args.limit is not None:
+        train_images, train_labels = train_images[: args.limit], train_labels[: args.limit]
 
     model = lenet(dtype)
     to_device = np.asarray
     if args.backend == "cuda":
-        model.to("cuda")  # raises a clear error when CuPy or a GPU is missing
+        try:
+            model.to("cuda")
+        except BackendUnavailableError as error:  # CuPy or a GPU is missing
+            raise SystemExit(f"train_digits.py: --backend cuda: {error}") from None
         import cupy
 
         to_device = cupy.asarray
@@ -120,6 +149,7 @@ def main(argv: list[str] | None = None) -> float:
     backend = (
         contextlib.nullcontext() if args.backend == "auto" else fastcnn.use_backend(args.backend)
     )
+    losses: list[float] = []
     test_accuracy = 0.0
     with backend:
         # Which implementation the dispatch picks for the convolutions under these settings.
@@ -140,15 +170,21 @@ def main(argv: list[str] | None = None) -> float:
                 optimizer.zero_grad()
                 model.backward(criterion.backward(), input_grad=False)
                 optimizer.step()
-                loss_sum += float(loss) * len(batch)
+                loss_sum += float(to_host(loss)) * len(batch)
             seconds = time.perf_counter() - started
+            losses.append(loss_sum / len(order))
             train_accuracy = accuracy(model, train_images, train_labels, 256, to_device)
             test_accuracy = accuracy(model, test_images, test_labels, 256, to_device)
             print(
-                f"epoch {epoch:3d}  loss {loss_sum / len(order):.4f}  "
+                f"epoch {epoch:3d}  loss {losses[-1]:.4f}  "
                 f"train {train_accuracy:6.2%}  test {test_accuracy:6.2%}  {seconds:.2f} s"
             )
-    return test_accuracy
+    return {"losses": losses, "test_accuracy": test_accuracy}
+
+
+def main(argv: list[str] | None = None) -> float:
+    """Train, print one line per epoch, and return the final test accuracy."""
+    return train(parse_arguments(argv))["test_accuracy"]
 
 
 if __name__ == "__main__":
