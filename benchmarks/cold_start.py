@@ -102,7 +102,7 @@ _mode, _attribute = sys.argv[1], sys.argv[2] == "1"
 if sys.argv[6]:  # another copy of the package: ahead of the installed (editable) one
     sys.meta_path = [f for f in sys.meta_path if "Redirecting" not in type(f).__name__]
     sys.path.insert(0, sys.argv[6])
-started = time.perf_counter()
+started, started_cpu = time.perf_counter(), time.process_time()
 if _attribute:
     import numba
     exec(sys.argv[5])
@@ -112,10 +112,12 @@ imported = time.perf_counter()
 rng = np.random.default_rng(0)
 x = rng.standard_normal((2, 3, 16, 16)).astype(np.float32)
 exec(sys.argv[3])
-before = time.perf_counter()
+before, before_cpu = time.perf_counter(), time.process_time()
 exec(sys.argv[4])
-after = time.perf_counter()
+after, after_cpu = time.perf_counter(), time.process_time()
 result = {"import": imported - started, "call": after - before, "total": after - started}
+# Compiling is single-threaded: its CPU seconds move less than wall seconds with the load.
+result["call_cpu"], result["total_cpu"] = after_cpu - before_cpu, after_cpu - started_cpu
 if _attribute:
     result["functions"] = sorted(_spent.items(), key=lambda item: -item[1])
 print(json.dumps(result))
@@ -160,7 +162,11 @@ def _report(label: str, runs: list[dict], attribute: bool, key: str) -> None:
     values = [run[key] for run in runs]
     imports = statistics.median(run["import"] for run in runs)
     spread = ", ".join(f"{value:.2f}" for value in values)
-    print(f"{label:<16} {statistics.median(values):7.2f} s  (runs {spread}; import {imports:.2f})")
+    cpu = statistics.median(run[f"{key}_cpu"] for run in runs)
+    print(
+        f"{label:<16} {statistics.median(values):7.2f} s  (runs {spread}; import {imports:.2f}; "
+        f"CPU {cpu:.2f})"
+    )
     if attribute:
         middle = sorted(runs, key=lambda run: run[key])[len(runs) // 2]
         last = middle["functions"]
