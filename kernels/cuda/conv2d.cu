@@ -140,6 +140,9 @@ __global__ void conv2d_bias_gradient(const T* __restrict__ grad_y, T* __restrict
 }
 
 // ---------------------------------------------------------------------------- implicit GEMM
+// Blocks of a GEMM kernel an SM should hold at once: 512 threads' worth, which caps the
+// registers at 128 a thread (ptxas otherwise caps a 64-thread block at 64 and spills).
+#define GEMM_BLOCKS_PER_SM(BM, BN, TM, TN) (512 / ((BM / TM) * (BN / TN)))
 // out[row, column] = sum over depth of A[row, depth] * B[depth, column], A and B gathered from
 // the tensors by a Problem (forward, input gradient, weight gradient), never materialised.
 // A block computes a BM x BN tile: per depth step of BK it loads the A and B tiles into
@@ -237,6 +240,9 @@ __device__ __forceinline__ void gemm_tile(const Problem& problem, index_t row0, 
 }
 
 // Forward, per group: rows m = (n, p, q), columns the group's filters k, depth d = (c, r, s).
+// taps[d] = (c * H * W + r * dilation_h * W + s * dilation_w, r * dilation_h, s * dilation_w),
+// made by the launch code, replaces two integer divisions per gathered element with one
+// cached 16-byte load.
 template <typename T, bool with_bias>
 struct ForwardProblem {
     static constexpr bool a_depth_major = false;  // x is contiguous along q: along the rows
@@ -244,6 +250,7 @@ struct ForwardProblem {
     const T* weight;
     const T* bias;
     T* y;
+    const int4* taps;
     ConvShape g;
     int group;
 
@@ -253,21 +260,22 @@ struct ForwardProblem {
 
     struct Row {
         const T* image;  // x[n, group's first channel]
+        index_t origin;  // h0 * W + w0: the window's top-left, which may lie in the padding
         int h0, w0;
     };
     __device__ Row row(index_t m) const {
         const index_t PQ = static_cast<index_t>(g.P) * g.Q;
         const index_t n = m / PQ;
         const int pq = static_cast<int>(m % PQ);
+        const int h0 = pq / g.Q * g.stride_h - g.pad_h, w0 = pq % g.Q * g.stride_w - g.pad_w;
         return {x + (n * g.C + static_cast<index_t>(group) * g.channels_per_group()) * g.H * g.W,
-                pq / g.Q * g.stride_h - g.pad_h, pq % g.Q * g.stride_w - g.pad_w};
+                static_cast<index_t>(h0) * g.W + w0, h0, w0};
     }
     __device__ T a(const Row& row, index_t d) const {
-        const int RS = g.R * g.S;
-        const int c = static_cast<int>(d / RS), rs = static_cast<int>(d % RS);
-        const int h = row.h0 + rs / g.S * g.dilation_h, w = row.w0 + rs % g.S * g.dilation_w;
+        const int4 tap = taps[d];
+        const int h = row.h0 + tap.y, w = row.w0 + tap.z;
         if (h < 0 || h >= g.H || w < 0 || w >= g.W) return T(0);
-        return row.image[(static_cast<index_t>(c) * g.H + h) * g.W + w];
+        return row.image[row.origin + tap.x];
     }
 
     using Column = const T*;  // the filter's weights, contiguous along the depth
@@ -307,13 +315,16 @@ struct PointwiseForwardProblem : ForwardProblem<T, with_bias> {
 
 // Input gradient, per group: rows m = (n, h, w), columns the group's channels c, depth
 // d = (k, r, s); A is grad_y at the output (p, q) whose tap (r, s) reads (h, w), 0 where
-// none does (the stride skips it, or it lies outside).
-template <typename T>
+// none does (the stride skips it, or it lies outside). taps[d] = (k * P * Q, r * dilation_h,
+// s * dilation_w, k * C/groups * R * S + r * S + s), made by the launch code: no division by
+// R * S per element; a unit stride needs none at all.
+template <typename T, bool unit_stride>
 struct InputGradientProblem {
     static constexpr bool a_depth_major = false;
     const T* grad_y;
     const T* weight;
     T* grad_x;
+    const int4* taps;
     ConvShape g;
     int group;
 
@@ -323,34 +334,34 @@ struct InputGradientProblem {
 
     struct Row {
         const T* gradient;  // grad_y[n, group's first filter]
-        int h, w;
+        int h, w;           // this input position plus the padding
     };
     __device__ Row row(index_t m) const {
         const index_t HW = static_cast<index_t>(g.H) * g.W;
         const index_t n = m / HW;
         const int hw = static_cast<int>(m % HW);
         return {grad_y + (n * g.K + static_cast<index_t>(group) * g.filters_per_group()) * g.P * g.Q,
-                hw / g.W, hw % g.W};
+                hw / g.W + g.pad_h, hw % g.W + g.pad_w};
     }
     __device__ T a(const Row& row, index_t d) const {
-        const int RS = g.R * g.S;
-        const int k = static_cast<int>(d / RS), rs = static_cast<int>(d % RS);
-        const int ph = row.h + g.pad_h - rs / g.S * g.dilation_h;
-        const int qw = row.w + g.pad_w - rs % g.S * g.dilation_w;
-        if (ph < 0 || qw < 0 || ph % g.stride_h || qw % g.stride_w) return T(0);
-        const int p = ph / g.stride_h, q = qw / g.stride_w;
+        const int4 tap = taps[d];
+        int p = row.h - tap.y, q = row.w - tap.z;
+        if (p < 0 || q < 0) return T(0);
+        if (!unit_stride) {
+            if (p % g.stride_h || q % g.stride_w) return T(0);
+            p /= g.stride_h;
+            q /= g.stride_w;
+        }
         if (p >= g.P || q >= g.Q) return T(0);
-        return row.gradient[(static_cast<index_t>(k) * g.P + p) * g.Q + q];
+        return row.gradient[tap.x + static_cast<index_t>(p) * g.Q + q];
     }
 
-    using Column = int;  // the channel within the group
-    __device__ Column column(int c) const { return c; }
-    __device__ T b(Column c, index_t d) const {
-        const int RS = g.R * g.S;
-        const int k = static_cast<int>(d / RS), rs = static_cast<int>(d % RS);
-        const index_t filter = static_cast<index_t>(group) * g.filters_per_group() + k;
-        return weight[(filter * g.channels_per_group() + c) * RS + rs];
+    using Column = const T*;  // weight[group's first filter, c]
+    __device__ Column column(int c) const {
+        const index_t first = static_cast<index_t>(group) * g.filters_per_group();
+        return weight + (first * g.channels_per_group() + c) * g.R * g.S;
     }
+    __device__ T b(Column filter, index_t d) const { return filter[taps[d].w]; }
 
     __device__ void store(index_t m, int c, T value) const {
         const index_t HW = static_cast<index_t>(g.H) * g.W;
@@ -361,12 +372,15 @@ struct InputGradientProblem {
 
 // Weight gradient, per group: rows the group's filters k, columns e = (c, r, s), depth
 // j = (n, p, q) (split over blocks: each writes its partial sums to a workspace row).
+// positions[j] = (n, p * Q + q, p * stride_h, q * stride_w), made by the launch code: no
+// division per element.
 template <typename T>
 struct WeightGradientProblem {
     static constexpr bool a_depth_major = true;  // grad_y is contiguous along (p, q)
     const T* grad_y;
     const T* x;
     T* partial;  // this split's [groups][K/groups][C/groups * R * S]
+    const int4* positions;
     ConvShape g;
     int group;
 
@@ -379,8 +393,8 @@ struct WeightGradientProblem {
         return grad_y + (static_cast<index_t>(group) * g.filters_per_group() + k) * g.P * g.Q;
     }
     __device__ T a(Row gradient, index_t j) const {
-        const index_t PQ = static_cast<index_t>(g.P) * g.Q;
-        return gradient[j / PQ * g.K * PQ + j % PQ];
+        const int4 position = positions[j];
+        return gradient[static_cast<index_t>(position.x) * g.K * g.P * g.Q + position.y];
     }
 
     struct Column {
@@ -395,13 +409,11 @@ struct WeightGradientProblem {
                 rs % g.S * g.dilation_w - g.pad_w};
     }
     __device__ T b(const Column& column, index_t j) const {
-        const index_t PQ = static_cast<index_t>(g.P) * g.Q;
-        const index_t n = j / PQ;
-        const int pq = static_cast<int>(j % PQ);
-        const int h = pq / g.Q * g.stride_h + column.r_offset;
-        const int w = pq % g.Q * g.stride_w + column.s_offset;
+        const int4 position = positions[j];
+        const int h = position.z + column.r_offset, w = position.w + column.s_offset;
         if (h < 0 || h >= g.H || w < 0 || w >= g.W) return T(0);
-        return column.plane[(n * g.C * g.H + h) * g.W + w];
+        const index_t image = static_cast<index_t>(position.x) * g.C * g.H * g.W;
+        return column.plane[image + static_cast<index_t>(h) * g.W + w];
     }
 
     __device__ void store(index_t k, int e, T value) const {
@@ -411,31 +423,34 @@ struct WeightGradientProblem {
 
 // Grid: (rows / BM, columns / BN, groups).
 template <typename T, int BM, int BN, int BK, int TM, int TN, bool with_bias>
-__global__ void __launch_bounds__((BM / TM) * (BN / TN))
+__global__ void __launch_bounds__((BM / TM) * (BN / TN), GEMM_BLOCKS_PER_SM(BM, BN, TM, TN))
 conv2d_forward_implicit_gemm(const T* __restrict__ x, const T* __restrict__ weight,
-                             const T* __restrict__ bias, T* __restrict__ y, CONV_SHAPE) {
-    const ForwardProblem<T, with_bias> problem{x, weight, bias, y, CONV_ARGUMENTS,
+                             const T* __restrict__ bias, T* __restrict__ y,
+                             const int4* __restrict__ taps, CONV_SHAPE) {
+    const ForwardProblem<T, with_bias> problem{x, weight, bias, y, taps, CONV_ARGUMENTS,
                                                static_cast<int>(blockIdx.z)};
     gemm_tile<T, BM, BN, BK, TM, TN>(problem, static_cast<index_t>(blockIdx.x) * BM,
                                      blockIdx.y * BN, 0, problem.depth());
 }
 
 template <typename T, int BM, int BN, int BK, int TM, int TN, bool with_bias>
-__global__ void __launch_bounds__((BM / TM) * (BN / TN))
+__global__ void __launch_bounds__((BM / TM) * (BN / TN), GEMM_BLOCKS_PER_SM(BM, BN, TM, TN))
 conv2d_forward_pointwise_gemm(const T* __restrict__ x, const T* __restrict__ weight,
                               const T* __restrict__ bias, T* __restrict__ y, CONV_SHAPE) {
     const PointwiseForwardProblem<T, with_bias> problem{
-        {x, weight, bias, y, CONV_ARGUMENTS, static_cast<int>(blockIdx.z)}};
+        {x, weight, bias, y, nullptr, CONV_ARGUMENTS, static_cast<int>(blockIdx.z)}};
     gemm_tile<T, BM, BN, BK, TM, TN>(problem, static_cast<index_t>(blockIdx.x) * BM,
                                      blockIdx.y * BN, 0, problem.depth());
 }
 
-template <typename T, int BM, int BN, int BK, int TM, int TN>
-__global__ void __launch_bounds__((BM / TM) * (BN / TN))
+template <typename T, int BM, int BN, int BK, int TM, int TN, bool unit_stride>
+__global__ void __launch_bounds__((BM / TM) * (BN / TN), GEMM_BLOCKS_PER_SM(BM, BN, TM, TN))
 conv2d_input_gradient_implicit_gemm(const T* __restrict__ grad_y, const T* __restrict__ weight,
-                                    T* __restrict__ grad_x, CONV_SHAPE) {
-    const InputGradientProblem<T> problem{grad_y, weight, grad_x, CONV_ARGUMENTS,
-                                          static_cast<int>(blockIdx.z)};
+                                    T* __restrict__ grad_x, const int4* __restrict__ taps,
+                                    CONV_SHAPE) {
+    const InputGradientProblem<T, unit_stride> problem{grad_y, weight, grad_x, taps,
+                                                       CONV_ARGUMENTS,
+                                                       static_cast<int>(blockIdx.z)};
     gemm_tile<T, BM, BN, BK, TM, TN>(problem, static_cast<index_t>(blockIdx.x) * BM,
                                      blockIdx.y * BN, 0, problem.depth());
 }
@@ -443,13 +458,16 @@ conv2d_input_gradient_implicit_gemm(const T* __restrict__ grad_y, const T* __res
 // Grid: (rows / BM, columns / BN, groups * splits); split s sums depths [s * chunk, (s + 1) *
 // chunk) into workspace[s] (chunk a multiple of BK).
 template <typename T, int BM, int BN, int BK, int TM, int TN>
-__global__ void __launch_bounds__((BM / TM) * (BN / TN))
+__global__ void __launch_bounds__((BM / TM) * (BN / TN), GEMM_BLOCKS_PER_SM(BM, BN, TM, TN))
 conv2d_weight_gradient_implicit_gemm(const T* __restrict__ grad_y, const T* __restrict__ x,
-                                     T* __restrict__ workspace, index_t chunk, CONV_SHAPE) {
+                                     T* __restrict__ workspace,
+                                     const int4* __restrict__ positions, index_t chunk,
+                                     CONV_SHAPE) {
     const ConvShape g CONV_ARGUMENTS;
     const int split = blockIdx.z / g.groups, group = blockIdx.z % g.groups;
     const index_t weights = static_cast<index_t>(g.K) * g.channels_per_group() * g.R * g.S;
-    const WeightGradientProblem<T> problem{grad_y, x, workspace + split * weights, g, group};
+    const WeightGradientProblem<T> problem{grad_y, x, workspace + split * weights, positions,
+                                           g, group};
     const index_t begin = split * chunk;
     const index_t end = begin + chunk < problem.depth() ? begin + chunk : problem.depth();
     gemm_tile<T, BM, BN, BK, TM, TN>(problem, static_cast<index_t>(blockIdx.x) * BM,

@@ -34,7 +34,7 @@ DIRECTIONS = ("forward", "input_gradient", "weight_gradient")
 #: Implicit-GEMM tiles (BM, BN, BK, TM, TN) by C type on a GPU: 256 threads, 8 x 8 outputs a
 #: thread in float (127 registers, no spill), 4 x 4 in double. The emulator runs a 32 x 32
 #: tile of 64 threads, so small test inputs cross many tiles and their edges.
-GEMM_TILES = {"float": (128, 128, 8, 8, 8), "double": (64, 64, 8, 4, 4)}
+GEMM_TILES = {"float": (128, 128, 16, 8, 8), "double": (64, 64, 8, 4, 4)}
 EMULATED_GEMM_TILE = (32, 32, 8, 4, 4)
 
 
@@ -46,18 +46,24 @@ GEMM_KERNELS = {
 }
 
 
-def _gemm_expression(T: str, tile: tuple, direction: str, bias: bool = False) -> str:
+#: Each GEMM kernel's bool template argument, where it has one.
+GEMM_FLAGS = {"forward": "bias", "pointwise": "bias", "input_gradient": "unit stride"}
+
+
+def _gemm_expression(T: str, tile: tuple, direction: str, flag: bool = False) -> str:
+    """The name expression of ``direction``'s GEMM kernel; ``flag`` its bool argument
+    (the bias for the forward kernels, a unit stride for the input gradient's)."""
     BM, BN, BK, TM, TN = tile
-    tail = f", {'true' if bias else 'false'}" if direction in ("forward", "pointwise") else ""
+    tail = f", {'true' if flag else 'false'}" if direction in GEMM_FLAGS else ""
     return f"fastcnn::{GEMM_KERNELS[direction]}<{T}, {BM}, {BN}, {BK}, {TM}, {TN}{tail}>"
 
 
 def _expressions(T: str) -> list[str]:
     gemm = [
-        _gemm_expression(T, tile, direction, bias)
+        _gemm_expression(T, tile, direction, flag)
         for tile in (GEMM_TILES[T], EMULATED_GEMM_TILE)
         for direction in GEMM_KERNELS
-        for bias in ((True, False) if direction in ("forward", "pointwise") else (False,))
+        for flag in ((True, False) if direction in GEMM_FLAGS else (False,))
     ]
     return [
         *gemm,
@@ -75,6 +81,19 @@ def _expressions(T: str) -> list[str]:
 
 
 SOURCE = Source("conv2d.cu", _expressions)
+
+#: The kernels python -m fastcnn.cudacheck holds to no spill and no local memory.
+HOT = tuple(f"fastcnn::{name}" for name in GEMM_KERNELS.values())
+
+
+def launch_shape(expression: str) -> tuple[int, int] | None:
+    """(threads, dynamic shared bytes) of a GEMM kernel's launch, for the static profile."""
+    if not any(name in expression for name in GEMM_KERNELS.values()):
+        return None
+    arguments = expression.split("<", 1)[1].rstrip(">").split(",")
+    BM, BN, BK, TM, TN = (int(v) for v in arguments[1:6])
+    itemsize = 4 if arguments[0].strip() == "float" else 8
+    return (BM // TM) * (BN // TN), 2 * BK * (BM + BN) * itemsize
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -151,6 +170,52 @@ def register_kernels(backend: str, runtime: Runtime) -> None:
         runtime.launch(SOURCE, dtype, _gemm_expression("{T}", tile, direction, bias), grid,
                        (BM // TM) * (BN // TN), args, shared)  # fmt: skip
 
+    tables: dict = {}
+
+    def device_table(key: tuple, make) -> object:
+        """A device int32 (n, 4) table, made once per key (a network has a few dozen
+        distinct layers; the cache is emptied past 64)."""
+        found = tables.get(key)
+        if found is None:
+            if len(tables) > 64:
+                tables.clear()
+            found = tables[key] = runtime.xp.asarray(make().reshape(-1, 4).astype(np.int32))
+        return found
+
+    def forward_taps(g: ConvGeometry):
+        """Per depth index (c, r, s): c*H*W + r*dh*W + s*dw, r*dh, s*dw."""
+
+        def make():
+            c, r, s = np.meshgrid(np.arange(g.C // g.groups), np.arange(g.R), np.arange(g.S),
+                                  indexing="ij")  # fmt: skip
+            dh, dw = r * g.dilation_h, s * g.dilation_w
+            return np.stack([c * g.H * g.W + dh * g.W + dw, dh, dw, 0 * c], axis=-1)
+
+        key = ("forward", g.C // g.groups, g.H, g.W, g.R, g.S, g.dilation_h, g.dilation_w)
+        return device_table(key, make)
+
+    def input_gradient_taps(g: ConvGeometry):
+        """Per depth index (k, r, s): k*P*Q, r*dh, s*dw, k*C/groups*R*S + r*S + s."""
+
+        def make():
+            k, r, s = np.meshgrid(np.arange(g.K // g.groups), np.arange(g.R), np.arange(g.S),
+                                  indexing="ij")  # fmt: skip
+            weight = (k * (g.C // g.groups) * g.R + r) * g.S + s
+            return np.stack([k * g.P * g.Q, r * g.dilation_h, s * g.dilation_w, weight], axis=-1)
+
+        key = ("input", g.K // g.groups, g.C // g.groups, g.P, g.Q, g.R, g.S, g.dilation_h,
+               g.dilation_w)  # fmt: skip
+        return device_table(key, make)
+
+    def positions(g: ConvGeometry):
+        """Per depth index (n, p, q) of the weight gradient: n, p*Q + q, p*sh, q*sw."""
+
+        def make():
+            n, p, q = np.meshgrid(np.arange(g.N), np.arange(g.P), np.arange(g.Q), indexing="ij")
+            return np.stack([n, p * g.Q + q, p * g.stride_h, q * g.stride_w], axis=-1)
+
+        return device_table(("positions", g.N, g.P, g.Q, g.stride_h, g.stride_w), make)
+
     def weight_gradient_gemm(grad_y, x, grad_weight, g: ConvGeometry) -> None:
         """Split the depth N*P*Q over enough blocks to fill the device, each split into its
         own workspace row; then sum the rows in order."""
@@ -165,7 +230,7 @@ def register_kernels(backend: str, runtime: Runtime) -> None:
         _census.record(backend, f"conv2d.implicit_gemm.weight_{path}")
         workspace = runtime.xp.empty((splits, grad_weight.size), x.dtype)
         gemm("weight_gradient", x.dtype, rows, columns, g.groups * splits,
-             (grad_y, x, workspace, np.int64(chunk), *_shape(g)))  # fmt: skip
+             (grad_y, x, workspace, positions(g), np.int64(chunk), *_shape(g)))  # fmt: skip
         run(x.dtype, "fastcnn::sum_splits<{T}>", grad_weight.size,
             (workspace, grad_weight, np.int64(grad_weight.size), np.int32(splits)))  # fmt: skip
 
@@ -177,6 +242,8 @@ def register_kernels(backend: str, runtime: Runtime) -> None:
             pointwise = (g.R, g.S, g.stride_h, g.stride_w, g.pad_h, g.pad_w) == (1, 1, 1, 1, 0, 0)
             if pointwise:
                 _census.record(backend, "conv2d.implicit_gemm.pointwise")
+            else:
+                args = (*args[:4], forward_taps(g), *args[4:])
             gemm("pointwise" if pointwise else "forward", x.dtype, g.N * g.P * g.Q,
                  g.K // g.groups, g.groups, args, bias is not None)  # fmt: skip
         else:
@@ -186,8 +253,9 @@ def register_kernels(backend: str, runtime: Runtime) -> None:
         _census.record(backend, f"conv2d.{name}")
         args = (grad_y, weight, grad_x, *_shape(g))
         if name == "implicit_gemm":
+            unit = g.stride_h == g.stride_w == 1
             gemm("input_gradient", grad_x.dtype, g.N * g.H * g.W, g.C // g.groups, g.groups,
-                 args)  # fmt: skip
+                 (*args[:3], input_gradient_taps(g), *args[3:]), unit)  # fmt: skip
         else:
             run(grad_x.dtype, f"fastcnn::conv2d_input_gradient_{name}<{{T}}>", grad_x.size, args)
 
