@@ -68,6 +68,67 @@ print(y.tobytes().hex(), "scipy.linalg" in sys.modules)
     assert warm[1] == "False"
 
 
+_PROBE = """
+from fastcnn.backends.numba._setup import jit
+
+@jit
+def first(x):
+    return x + 1.0
+
+@jit
+def second(x):
+    return x * 2.0
+
+def compile_second():
+    second(1.0)
+"""
+
+_ASIDE = """
+import aside_probe as probe
+from fastcnn.backends.numba import _aside
+with _aside.aside("aside_probe:compile_second", ()):
+    probe.first(1.0)
+    started = _aside.started_worker()
+probe.second(1.0)
+print(started, sum(probe.second.stats.cache_hits.values()), len(probe.second.stats.cache_misses))
+"""
+
+
+@pytest.mark.parametrize("setting", ["1", "0"])
+def test_a_cold_call_compiles_its_second_kernel_in_a_worker(tmp_path, setting):
+    # A compilation inside the block starts a worker that compiles (and caches) the
+    # second kernel, which this process then loads; a warm cache starts no worker.
+    (tmp_path / "aside_probe.py").write_text(_PROBE)
+    env = {"PYTHONPATH": str(tmp_path), "FASTCNN_QUIET": "1", "FASTCNN_COMPILE_ASIDE": setting}
+    if setting == "1" and len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("one core: compiles in this process only")
+    cold = _python(_ASIDE, tmp_path / "cache", **env).stdout.split()
+    assert cold == (["True", "1", "0"] if setting == "1" else ["False", "0", "1"])
+    warm = _python(_ASIDE, tmp_path / "cache", **env).stdout.split()
+    assert warm == ["False", "1", "0"]
+
+
+def test_conv2d_backward_compiles_its_weight_gradient_aside(tmp_path):
+    # The worker's job compiles the very specialisation the call then loads.
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("one core: compiles in this process only")
+    code = """
+import numpy as np, fastcnn.functional as F
+from fastcnn.backends.numba import small_channels as sc
+from fastcnn import _census
+rng = np.random.default_rng(0)
+shapes = (2, 3, 16, 16), (4, 3, 3, 3), (2, 4, 16, 16)
+x, w, gy = (rng.standard_normal(shape, np.float32) for shape in shapes)
+with _census.counting() as ran:
+    F.conv2d_backward(gy, x, w, padding=1)
+stats = sc._weight_gradient.stats
+print(ran[("numba", "small_channels.weight_gradient")] == 1, sum(stats.cache_hits.values()),
+      len(stats.cache_misses))
+"""
+    result = _python(code, tmp_path, FASTCNN_QUIET="1").stdout.split()
+    assert result == ["True", "1", "0"]
+
+
 def test_compile_ahead_covers_every_op_and_algorithm():
     units = _compile._work(["numba"])
     assert {name for name, _, _ in units} == {spec.name for spec in SPECS}

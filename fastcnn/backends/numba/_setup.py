@@ -26,9 +26,10 @@ def configure() -> None:
         package = Path(__file__).resolve().parent / "__pycache__"
         if not _cache_dirs.writable(package):
             numba.config.CACHE_DIR = str(_cache_dirs.first_writable("numba"))
-    from fastcnn.backends.numba import _compile_notice
+    from fastcnn.backends.numba import _aside, _compile_notice
 
     _compile_notice.install()
+    _aside.install()
 
 
 class _CacheLoadedWithoutRefresh(FunctionCache):

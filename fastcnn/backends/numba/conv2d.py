@@ -18,6 +18,7 @@ from one ordered candidate list each (:data:`CANDIDATES`, as oneDNN's
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import numpy as np
@@ -26,6 +27,7 @@ from fastcnn._shapes import ConvGeometry
 from fastcnn.autotune import choose
 from fastcnn.backends import register
 from fastcnn.backends.numba import depthwise, direct, im2col, small_channels, transposed, winograd
+from fastcnn.backends.numba._aside import aside
 from fastcnn.backends.numba._setup import jit
 
 DIRECTIONS = ("forward", "input_gradient", "weight_gradient")
@@ -142,10 +144,22 @@ def conv2d_backward(
     gradient algorithm)."""
     input_algo, weight_algo = algo
     if grad_x is not None:
-        ALGORITHMS[input_algo].input_gradient(grad_y, weight, grad_x, g)
+        # On a cold cache the weight gradient compiles in a worker meanwhile.
+        job = (weight_algo, grad_y.dtype.str, dataclasses.replace(g, N=1))
+        with aside(f"{__name__}:compile_weight_gradient", job):
+            ALGORITHMS[input_algo].input_gradient(grad_y, weight, grad_x, g)
     ALGORITHMS[weight_algo].weight_gradient(grad_y, x, grad_weight, g)
     if grad_bias is not None:
         _sum_channels(grad_y.reshape(-1), g.N, g.K, g.P * g.Q, grad_bias)
+
+
+def compile_weight_gradient(algo: str, dtype: str, g: ConvGeometry) -> None:
+    """Run ``algo``'s weight gradient once on zeros of ``g``'s shapes, so its kernels
+    compile (and are cached) for ``dtype`` and the paths ``g`` takes."""
+    grad_y = np.zeros(g.output_shape, dtype)
+    x = np.zeros((g.N, g.C, g.H, g.W), dtype)
+    grad_weight = np.empty((g.K, g.C // g.groups, g.R, g.S), dtype)
+    ALGORITHMS[algo].weight_gradient(grad_y, x, grad_weight, g)
 
 
 #: What autotuning times: one direction of one algorithm, on arrays it made.
