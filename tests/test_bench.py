@@ -7,6 +7,7 @@ one module-scoped run serves most checks.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import importlib.util
 import json
 
@@ -335,3 +336,44 @@ def test_a_malformed_compare_file_is_one_line(tmp_path, content, message, capsys
     assert main(["--compare", str(old), "--vs", "none"]) == 2
     error = capsys.readouterr().err.strip()
     assert message in error and "\n" not in error
+
+
+def test_gpu_results_are_compared_with_the_peer_on_the_gpu(monkeypatch):
+    # Planned as if a GPU were here: each device's results get the peer on that device.
+    import fastcnn.backends as backends
+    from fastcnn.bench import calls
+
+    monkeypatch.setattr(backends, "check_backend_name", lambda name: None)
+    monkeypatch.setattr(backends, "has_op", lambda op, backend: True)
+    settings = bench_runner.BenchSettings(
+        suite="smoke", ops=["relu", "lenet5"], backends=["reference", "cuda"], vs="torch"
+    )
+    tasks, _ = bench_runner.plan(settings)
+    relu = [t for t in tasks if t.op == "relu" and t.direction == "fwd"]
+    assert [(t.library, t.backend) for t in relu][-2:] == [
+        ("torch", "torch"),
+        ("torch", "torch-cuda"),
+    ]
+    steps = [(t.library, t.backend) for t in tasks if t.kind == "model"]
+    assert ("torch", "torch") in steps and ("torch", "torch-cuda") in steps
+    cpu_only = bench_runner.plan(dataclasses.replace(settings, backends=["reference"]))[0]
+    assert "torch-cuda" not in {t.backend for t in cpu_only}
+
+    seen = []
+    monkeypatch.setattr(calls, "prepare_torch", lambda *args: seen.append(args[-1]))
+    for task in relu[-2:]:
+        calls.prepare(task, 1)
+    assert seen == ["cpu", "cuda"]
+
+    def result(backend, device, median, library="fastcnn"):
+        return {"case_key": "relu/x/fwd/float32/N2", "library": library, "backend": backend,
+                "device": device, "status": "ok", "median_s": median}  # fmt: skip
+
+    results = [
+        result("reference", "cpu", 2.0),
+        result("cuda", "gpu", 0.5),
+        result("torch", "cpu", 4.0, "torch"),
+        result("torch-cuda", "gpu", 0.25, "torch"),
+    ]
+    bench_runner.add_peer_ratios(results)
+    assert [r.get("speedup_vs_peer") for r in results[:2]] == [2.0, 0.5]

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 import fastcnn.functional as F
-from fastcnn.bench.cases import PEER, Task, resolve_case
+from fastcnn.bench.cases import PEER, Task, device_of, resolve_case
 from fastcnn.bench.models import MODELS_BY_NAME, prepare_step
 from fastcnn.testing.specs import Case, OpSpec
 
@@ -58,7 +58,8 @@ def prepare(task: Task, sets: int) -> PreparedCall:
         return prepare_step(model, task.library, task.backend, task.dtype, batch, sets)
     spec, case = resolve_case(task.op, task.source, task.case, task.batch)
     if task.library == PEER:
-        return prepare_torch(spec, case, task.direction, task.dtype, sets)
+        device = "cuda" if device_of(task.backend) == "gpu" else "cpu"
+        return prepare_torch(spec, case, task.direction, task.dtype, sets, device)
     return prepare_fastcnn(spec, case, task.direction, task.dtype, task.backend, task.algo, sets)
 
 

@@ -26,8 +26,20 @@ SUITES = (
 )  # fmt: skip
 #: The directions an op case can be timed in; "both" on the command line means these two.
 DIRECTIONS = ("fwd", "bwd")
-#: The peer library's name as it appears in tasks and results.
+#: The peer library's name as it appears in tasks and results, and its backend on the CPU.
 PEER = "torch"
+#: The peer's backend on the GPU: PyTorch on CUDA (cuDNN convolutions, TF32 off).
+PEER_GPU = "torch-cuda"
+
+
+def device_of(backend: str) -> str:
+    """``"gpu"`` for the backends that run there (fastcnn's and the peer's), else ``"cpu"``."""
+    return "gpu" if backend in ("cuda", PEER_GPU) else "cpu"
+
+
+def peer_backend(device: str) -> str:
+    """The peer's backend on ``device``: what a fastcnn result there is compared with."""
+    return PEER_GPU if device == "gpu" else PEER
 
 
 @dataclass(frozen=True)
@@ -48,7 +60,7 @@ class Task:
     direction: str  # "fwd", "bwd" (kind "op") or "train" (kind "model")
     dtype: str
     library: str  # "fastcnn" or "torch"
-    backend: str  # "numba", "cpp", "reference", "cuda" or "torch"
+    backend: str  # "numba", "cpp", "reference", "cuda"; the peer's "torch" or "torch-cuda"
     algo: str | None = None
     batch: int | None = None
     kind: str = "op"
@@ -171,14 +183,15 @@ def suite_models(suite: str, ops: list[str] | None = None) -> list[tuple[Model, 
 
 
 def model_task(model: Model, source: str, dtype: str, batch: int | None, backend: str) -> Task:
-    """The task of ``model``'s training step on ``backend`` (``"torch"``: the peer)."""
+    """The task of ``model``'s training step on ``backend`` (``"torch"`` or
+    ``"torch-cuda"``: the peer)."""
     return Task(
         op=model.name,
         case=model.case,
         source=source,
         direction=TRAIN,
         dtype=dtype,
-        library=PEER if backend == PEER else "fastcnn",
+        library=PEER if backend in (PEER, PEER_GPU) else "fastcnn",
         backend=backend,
         batch=batch,
         kind="model",

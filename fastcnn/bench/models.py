@@ -185,7 +185,7 @@ def prepare_step(model: Model, library: str, backend: str, dtype: str, batch: in
     """A :class:`~fastcnn.bench.calls.PreparedCall` of one training step of ``model``."""
     batches = make_batches(model, batch, dtype, sets)
     if library == "torch":
-        return _torch_step(model, dtype, batches)
+        return _torch_step(model, dtype, batches, "cuda" if backend == "torch-cuda" else "cpu")
     return _fastcnn_step(model, backend, dtype, batches)
 
 
@@ -217,16 +217,19 @@ def _fastcnn_step(model: Model, backend: str, dtype: str, batches: list[tuple]):
     return PreparedCall(lambda: step(0), step, len(batches), "out=")
 
 
-def _torch_step(model: Model, dtype: str, batches: list[tuple]):
+def _torch_step(model: Model, dtype: str, batches: list[tuple], device: str = "cpu"):
     import torch
 
     from fastcnn.bench.calls import PreparedCall
 
     torch.manual_seed(0)
-    network = build(torch.nn, model, getattr(torch, dtype))
+    network = build(torch.nn, model, getattr(torch, dtype)).to(device)
     criterion = torch.nn.CrossEntropyLoss()
     optimizer = torch.optim.SGD(network.parameters(), **model.optimizer)
-    tensors = [(torch.from_numpy(images), torch.from_numpy(labels)) for images, labels in batches]
+    tensors = [
+        (torch.from_numpy(images).to(device), torch.from_numpy(labels).to(device))
+        for images, labels in batches
+    ]
 
     def step(i: int) -> None:
         images, labels = tensors[i]

@@ -64,7 +64,7 @@ def table_rows(document: dict, bound: str | None = None) -> list[tuple[str, ...]
     """One row per fastcnn result (the peer's time beside it), of one ``bound``
     ("compute" or "memory"; None: all), in run order."""
     peer = {
-        r["case_key"]: r
+        (r["case_key"], r.get("device", "cpu")): r
         for r in document["results"]
         if r["library"] == PEER and r["status"] == "ok"
     }
@@ -82,7 +82,7 @@ def table_rows(document: dict, bound: str | None = None) -> list[tuple[str, ...]
             rows.append((*head, "error: " + result.get("error", "")[:90], *[""] * 6))
             continue
         spread = (result["q3_s"] - result["q1_s"]) / 2 / result["median_s"]
-        theirs = peer.get(result["case_key"])
+        theirs = peer.get((result["case_key"], result.get("device", "cpu")))
         ratio = result.get("speedup_vs_peer")
         fraction = result.get("roofline_fraction")
         roof = "—" if fraction is None else f"{fraction:.0%}" + ("*" if fraction > 1 else "")

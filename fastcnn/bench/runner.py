@@ -17,8 +17,10 @@ from fastcnn.bench.cases import (
     SUITES,
     Task,
     describe,
+    device_of,
     direction_ops,
     model_task,
+    peer_backend,
     resolve_case,
     suite_cases,
     suite_models,
@@ -161,8 +163,11 @@ def plan(settings: BenchSettings) -> tuple[list[Task], list[str]]:
                         notes.append(f"{task.variant} cannot take {op} {case.name} {direction}")
             tasks += ours
             peer_has_it = spec.torch_forward is not None
-            if ours and settings.vs == PEER and peer_has_it:
-                tasks.append(Task(**common, library=PEER, backend=PEER))
+            if settings.vs == PEER and peer_has_it:
+                tasks += [
+                    Task(**common, library=PEER, backend=peer_backend(device))
+                    for device in _devices(ours)
+                ]
     tasks += _model_tasks(settings, backends, notes, unimplemented)
     for backend in backends:
         lacking = sorted(op for op, missing in unimplemented.items() if backend in missing)
@@ -190,9 +195,17 @@ def _model_tasks(
         if ours and settings.algos:
             notes.append(f"{model.name}: its layers run algo auto (--algos is for conv2d cases)")
         tasks += ours
-        if ours and settings.vs == PEER:
-            tasks.append(model_task(model, source, settings.dtype, settings.batch, PEER))
+        if settings.vs == PEER:
+            tasks += [
+                model_task(model, source, settings.dtype, settings.batch, peer_backend(device))
+                for device in _devices(ours)
+            ]
     return tasks
+
+
+def _devices(tasks: list[Task]) -> list[str]:
+    """The devices ``tasks`` run on, in order: each gets the peer on that device."""
+    return list(dict.fromkeys(device_of(task.backend) for task in tasks))
 
 
 def busy_note(cores: int) -> str | None:
@@ -340,7 +353,7 @@ def _result_record(task: Task, reply: dict, ceilings: dict) -> dict:
         **task.to_json(),
         "batch": workload.batch,
         "variant": task.variant,
-        "device": "gpu" if task.backend == "cuda" else "cpu",
+        "device": device_of(task.backend),
         "tags": list(workload.tags),
         "shapes": {name: list(shape) for name, shape in workload.shapes.items()},
         "params": {k: list(v) if isinstance(v, tuple) else v for k, v in workload.params.items()},
@@ -376,16 +389,17 @@ def _result_record(task: Task, reply: dict, ceilings: dict) -> dict:
 
 
 def add_peer_ratios(results: list[dict]) -> None:
-    """Set each fastcnn result's ``speedup_vs_peer``: peer median / ours (> 1: faster)."""
+    """Set each fastcnn result's ``speedup_vs_peer``: peer median / ours (> 1: faster),
+    the peer on the same device (a GPU result against PyTorch on the GPU)."""
     peer = {
-        r["case_key"]: r["median_s"]
+        (r["case_key"], r["device"]): r["median_s"]
         for r in results
-        if r["library"] == PEER and r["status"] == "ok" and r["device"] == "cpu"
+        if r["library"] == PEER and r["status"] == "ok"
     }
     for result in results:
         if result["library"] == PEER:
             continue
-        theirs = peer.get(result["case_key"])
+        theirs = peer.get((result["case_key"], result["device"]))
         ok = result["status"] == "ok" and theirs is not None
         result["speedup_vs_peer"] = theirs / result["median_s"] if ok else None
 

@@ -112,12 +112,39 @@ class CudaEventClock:
         return cupy.cuda.get_elapsed_time(start, stop) / 1e3
 
 
+class TorchCudaClock:
+    """Times PyTorch's GPU work with CUDA events on its current stream, as
+    :class:`CudaEventClock` does CuPy's."""
+
+    name = "cuda events (torch)"
+
+    def __init__(self) -> None:
+        import torch
+
+        self._cuda = torch.cuda
+
+    def time(self, call: Callable[[], object]) -> float:
+        cuda = self._cuda
+        start, stop = cuda.Event(enable_timing=True), cuda.Event(enable_timing=True)
+        cuda.synchronize()
+        start.record()
+        call()
+        stop.record()
+        stop.synchronize()
+        return start.elapsed_time(stop) / 1e3
+
+
+def clock_for(backend: str) -> CudaEventClock | TorchCudaClock:
+    """The GPU clock of ``backend``'s library: PyTorch's events for the peer, CuPy's else."""
+    return TorchCudaClock() if backend.startswith("torch") else CudaEventClock()
+
+
 def measure(
     first_call: Callable[[], object],
     timed_call: Callable[[int], object],
     input_sets: int = 1,
     *,
-    clock: WallClock | CudaEventClock | None = None,
+    clock: WallClock | CudaEventClock | TorchCudaClock | None = None,
     min_time: float = DEFAULT_MIN_TIME,
     min_runs: int = DEFAULT_MIN_RUNS,
     max_runs: int = DEFAULT_MAX_RUNS,

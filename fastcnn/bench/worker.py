@@ -30,7 +30,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from fastcnn.bench.cases import Task, describe
+from fastcnn.bench.cases import PEER_GPU, Task, describe, device_of
 
 
 def _setup(request: dict) -> dict:
@@ -43,6 +43,15 @@ def _setup(request: dict) -> dict:
         import torch
 
         reply["version"] = torch.__version__
+        if request["backend"] == PEER_GPU:
+            if not torch.cuda.is_available():
+                raise RuntimeError(f"this torch {torch.__version__} has no CUDA device")
+            # float32 as fastcnn computes it: no TF32; cuDNN picks its fastest algorithm.
+            torch.backends.cudnn.allow_tf32 = False
+            torch.backends.cuda.matmul.allow_tf32 = False
+            torch.backends.cudnn.benchmark = True
+            reply["gpu"] = torch.cuda.get_device_name()
+            reply["cudnn"] = torch.backends.cudnn.version()
         return reply
     import fastcnn
     from fastcnn.backends import check_backend_name
@@ -75,7 +84,8 @@ def _measure(request: dict) -> dict:
     working_set = describe(task).bytes  # what one call must move
     sets = timing.rotation_sets(working_set) if settings.get("rotate", True) else 1
     prepared = calls.prepare(task, sets)
-    clock = timing.CudaEventClock() if task.backend == "cuda" else timing.WallClock()
+    clock = timing.clock_for(task.backend) if device_of(task.backend) == "gpu" else None
+    clock = clock or timing.WallClock()
     options = {
         "min_time": settings.get("min_time", timing.DEFAULT_MIN_TIME),
         "min_runs": settings.get("min_runs", timing.DEFAULT_MIN_RUNS),
