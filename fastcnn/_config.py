@@ -17,6 +17,7 @@ _CPU_FEATURES = (
     "avx512f",
     "avx512bw",
     "avx512vl",
+    "avx512dq",
     "avx512_vnni",
     "avx512_bf16",
     "amx_tile",
@@ -56,7 +57,13 @@ def cpu_name() -> str:
 
 
 def thread_info() -> dict[str, object]:
-    info: dict[str, object] = {"cpu_count": os.cpu_count()}
+    info: dict[str, object] = {"cpu_count": os.cpu_count(), "cpp_threads": num_threads()}
+    try:
+        from fastcnn import _cpp
+
+        info["cpp_simd"] = _cpp.simd_path()
+    except ImportError:
+        pass
     try:
         import numba
 
@@ -77,14 +84,33 @@ def thread_info() -> dict[str, object]:
     return info
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity), else the machine's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+#: The thread count of the C++ kernels, passed with every call (None: usable_cores()).
+_threads: int | None = None
+
+
+def num_threads() -> int:
+    """The threads fastcnn's C++ kernels use (:func:`set_num_threads`, else every core)."""
+    return _threads or usable_cores()
+
+
 def set_num_threads(n: int) -> None:
-    """Use ``n`` threads in Numba's parallel kernels and in BLAS together.
+    """Use ``n`` threads in Numba's parallel kernels, the C++ kernels and BLAS together.
 
     Numba cannot go above the ``NUMBA_NUM_THREADS`` it started with (the core count
     by default).
     """
+    global _threads
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise ValueError(f"n must be a positive int, got {n!r}")
+    _threads = n
     try:
         import numba
 

@@ -1,7 +1,8 @@
 """The ``cpp`` backend: thin wrappers over the compiled extension ``fastcnn._cpp``.
 
 The extension has one function per op and dtype (``relu_float32``, ``relu_float64``);
-the wrappers here pick by dtype. The sources are in ``kernels/cpp``.
+the wrappers here pick by dtype, pass the thread count (``fastcnn.set_num_threads``) and
+record in the path census which path the kernel takes. The sources are in ``kernels/cpp``.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fastcnn import _census
+from fastcnn._config import num_threads
 from fastcnn.backends import register
 
 try:
@@ -27,15 +30,55 @@ def _by_dtype(name: str) -> dict[np.dtype, Callable[..., None]]:
     return {np.dtype(dtype): getattr(_cpp, f"{name}_{dtype}") for dtype in ("float32", "float64")}
 
 
-_relu = _by_dtype("relu")
-_relu_backward = _by_dtype("relu_backward")
+# ---------------------------------------------------------------------------- activations
+
+_census.declare("cpp", "activation.serial", "activation.chunks")
 
 
-@register("relu", "cpp")
-def relu(x, y):
-    _relu[x.dtype](x, y)
+def _elementwise_threads(size: int) -> int:
+    """Arrays of one chunk run on the calling thread (no pool start): 1 thread."""
+    serial = size <= _cpp.ELEMENTWISE_CHUNK
+    _census.record("cpp", "activation.serial" if serial else "activation.chunks")
+    return 1 if serial else num_threads()
 
 
-@register("relu_backward", "cpp")
-def relu_backward(grad_y, x, grad_x):
-    _relu_backward[x.dtype](grad_y, x, grad_x)
+def _register_unary(name: str) -> None:
+    forward, backward = _by_dtype(name), _by_dtype(f"{name}_backward")
+
+    def run(x, y):
+        forward[x.dtype](x, y, _elementwise_threads(y.size))
+
+    def run_backward(grad_y, saved, grad_x):
+        backward[grad_x.dtype](grad_y, saved, grad_x, _elementwise_threads(grad_x.size))
+
+    register(name, "cpp")(run)
+    register(f"{name}_backward", "cpp")(run_backward)
+
+
+for _name in ("relu", "sigmoid", "tanh"):
+    _register_unary(_name)
+
+_leaky_relu, _leaky_relu_backward = _by_dtype("leaky_relu"), _by_dtype("leaky_relu_backward")
+_dropout = _by_dtype("dropout")
+
+
+@register("leaky_relu", "cpp")
+def leaky_relu(x, y, negative_slope):
+    _leaky_relu[x.dtype](x, y, float(negative_slope), _elementwise_threads(y.size))
+
+
+@register("leaky_relu_backward", "cpp")
+def leaky_relu_backward(grad_y, x, grad_x, negative_slope):
+    _leaky_relu_backward[x.dtype](
+        grad_y, x, grad_x, float(negative_slope), _elementwise_threads(grad_x.size)
+    )
+
+
+@register("dropout", "cpp")
+def dropout(x, mask, y, scale):
+    _dropout[x.dtype](x, mask, y, float(scale), _elementwise_threads(y.size))
+
+
+@register("dropout_backward", "cpp")
+def dropout_backward(grad_y, mask, grad_x, scale):
+    _dropout[grad_y.dtype](grad_y, mask, grad_x, float(scale), _elementwise_threads(grad_x.size))

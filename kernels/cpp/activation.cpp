@@ -1,29 +1,181 @@
-// Elementwise activations and their gradients on flat contiguous arrays (ReLU).
-// Algorithm: one branch-free pass per element, written so the compiler emits SIMD selects.
+// ReLU, leaky ReLU, sigmoid, tanh and dropout, forward and backward, on flat arrays.
+// Algorithm: one branch-free pass per element (SIMD selects), in chunks over the threads.
+//
+// Memory-bound: a forward reads x and writes y (2 * sizeof(T) bytes an element), a
+// backward reads two arrays and writes one (3 * sizeof(T)). float32 exp and tanh are
+// polynomials the compiler vectorises (libm's are scalar calls); float64 calls libm.
+// Every kernel may write in place (y == x): element i reads only its own inputs.
+#include <cmath>
+#include <cstring>
+
 #include "kernels.hpp"
 
 namespace fastcnn {
+namespace {
 
-// Memory-bound: 2 * sizeof(T) bytes moved per element, no arithmetic to speak of.
-// `x < 0 ? 0 : x` (not `x > 0 ? x : 0`) so that relu(NaN) is NaN. Writing y == x
-// (in place) is fine: element i reads only x[i] before writing y[i].
-template <typename T> void relu(const T *x, T *y, std::size_t n) {
-#pragma omp simd
-    for (std::size_t i = 0; i < n; ++i)
-        y[i] = x[i] < T(0) ? T(0) : x[i];
+// exp(x) for x <= 0 or NaN. Cephes-style: x = n ln2 + r with |r| <= ln2 / 2, exp(r) by a
+// degree-6 polynomial, 2^n built in the exponent bits; as the Numba backend's.
+inline float exp_nonpositive(float x) {
+    constexpr float lowest = -87.3f;  // exp(-87.3) ~ 1.2e-38, still a normal float
+    const float clamped = x >= lowest ? x : lowest;  // NaN too: its n below stays an int
+    const float n = std::floor(clamped * 1.4426950408889634f + 0.5f);  // in [-126, 0]
+    const float r = clamped - n * 0.693359375f - n * -2.12194440e-4f;  // ln2 in two parts
+    float p = 1.9875691500e-4f * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    const std::int32_t bits = (static_cast<std::int32_t>(n) + 127) << 23;
+    float scale;
+    std::memcpy(&scale, &bits, sizeof scale);
+    const float result = x >= lowest ? p * scale : 0.0f;  // below: under 1.2e-38; -inf: 0
+    return x == x ? result : x;
 }
 
-// grad_x = grad_y where x > 0, else 0 (also 0 where x is NaN); 3 * sizeof(T) bytes per element.
+inline double exp_nonpositive(double x) { return std::exp(x); }
+
+// tanh(x) = (1 - e) / (1 + e) with e = exp(-2|x|), and x (1 - x^2/3 + 2x^4/15 - 17x^6/315)
+// below |x| = 1/16, where 1 - e loses the leading digits (error < 1e-10 relative).
+inline float tanh_of(float x) {
+    const float magnitude = std::fabs(x);
+    const float e = exp_nonpositive(-(magnitude + magnitude));
+    const float large = (1.0f - e) / (1.0f + e);
+    const float square = x * x;
+    const float small =
+        magnitude * (1.0f + square * (-1.0f / 3.0f + square * (2.0f / 15.0f +
+                                                                 square * (-17.0f / 315.0f))));
+    return std::copysign(magnitude < 0.0625f ? small : large, x);  // keeps NaN and -0.0
+}
+
+inline double tanh_of(double x) { return std::tanh(x); }
+
+// --- the loops, one SIMD clone set each; [begin, end) of the flat arrays
+
+template <typename T> FASTCNN_SIMD void relu_span(const T *x, T *y, index_t begin, index_t end) {
+    for (index_t i = begin; i < end; ++i)
+        y[i] = x[i] < T(0) ? T(0) : x[i];  // not `x > 0 ? x : 0`: relu(NaN) is NaN
+}
+
 template <typename T>
-void relu_backward(const T *grad_y, const T *x, T *grad_x, std::size_t n) {
-#pragma omp simd
-    for (std::size_t i = 0; i < n; ++i)
+FASTCNN_SIMD void relu_backward_span(const T *grad_y, const T *x, T *grad_x, index_t begin,
+                                     index_t end) {
+    for (index_t i = begin; i < end; ++i)
         grad_x[i] = x[i] > T(0) ? grad_y[i] : T(0);
 }
 
-template void relu<float>(const float *, float *, std::size_t);
-template void relu<double>(const double *, double *, std::size_t);
-template void relu_backward<float>(const float *, const float *, float *, std::size_t);
-template void relu_backward<double>(const double *, const double *, double *, std::size_t);
+template <typename T>
+FASTCNN_SIMD void leaky_relu_span(const T *x, T *y, T slope, index_t begin, index_t end) {
+    for (index_t i = begin; i < end; ++i)
+        y[i] = x[i] > T(0) ? x[i] : x[i] * slope;
+}
+
+template <typename T>
+FASTCNN_SIMD void leaky_relu_backward_span(const T *grad_y, const T *x, T *grad_x, T slope,
+                                           index_t begin, index_t end) {
+    for (index_t i = begin; i < end; ++i)
+        grad_x[i] = x[i] > T(0) ? grad_y[i] : grad_y[i] * slope;
+}
+
+template <typename T> FASTCNN_SIMD void sigmoid_span(const T *x, T *y, index_t begin, index_t end) {
+    for (index_t i = begin; i < end; ++i) {
+        // exp of -|x| never overflows: 1/(1+e) for x >= 0, e/(1+e) below; one division.
+        const T value = x[i];
+        const T e = exp_nonpositive(-std::fabs(value));
+        const T reciprocal = T(1) / (T(1) + e);
+        y[i] = value >= T(0) ? reciprocal : e * reciprocal;  // NaN: e and so y are NaN
+    }
+}
+
+template <typename T>
+FASTCNN_SIMD void sigmoid_backward_span(const T *grad_y, const T *y, T *grad_x, index_t begin,
+                                        index_t end) {
+    for (index_t i = begin; i < end; ++i)
+        grad_x[i] = grad_y[i] * y[i] * (T(1) - y[i]);
+}
+
+template <typename T> FASTCNN_SIMD void tanh_span(const T *x, T *y, index_t begin, index_t end) {
+    for (index_t i = begin; i < end; ++i)
+        y[i] = tanh_of(x[i]);
+}
+
+template <typename T>
+FASTCNN_SIMD void tanh_backward_span(const T *grad_y, const T *y, T *grad_x, index_t begin,
+                                     index_t end) {
+    for (index_t i = begin; i < end; ++i)
+        grad_x[i] = grad_y[i] * (T(1) - y[i] * y[i]);
+}
+
+template <typename T>
+FASTCNN_SIMD void dropout_span(const T *x, const bool *mask, T *y, T scale, index_t begin,
+                               index_t end) {
+    for (index_t i = begin; i < end; ++i)
+        y[i] = x[i] * (T(mask[i]) * scale);  // a dropped NaN stays NaN, as in PyTorch
+}
+
+}  // namespace
+
+template <typename T> void relu(const T *x, T *y, index_t n, int threads) {
+    parallel_for(n, ELEMENTWISE_CHUNK, threads, [=](index_t b, index_t e) { relu_span(x, y, b, e); });
+}
+
+template <typename T>
+void relu_backward(const T *grad_y, const T *x, T *grad_x, index_t n, int threads) {
+    parallel_for(n, ELEMENTWISE_CHUNK, threads,
+                 [=](index_t b, index_t e) { relu_backward_span(grad_y, x, grad_x, b, e); });
+}
+
+template <typename T> void leaky_relu(const T *x, T *y, T slope, index_t n, int threads) {
+    parallel_for(n, ELEMENTWISE_CHUNK, threads,
+                 [=](index_t b, index_t e) { leaky_relu_span(x, y, slope, b, e); });
+}
+
+template <typename T>
+void leaky_relu_backward(const T *grad_y, const T *x, T *grad_x, T slope, index_t n,
+                         int threads) {
+    parallel_for(n, ELEMENTWISE_CHUNK, threads, [=](index_t b, index_t e) {
+        leaky_relu_backward_span(grad_y, x, grad_x, slope, b, e);
+    });
+}
+
+template <typename T> void sigmoid(const T *x, T *y, index_t n, int threads) {
+    parallel_for(n, ELEMENTWISE_CHUNK, threads,
+                 [=](index_t b, index_t e) { sigmoid_span(x, y, b, e); });
+}
+
+template <typename T>
+void sigmoid_backward(const T *grad_y, const T *y, T *grad_x, index_t n, int threads) {
+    parallel_for(n, ELEMENTWISE_CHUNK, threads,
+                 [=](index_t b, index_t e) { sigmoid_backward_span(grad_y, y, grad_x, b, e); });
+}
+
+template <typename T> void tanh(const T *x, T *y, index_t n, int threads) {
+    parallel_for(n, ELEMENTWISE_CHUNK, threads, [=](index_t b, index_t e) { tanh_span(x, y, b, e); });
+}
+
+template <typename T>
+void tanh_backward(const T *grad_y, const T *y, T *grad_x, index_t n, int threads) {
+    parallel_for(n, ELEMENTWISE_CHUNK, threads,
+                 [=](index_t b, index_t e) { tanh_backward_span(grad_y, y, grad_x, b, e); });
+}
+
+template <typename T>
+void dropout(const T *x, const bool *mask, T *y, T scale, index_t n, int threads) {
+    parallel_for(n, ELEMENTWISE_CHUNK, threads,
+                 [=](index_t b, index_t e) { dropout_span(x, mask, y, scale, b, e); });
+}
+
+#define FASTCNN_ACTIVATIONS(T)                                                                   \
+    template void relu<T>(const T *, T *, index_t, int);                                         \
+    template void relu_backward<T>(const T *, const T *, T *, index_t, int);                     \
+    template void leaky_relu<T>(const T *, T *, T, index_t, int);                                \
+    template void leaky_relu_backward<T>(const T *, const T *, T *, T, index_t, int);            \
+    template void sigmoid<T>(const T *, T *, index_t, int);                                      \
+    template void sigmoid_backward<T>(const T *, const T *, T *, index_t, int);                  \
+    template void tanh<T>(const T *, T *, index_t, int);                                         \
+    template void tanh_backward<T>(const T *, const T *, T *, index_t, int);                     \
+    template void dropout<T>(const T *, const bool *, T *, T, index_t, int);
+FASTCNN_ACTIVATIONS(float)
+FASTCNN_ACTIVATIONS(double)
 
 }  // namespace fastcnn

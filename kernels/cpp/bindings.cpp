@@ -1,8 +1,9 @@
 // The Python module fastcnn._cpp: nanobind wrappers that turn NumPy arrays into pointers.
-// Every function exists once per dtype (name_float32, name_float64); fastcnn/backends/cpp.py
-// picks by dtype. Every array is .noconvert(): a wrong dtype or layout raises TypeError
-// instead of being copied (a copied output would silently lose the result). The GIL is
-// released while a kernel runs.
+// Every kernel exists once per dtype (name_float32, name_float64); fastcnn/backends/cpp.py
+// picks by dtype and passes the thread count. Every array is .noconvert(): a wrong dtype or
+// layout raises TypeError instead of being copied (a copied output would silently lose the
+// result); inputs are const, so read-only arrays are taken. The GIL is released while a
+// kernel runs.
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
 
@@ -12,41 +13,91 @@
 #include "kernels.hpp"
 
 namespace nb = nanobind;
+using fastcnn::index_t;
 
 namespace {
 
-template <typename T> using In = nb::ndarray<const T, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
-template <typename T> using Out = nb::ndarray<T, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+template <typename T> using Flat = nb::ndarray<T, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
 
 // A cheap safety net under the Python layer's validation; raised as ValueError.
-void check_same_size(std::size_t a, std::size_t b) {
-    if (a != b)
-        throw std::invalid_argument("array lengths differ: " + std::to_string(a) + " vs " +
-                                    std::to_string(b));
+void check_sizes(std::size_t expected, std::initializer_list<std::size_t> sizes) {
+    for (std::size_t size : sizes)
+        if (size != expected)
+            throw std::invalid_argument("array lengths differ: " + std::to_string(size) +
+                                        " vs " + std::to_string(expected));
+}
+
+int checked_threads(int threads) {
+    if (threads < 1)
+        throw std::invalid_argument("threads must be >= 1, got " + std::to_string(threads));
+    return threads;
+}
+
+constexpr auto release_gil = nb::call_guard<nb::gil_scoped_release>();
+
+// ---------------------------------------------------------------------------- activation.cpp
+
+// forward(x, y, threads) and backward(grad_y, saved, grad_x, threads): saved is x or y.
+template <typename T> using Unary = void (*)(const T *, T *, index_t, int);
+template <typename T> using UnaryBackward = void (*)(const T *, const T *, T *, index_t, int);
+
+template <typename T>
+void bind_unary(nb::module_ &m, const std::string &name, const std::string &dtype,
+                Unary<T> forward, UnaryBackward<T> backward, const char *saved) {
+    m.def((name + "_" + dtype).c_str(),
+          [forward](Flat<const T> x, Flat<T> y, int threads) {
+              check_sizes(y.size(), {x.size()});
+              forward(x.data(), y.data(), index_t(y.size()), checked_threads(threads));
+          },
+          nb::arg("x").noconvert(), nb::arg("y").noconvert(), nb::arg("threads"), release_gil);
+    m.def((name + "_backward_" + dtype).c_str(),
+          [backward](Flat<const T> grad_y, Flat<const T> kept, Flat<T> grad_x, int threads) {
+              check_sizes(grad_x.size(), {grad_y.size(), kept.size()});
+              backward(grad_y.data(), kept.data(), grad_x.data(), index_t(grad_x.size()),
+                       checked_threads(threads));
+          },
+          nb::arg("grad_y").noconvert(), nb::arg(saved).noconvert(),
+          nb::arg("grad_x").noconvert(), nb::arg("threads"), release_gil);
 }
 
 template <typename T> void bind_activation(nb::module_ &m, const std::string &dtype) {
-    m.def(("relu_" + dtype).c_str(),
-          [](In<T> x, Out<T> y) {
-              check_same_size(x.size(), y.size());
-              fastcnn::relu<T>(x.data(), y.data(), y.size());
+    bind_unary<T>(m, "relu", dtype, fastcnn::relu<T>, fastcnn::relu_backward<T>, "x");
+    bind_unary<T>(m, "sigmoid", dtype, fastcnn::sigmoid<T>, fastcnn::sigmoid_backward<T>, "y");
+    bind_unary<T>(m, "tanh", dtype, fastcnn::tanh<T>, fastcnn::tanh_backward<T>, "y");
+    m.def(("leaky_relu_" + dtype).c_str(),
+          [](Flat<const T> x, Flat<T> y, double slope, int threads) {
+              check_sizes(y.size(), {x.size()});
+              fastcnn::leaky_relu<T>(x.data(), y.data(), T(slope), index_t(y.size()),
+                                     checked_threads(threads));
           },
-          nb::arg("x").noconvert(), nb::arg("y").noconvert(),
-          nb::call_guard<nb::gil_scoped_release>());
-    m.def(("relu_backward_" + dtype).c_str(),
-          [](In<T> grad_y, In<T> x, Out<T> grad_x) {
-              check_same_size(grad_y.size(), grad_x.size());
-              check_same_size(x.size(), grad_x.size());
-              fastcnn::relu_backward<T>(grad_y.data(), x.data(), grad_x.data(), grad_x.size());
+          nb::arg("x").noconvert(), nb::arg("y").noconvert(), nb::arg("negative_slope"),
+          nb::arg("threads"), release_gil);
+    m.def(("leaky_relu_backward_" + dtype).c_str(),
+          [](Flat<const T> grad_y, Flat<const T> x, Flat<T> grad_x, double slope, int threads) {
+              check_sizes(grad_x.size(), {grad_y.size(), x.size()});
+              fastcnn::leaky_relu_backward<T>(grad_y.data(), x.data(), grad_x.data(), T(slope),
+                                              index_t(grad_x.size()), checked_threads(threads));
           },
           nb::arg("grad_y").noconvert(), nb::arg("x").noconvert(),
-          nb::arg("grad_x").noconvert(), nb::call_guard<nb::gil_scoped_release>());
+          nb::arg("grad_x").noconvert(), nb::arg("negative_slope"), nb::arg("threads"),
+          release_gil);
+    m.def(("dropout_" + dtype).c_str(),
+          [](Flat<const T> x, Flat<const bool> mask, Flat<T> y, double scale, int threads) {
+              check_sizes(y.size(), {x.size(), mask.size()});
+              fastcnn::dropout<T>(x.data(), mask.data(), y.data(), T(scale), index_t(y.size()),
+                                  checked_threads(threads));
+          },
+          nb::arg("x").noconvert(), nb::arg("mask").noconvert(), nb::arg("y").noconvert(),
+          nb::arg("scale"), nb::arg("threads"), release_gil);
 }
 
 }  // namespace
 
 NB_MODULE(_cpp, m) {
     m.doc() = "fastcnn's C++ kernels; call them through fastcnn.functional";
+    m.def("simd_path", &fastcnn::simd_path,
+          "The SIMD code path this CPU runs: avx512, avx2 or baseline.");
+    m.attr("ELEMENTWISE_CHUNK") = fastcnn::ELEMENTWISE_CHUNK;
     bind_activation<float>(m, "float32");
     bind_activation<double>(m, "float64");
 }
