@@ -6,7 +6,8 @@ the spec suite's own (``fastcnn.testing.harness``): poisoned outputs, inputs unc
 any memory layout, NaN and inf planted in the first input. Profiles, by
 ``FASTCNN_FUZZ``: ``quick`` (the default ``pytest`` run, a bounded number of examples)
 and ``long`` (CI, in a subprocess so a crash is a reported failure; see
-``tests/run_fuzz_long.py``). A failure prints the drawn case and seed to add as an
+``tests/run_fuzz_long.py``). ``FASTCNN_FUZZ_BACKENDS=cpp,numba`` fuzzes only those backends
+(CI's sanitizer build fuzzes cpp alone). A failure prints the drawn case and seed to add as an
 ``@example`` below.
 """
 
@@ -29,6 +30,9 @@ from fastcnn.testing.harness import algorithm_cases, check_backward, check_forwa
 from fastcnn.testing.specs import SPECS_BY_NAME, Case  # noqa: E402
 
 BACKENDS = [name for name in available_backends() if name != "reference"]
+if os.environ.get("FASTCNN_FUZZ_BACKENDS"):
+    _chosen = os.environ["FASTCNN_FUZZ_BACKENDS"].split(",")
+    BACKENDS = [name for name in BACKENDS if name in _chosen]
 # inf - inf and 0 x inf in the reference and the kernels alike: NaN is the expected result
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 PROFILE = os.environ.get("FASTCNN_FUZZ", "quick")

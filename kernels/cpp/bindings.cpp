@@ -98,6 +98,11 @@ NB_MODULE(_cpp, m) {
     m.def("simd_path", &fastcnn::simd_path,
           "The SIMD code path this CPU runs: avx512, avx2 or baseline.");
     m.attr("ELEMENTWISE_CHUNK") = fastcnn::ELEMENTWISE_CHUNK;
+#ifdef FASTCNN_SANITIZED
+    m.attr("sanitized") = true;  // built with -fsanitize=address,undefined
+#else
+    m.attr("sanitized") = false;
+#endif
     bind_activation<float>(m, "float32");
     bind_activation<double>(m, "float64");
 }
