@@ -14,6 +14,8 @@ import numpy as np
 
 from fastcnn import _census
 from fastcnn._config import num_threads
+from fastcnn._shapes import ConvGeometry
+from fastcnn.autotune import choose as autotuned
 from fastcnn.backends import register
 
 try:
@@ -82,3 +84,107 @@ def dropout(x, mask, y, scale):
 @register("dropout_backward", "cpp")
 def dropout_backward(grad_y, mask, grad_x, scale):
     _dropout[grad_y.dtype](grad_y, mask, grad_x, float(scale), _elementwise_threads(grad_x.size))
+
+
+# ---------------------------------------------------------------------------- conv2d
+
+CONV2D_DIRECTIONS = ("forward", "input_gradient", "weight_gradient")
+_census.declare("cpp", *(f"conv2d.direct.{direction}" for direction in CONV2D_DIRECTIONS))
+
+
+def _geometry(g: ConvGeometry) -> tuple[int, ...]:
+    """The ConvGeometry as the extension's 16 ints (kernels/cpp/bindings.cpp's order)."""
+    return (
+        g.N, g.C, g.H, g.W, g.K, g.R, g.S, g.P, g.Q, g.stride_h, g.stride_w, g.pad_h,
+        g.pad_w, g.dilation_h, g.dilation_w, g.groups,
+    )  # fmt: skip
+
+
+_conv2d_direct = _by_dtype("conv2d_direct")
+_conv2d_direct_input_gradient = _by_dtype("conv2d_direct_input_gradient")
+_conv2d_direct_weight_gradient = _by_dtype("conv2d_direct_weight_gradient")
+_conv2d_bias_gradient = _by_dtype("conv2d_bias_gradient")
+
+
+def _flat(array):
+    return None if array is None else array.reshape(-1)
+
+
+def _direct_forward(x, weight, bias, y, g: ConvGeometry) -> None:
+    _census.record("cpp", "conv2d.direct.forward")
+    _conv2d_direct[x.dtype](
+        _flat(x), _flat(weight), _flat(bias), _flat(y), _geometry(g), num_threads()
+    )
+
+
+def _direct_input_gradient(grad_y, weight, grad_x, g: ConvGeometry) -> None:
+    _census.record("cpp", "conv2d.direct.input_gradient")
+    _conv2d_direct_input_gradient[grad_y.dtype](
+        _flat(grad_y), _flat(weight), _flat(grad_x), _geometry(g), num_threads()
+    )
+
+
+def _direct_weight_gradient(grad_y, x, grad_weight, g: ConvGeometry) -> None:
+    _census.record("cpp", "conv2d.direct.weight_gradient")
+    _conv2d_direct_weight_gradient[grad_y.dtype](
+        _flat(grad_y), _flat(x), _flat(grad_weight), _geometry(g), num_threads()
+    )
+
+
+#: name -> (forward, input gradient, weight gradient), each with the Numba backend's
+#: algorithm interface (fastcnn/backends/numba/conv2d.py).
+_ALGORITHMS = {"direct": (_direct_forward, _direct_input_gradient, _direct_weight_gradient)}
+
+#: What autotuning times: one direction of one algorithm, on arrays it made.
+_RUNNERS = {
+    "forward": lambda name, x, weight, y, g: _ALGORITHMS[name][0](x, weight, None, y, g),
+    "input_gradient": lambda name, grad_y, weight, grad_x, g: _ALGORITHMS[name][1](
+        grad_y, weight, grad_x, g
+    ),
+    "weight_gradient": lambda name, grad_y, x, grad_weight, g: _ALGORITHMS[name][2](
+        grad_y, x, grad_weight, g
+    ),
+}
+
+
+class Conv2dAlgorithms:
+    """What the registry and the functional API ask of cpp's conv2d algorithms."""
+
+    names = tuple(_ALGORITHMS)
+    directions = CONV2D_DIRECTIONS
+
+    @staticmethod
+    def takes(name: str, g: ConvGeometry, direction: str) -> bool:
+        return name in _ALGORITHMS
+
+    @staticmethod
+    def heuristic(g: ConvGeometry, direction: str) -> tuple[str, str]:
+        return "direct", "the general case: row updates per output plane"
+
+    @classmethod
+    def choose(cls, g: ConvGeometry, direction: str, dtype) -> str:
+        default = cls.heuristic(g, direction)[0]
+        names = [name for name in cls.names if cls.takes(name, g, direction)]
+        return autotuned(g, dtype, direction, default, names, _RUNNERS, backend="cpp")
+
+
+_CONV2D = Conv2dAlgorithms()
+
+
+@register("conv2d", "cpp", algorithms=_CONV2D)
+def conv2d(x, weight, bias, y, g: ConvGeometry, *, algo: str) -> None:
+    _ALGORITHMS[algo][0](x, weight, bias, y, g)
+
+
+@register("conv2d_backward", "cpp", algorithms=_CONV2D)
+def conv2d_backward(
+    grad_y, x, weight, grad_x, grad_weight, grad_bias, g: ConvGeometry, *, algo: tuple
+) -> None:
+    """``algo``: (input-gradient algorithm or None when grad_x is not wanted, weight-
+    gradient algorithm)."""
+    input_algo, weight_algo = algo
+    if grad_x is not None:
+        _ALGORITHMS[input_algo][1](grad_y, weight, grad_x, g)
+    _ALGORITHMS[weight_algo][2](grad_y, x, grad_weight, g)
+    if grad_bias is not None:
+        _conv2d_bias_gradient[grad_y.dtype](_flat(grad_y), grad_bias, _geometry(g), num_threads())

@@ -6,6 +6,8 @@
 // kernel runs.
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
+#include <nanobind/stl/array.h>
+#include <nanobind/stl/optional.h>
 
 #include <stdexcept>
 #include <string>
@@ -91,6 +93,70 @@ template <typename T> void bind_activation(nb::module_ &m, const std::string &dt
           nb::arg("scale"), nb::arg("threads"), release_gil);
 }
 
+// ---------------------------------------------------------------------------- conv2d.cpp
+
+// (N, C, H, W, K, R, S, P, Q, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w,
+// groups): fastcnn/backends/cpp.py passes a ConvGeometry in this order.
+using Geometry = std::array<index_t, 16>;
+
+fastcnn::ConvShape conv_shape(const Geometry &a) {
+    return {a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7],
+            a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15]};
+}
+
+template <typename T> void bind_conv2d(nb::module_ &m, const std::string &dtype) {
+    m.def(("conv2d_direct_" + dtype).c_str(),
+          [](Flat<const T> x, Flat<const T> w, std::optional<Flat<const T>> bias, Flat<T> y,
+             const Geometry &geometry, int threads) {
+              const auto g = conv_shape(geometry);
+              check_sizes(std::size_t(g.N * g.C * g.H * g.W), {x.size()});
+              check_sizes(std::size_t(g.K * (g.C / g.G) * g.R * g.S), {w.size()});
+              check_sizes(std::size_t(g.N * g.K * g.P * g.Q), {y.size()});
+              if (bias)
+                  check_sizes(std::size_t(g.K), {bias->size()});
+              fastcnn::conv2d_direct<T>(x.data(), w.data(), bias ? bias->data() : nullptr,
+                                        y.data(), g, checked_threads(threads));
+          },
+          nb::arg("x").noconvert(), nb::arg("weight").noconvert(),
+          nb::arg("bias").noconvert().none(), nb::arg("y").noconvert(), nb::arg("geometry"),
+          nb::arg("threads"), release_gil);
+    m.def(("conv2d_direct_input_gradient_" + dtype).c_str(),
+          [](Flat<const T> grad_y, Flat<const T> w, Flat<T> grad_x, const Geometry &geometry,
+             int threads) {
+              const auto g = conv_shape(geometry);
+              check_sizes(std::size_t(g.N * g.K * g.P * g.Q), {grad_y.size()});
+              check_sizes(std::size_t(g.K * (g.C / g.G) * g.R * g.S), {w.size()});
+              check_sizes(std::size_t(g.N * g.C * g.H * g.W), {grad_x.size()});
+              fastcnn::conv2d_direct_input_gradient<T>(grad_y.data(), w.data(), grad_x.data(),
+                                                       g, checked_threads(threads));
+          },
+          nb::arg("grad_y").noconvert(), nb::arg("weight").noconvert(),
+          nb::arg("grad_x").noconvert(), nb::arg("geometry"), nb::arg("threads"), release_gil);
+    m.def(("conv2d_direct_weight_gradient_" + dtype).c_str(),
+          [](Flat<const T> grad_y, Flat<const T> x, Flat<T> grad_w, const Geometry &geometry,
+             int threads) {
+              const auto g = conv_shape(geometry);
+              check_sizes(std::size_t(g.N * g.K * g.P * g.Q), {grad_y.size()});
+              check_sizes(std::size_t(g.N * g.C * g.H * g.W), {x.size()});
+              check_sizes(std::size_t(g.K * (g.C / g.G) * g.R * g.S), {grad_w.size()});
+              fastcnn::conv2d_direct_weight_gradient<T>(grad_y.data(), x.data(), grad_w.data(),
+                                                        g, checked_threads(threads));
+          },
+          nb::arg("grad_y").noconvert(), nb::arg("x").noconvert(),
+          nb::arg("grad_weight").noconvert(), nb::arg("geometry"), nb::arg("threads"),
+          release_gil);
+    m.def(("conv2d_bias_gradient_" + dtype).c_str(),
+          [](Flat<const T> grad_y, Flat<T> grad_bias, const Geometry &geometry, int threads) {
+              const auto g = conv_shape(geometry);
+              check_sizes(std::size_t(g.N * g.K * g.P * g.Q), {grad_y.size()});
+              check_sizes(std::size_t(g.K), {grad_bias.size()});
+              fastcnn::conv2d_bias_gradient<T>(grad_y.data(), grad_bias.data(), g,
+                                               checked_threads(threads));
+          },
+          nb::arg("grad_y").noconvert(), nb::arg("grad_bias").noconvert(), nb::arg("geometry"),
+          nb::arg("threads"), release_gil);
+}
+
 }  // namespace
 
 NB_MODULE(_cpp, m) {
@@ -105,4 +171,6 @@ NB_MODULE(_cpp, m) {
 #endif
     bind_activation<float>(m, "float32");
     bind_activation<double>(m, "float64");
+    bind_conv2d<float>(m, "float32");
+    bind_conv2d<double>(m, "float64");
 }

@@ -24,4 +24,20 @@ void tanh_backward(const T *grad_y, const T *y, T *grad_x, index_t n, int thread
 template <typename T>
 void dropout(const T *x, const bool *mask, T *y, T scale, index_t n, int threads);
 
+// conv2d.cpp: NCHW, weight (K, C / G, R, S); pad_h / pad_w are the top / left padding, the
+// output size P x Q implies the rest. bias may be null.
+struct ConvShape {
+    index_t N, C, H, W, K, R, S, P, Q, sh, sw, ph, pw, dh, dw, G;
+};
+template <typename T>
+void conv2d_direct(const T *x, const T *w, const T *bias, T *y, const ConvShape &g, int threads);
+template <typename T>
+void conv2d_direct_input_gradient(const T *grad_y, const T *w, T *grad_x, const ConvShape &g,
+                                  int threads);
+template <typename T>
+void conv2d_direct_weight_gradient(const T *grad_y, const T *x, T *grad_w, const ConvShape &g,
+                                   int threads);
+template <typename T>
+void conv2d_bias_gradient(const T *grad_y, T *grad_bias, const ConvShape &g, int threads);
+
 }  // namespace fastcnn
