@@ -89,7 +89,12 @@ def dropout_backward(grad_y, mask, grad_x, scale):
 # ---------------------------------------------------------------------------- conv2d
 
 CONV2D_DIRECTIONS = ("forward", "input_gradient", "weight_gradient")
-_census.declare("cpp", *(f"conv2d.direct.{direction}" for direction in CONV2D_DIRECTIONS))
+CONV2D_ALGORITHMS = ("direct", "im2col")
+_census.declare(
+    "cpp",
+    *(f"conv2d.{a}.{d}" for a in CONV2D_ALGORITHMS for d in CONV2D_DIRECTIONS),
+    "conv2d.im2col.pointwise",
+)
 
 
 def _geometry(g: ConvGeometry) -> tuple[int, ...]:
@@ -100,40 +105,49 @@ def _geometry(g: ConvGeometry) -> tuple[int, ...]:
     )  # fmt: skip
 
 
-_conv2d_direct = _by_dtype("conv2d_direct")
-_conv2d_direct_input_gradient = _by_dtype("conv2d_direct_input_gradient")
-_conv2d_direct_weight_gradient = _by_dtype("conv2d_direct_weight_gradient")
-_conv2d_bias_gradient = _by_dtype("conv2d_bias_gradient")
+def _pointwise(g: ConvGeometry) -> bool:
+    """1x1, stride 1, no padding: im2col's GEMM reads x as it is (kernels/cpp/conv2d.cpp)."""
+    return (g.R, g.S, g.stride_h, g.stride_w, g.pad_h, g.pad_w) == (1, 1, 1, 1, 0, 0)
 
 
 def _flat(array):
     return None if array is None else array.reshape(-1)
 
 
-def _direct_forward(x, weight, bias, y, g: ConvGeometry) -> None:
-    _census.record("cpp", "conv2d.direct.forward")
-    _conv2d_direct[x.dtype](
-        _flat(x), _flat(weight), _flat(bias), _flat(y), _geometry(g), num_threads()
-    )
+def _conv2d_algorithm(name: str):
+    """(forward, input gradient, weight gradient) of one algorithm, with the Numba
+    backend's algorithm interface (fastcnn/backends/numba/conv2d.py)."""
+    kernels = [_by_dtype(f"conv2d_{name}{suffix}")
+               for suffix in ("", "_input_gradient", "_weight_gradient")]  # fmt: skip
+
+    def record(direction: str, g: ConvGeometry) -> None:
+        _census.record("cpp", f"conv2d.{name}.{direction}")
+        if name == "im2col" and _pointwise(g):
+            _census.record("cpp", "conv2d.im2col.pointwise")
+
+    def forward(x, weight, bias, y, g: ConvGeometry) -> None:
+        record("forward", g)
+        kernels[0][x.dtype](
+            _flat(x), _flat(weight), _flat(bias), _flat(y), _geometry(g), num_threads()
+        )
+
+    def input_gradient(grad_y, weight, grad_x, g: ConvGeometry) -> None:
+        record("input_gradient", g)
+        kernels[1][grad_y.dtype](
+            _flat(grad_y), _flat(weight), _flat(grad_x), _geometry(g), num_threads()
+        )
+
+    def weight_gradient(grad_y, x, grad_weight, g: ConvGeometry) -> None:
+        record("weight_gradient", g)
+        kernels[2][grad_y.dtype](
+            _flat(grad_y), _flat(x), _flat(grad_weight), _geometry(g), num_threads()
+        )
+
+    return forward, input_gradient, weight_gradient
 
 
-def _direct_input_gradient(grad_y, weight, grad_x, g: ConvGeometry) -> None:
-    _census.record("cpp", "conv2d.direct.input_gradient")
-    _conv2d_direct_input_gradient[grad_y.dtype](
-        _flat(grad_y), _flat(weight), _flat(grad_x), _geometry(g), num_threads()
-    )
-
-
-def _direct_weight_gradient(grad_y, x, grad_weight, g: ConvGeometry) -> None:
-    _census.record("cpp", "conv2d.direct.weight_gradient")
-    _conv2d_direct_weight_gradient[grad_y.dtype](
-        _flat(grad_y), _flat(x), _flat(grad_weight), _geometry(g), num_threads()
-    )
-
-
-#: name -> (forward, input gradient, weight gradient), each with the Numba backend's
-#: algorithm interface (fastcnn/backends/numba/conv2d.py).
-_ALGORITHMS = {"direct": (_direct_forward, _direct_input_gradient, _direct_weight_gradient)}
+_ALGORITHMS = {name: _conv2d_algorithm(name) for name in CONV2D_ALGORITHMS}
+_conv2d_bias_gradient = _by_dtype("conv2d_bias_gradient")
 
 #: What autotuning times: one direction of one algorithm, on arrays it made.
 _RUNNERS = {
@@ -145,6 +159,10 @@ _RUNNERS = {
         grad_y, x, grad_weight, g
     ),
 }
+
+#: im2col's GEMM pays from this depth (channels per group x taps) on: below it, the
+#: unfolding costs more than the direct row updates it replaces.
+IM2COL_DEPTH = 32
 
 
 class Conv2dAlgorithms:
@@ -159,7 +177,9 @@ class Conv2dAlgorithms:
 
     @staticmethod
     def heuristic(g: ConvGeometry, direction: str) -> tuple[str, str]:
-        return "direct", "the general case: row updates per output plane"
+        if (g.C // g.groups) * g.R * g.S >= IM2COL_DEPTH:
+            return "im2col", f"GEMM depth (C/groups)*R*S >= {IM2COL_DEPTH}"
+        return "direct", f"few channels a group (depth < {IM2COL_DEPTH}): row updates"
 
     @classmethod
     def choose(cls, g: ConvGeometry, direction: str, dtype) -> str:

@@ -104,47 +104,65 @@ fastcnn::ConvShape conv_shape(const Geometry &a) {
             a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15]};
 }
 
-template <typename T> void bind_conv2d(nb::module_ &m, const std::string &dtype) {
-    m.def(("conv2d_direct_" + dtype).c_str(),
-          [](Flat<const T> x, Flat<const T> w, std::optional<Flat<const T>> bias, Flat<T> y,
-             const Geometry &geometry, int threads) {
+template <typename T> using Forward = void (*)(const T *, const T *, const T *, T *,
+                                               const fastcnn::ConvShape &, int);
+template <typename T>
+using Gradient = void (*)(const T *, const T *, T *, const fastcnn::ConvShape &, int);
+
+// conv2d_<algorithm>_<dtype>, conv2d_<algorithm>_input_gradient_<dtype> and
+// conv2d_<algorithm>_weight_gradient_<dtype>.
+template <typename T>
+void bind_conv2d_algorithm(nb::module_ &m, const std::string &algorithm, const std::string &dtype,
+                           Forward<T> forward, Gradient<T> input_gradient,
+                           Gradient<T> weight_gradient) {
+    const std::string name = "conv2d_" + algorithm + "_";
+    m.def((name + dtype).c_str(),
+          [forward](Flat<const T> x, Flat<const T> w, std::optional<Flat<const T>> bias,
+                    Flat<T> y, const Geometry &geometry, int threads) {
               const auto g = conv_shape(geometry);
               check_sizes(std::size_t(g.N * g.C * g.H * g.W), {x.size()});
               check_sizes(std::size_t(g.K * (g.C / g.G) * g.R * g.S), {w.size()});
               check_sizes(std::size_t(g.N * g.K * g.P * g.Q), {y.size()});
               if (bias)
                   check_sizes(std::size_t(g.K), {bias->size()});
-              fastcnn::conv2d_direct<T>(x.data(), w.data(), bias ? bias->data() : nullptr,
-                                        y.data(), g, checked_threads(threads));
+              forward(x.data(), w.data(), bias ? bias->data() : nullptr, y.data(), g,
+                      checked_threads(threads));
           },
           nb::arg("x").noconvert(), nb::arg("weight").noconvert(),
           nb::arg("bias").noconvert().none(), nb::arg("y").noconvert(), nb::arg("geometry"),
           nb::arg("threads"), release_gil);
-    m.def(("conv2d_direct_input_gradient_" + dtype).c_str(),
-          [](Flat<const T> grad_y, Flat<const T> w, Flat<T> grad_x, const Geometry &geometry,
-             int threads) {
+    m.def((name + "input_gradient_" + dtype).c_str(),
+          [input_gradient](Flat<const T> grad_y, Flat<const T> w, Flat<T> grad_x,
+                           const Geometry &geometry, int threads) {
               const auto g = conv_shape(geometry);
               check_sizes(std::size_t(g.N * g.K * g.P * g.Q), {grad_y.size()});
               check_sizes(std::size_t(g.K * (g.C / g.G) * g.R * g.S), {w.size()});
               check_sizes(std::size_t(g.N * g.C * g.H * g.W), {grad_x.size()});
-              fastcnn::conv2d_direct_input_gradient<T>(grad_y.data(), w.data(), grad_x.data(),
-                                                       g, checked_threads(threads));
+              input_gradient(grad_y.data(), w.data(), grad_x.data(), g, checked_threads(threads));
           },
           nb::arg("grad_y").noconvert(), nb::arg("weight").noconvert(),
           nb::arg("grad_x").noconvert(), nb::arg("geometry"), nb::arg("threads"), release_gil);
-    m.def(("conv2d_direct_weight_gradient_" + dtype).c_str(),
-          [](Flat<const T> grad_y, Flat<const T> x, Flat<T> grad_w, const Geometry &geometry,
-             int threads) {
+    m.def((name + "weight_gradient_" + dtype).c_str(),
+          [weight_gradient](Flat<const T> grad_y, Flat<const T> x, Flat<T> grad_w,
+                            const Geometry &geometry, int threads) {
               const auto g = conv_shape(geometry);
               check_sizes(std::size_t(g.N * g.K * g.P * g.Q), {grad_y.size()});
               check_sizes(std::size_t(g.N * g.C * g.H * g.W), {x.size()});
               check_sizes(std::size_t(g.K * (g.C / g.G) * g.R * g.S), {grad_w.size()});
-              fastcnn::conv2d_direct_weight_gradient<T>(grad_y.data(), x.data(), grad_w.data(),
-                                                        g, checked_threads(threads));
+              weight_gradient(grad_y.data(), x.data(), grad_w.data(), g, checked_threads(threads));
           },
           nb::arg("grad_y").noconvert(), nb::arg("x").noconvert(),
           nb::arg("grad_weight").noconvert(), nb::arg("geometry"), nb::arg("threads"),
           release_gil);
+}
+
+template <typename T> void bind_conv2d(nb::module_ &m, const std::string &dtype) {
+    bind_conv2d_algorithm<T>(m, "direct", dtype, fastcnn::conv2d_direct<T>,
+                             fastcnn::conv2d_direct_input_gradient<T>,
+                             fastcnn::conv2d_direct_weight_gradient<T>);
+    bind_conv2d_algorithm<T>(m, "im2col", dtype, fastcnn::conv2d_im2col<T>,
+                             fastcnn::conv2d_im2col_input_gradient<T>,
+                             fastcnn::conv2d_im2col_weight_gradient<T>);
     m.def(("conv2d_bias_gradient_" + dtype).c_str(),
           [](Flat<const T> grad_y, Flat<T> grad_bias, const Geometry &geometry, int threads) {
               const auto g = conv_shape(geometry);

@@ -38,6 +38,14 @@ template <typename T>
 void conv2d_direct_weight_gradient(const T *grad_y, const T *x, T *grad_w, const ConvShape &g,
                                    int threads);
 template <typename T>
+void conv2d_im2col(const T *x, const T *w, const T *bias, T *y, const ConvShape &g, int threads);
+template <typename T>
+void conv2d_im2col_input_gradient(const T *grad_y, const T *w, T *grad_x, const ConvShape &g,
+                                  int threads);
+template <typename T>
+void conv2d_im2col_weight_gradient(const T *grad_y, const T *x, T *grad_w, const ConvShape &g,
+                                   int threads);
+template <typename T>
 void conv2d_bias_gradient(const T *grad_y, T *grad_bias, const ConvShape &g, int threads);
 
 }  // namespace fastcnn
