@@ -152,7 +152,10 @@ __global__ void conv2d_bias_gradient(const T* __restrict__ grad_y, T* __restrict
 //
 // A Problem gives rows(), columns(), depth(), Row row(r) / T a(Row, d) (0 outside), Column
 // column(c) / T b(Column, d), and store(r, c, value); a_depth_major says A is contiguous
-// along the depth (load consecutive depths in consecutive threads) rather than the rows.
+// along the depth (a thread loads A_PER consecutive depths of one row) rather than the rows
+// (consecutive threads load consecutive rows), b_depth_major the same of B. Where neither
+// is, a thread's A and B depths are the same, so a table both gathers read per depth (the
+// input gradient's taps) is loaded once.
 
 template <typename T, int BM, int BN, int BK, int TM, int TN, typename Problem>
 __device__ __forceinline__ void gemm_tile(const Problem& problem, index_t row0, int column0,
@@ -162,6 +165,7 @@ __device__ __forceinline__ void gemm_tile(const Problem& problem, index_t row0, 
     constexpr int B_PER = BK * BN / THREADS;
     static_assert(A_PER * THREADS == BK * BM && BK % A_PER == 0 && THREADS % BM == 0, "A tile");
     static_assert(B_PER * THREADS == BK * BN && BK % B_PER == 0, "B tile");
+    static_assert(Problem::b_depth_major || THREADS % BN == 0, "B tile");
     FASTCNN_DYNAMIC_SHARED(T, As);  // [2][BK][BM], then B as [2][BK][BN]
     T* Bs = As + 2 * BK * BM;
 
@@ -170,21 +174,38 @@ __device__ __forceinline__ void gemm_tile(const Problem& problem, index_t row0, 
     const int a_depth = Problem::a_depth_major ? t % (BK / A_PER) * A_PER : t / BM * A_PER;
     const bool a_inside = row0 + a_row < problem.rows();
     const typename Problem::Row row = problem.row(a_inside ? row0 + a_row : 0);
-    const int b_column = t / (BK / B_PER), b_depth = t % (BK / B_PER) * B_PER;
+    const int b_column = Problem::b_depth_major ? t / (BK / B_PER) : t % BN;
+    const int b_depth = Problem::b_depth_major ? t % (BK / B_PER) * B_PER : t / BN * B_PER;
     const bool b_inside = column0 + b_column < problem.columns();
     const typename Problem::Column column = problem.column(b_inside ? column0 + b_column : 0);
 
+    // The depth check of a step is one 32-bit compare per element: of its offset in the
+    // step against the depths this thread has left (0 outside the tile).
     T a_next[A_PER], b_next[B_PER];
     auto load = [&](index_t d0) {
+        const int left = depth_end - d0 < BK ? static_cast<int>(depth_end - d0) : BK;
+        if (Problem::cheap_depth_check) {
+            const int a_left = a_inside ? left - a_depth : 0;
+            const int b_left = b_inside ? left - b_depth : 0;
 #pragma unroll
-        for (int i = 0; i < A_PER; ++i) {
-            const index_t d = d0 + a_depth + i;
-            a_next[i] = a_inside && d < depth_end ? problem.a(row, d) : T(0);
-        }
+            for (int i = 0; i < A_PER; ++i) {
+                a_next[i] = i < a_left ? problem.a(row, d0 + a_depth + i) : T(0);
+            }
 #pragma unroll
-        for (int i = 0; i < B_PER; ++i) {
-            const index_t d = d0 + b_depth + i;
-            b_next[i] = b_inside && d < depth_end ? problem.b(column, d) : T(0);
+            for (int i = 0; i < B_PER; ++i) {
+                b_next[i] = i < b_left ? problem.b(column, d0 + b_depth + i) : T(0);
+            }
+        } else {
+#pragma unroll
+            for (int i = 0; i < A_PER; ++i) {
+                const index_t d = d0 + a_depth + i;
+                a_next[i] = a_inside && d < depth_end ? problem.a(row, d) : T(0);
+            }
+#pragma unroll
+            for (int i = 0; i < B_PER; ++i) {
+                const index_t d = d0 + b_depth + i;
+                b_next[i] = b_inside && d < depth_end ? problem.b(column, d) : T(0);
+            }
         }
     };
     auto store = [&](int buffer) {
@@ -246,6 +267,8 @@ __device__ __forceinline__ void gemm_tile(const Problem& problem, index_t row0, 
 template <typename T, bool with_bias>
 struct ForwardProblem {
     static constexpr bool a_depth_major = false;  // x is contiguous along q: along the rows
+    static constexpr bool b_depth_major = true;   // a filter's weights, along the depth
+    static constexpr bool cheap_depth_check = false;
     const T* x;
     const T* weight;
     const T* bias;
@@ -313,47 +336,49 @@ struct PointwiseForwardProblem : ForwardProblem<T, with_bias> {
     }
 };
 
-// Input gradient, per group: rows m = (n, h, w), columns the group's channels c, depth
-// d = (k, r, s); A is grad_y at the output (p, q) whose tap (r, s) reads (h, w), 0 where
-// none does (the stride skips it, or it lies outside). taps[d] = (k * P * Q, r * dilation_h,
-// s * dilation_w, k * C/groups * R * S + r * S + s), made by the launch code: no division by
-// R * S per element; a unit stride needs none at all.
-template <typename T, bool unit_stride>
+// Input gradient, per group and stride phase (stride decomposition): the inputs (h, w) of a
+// phase are those with (h + pad) % stride alike, h = h_first + i * stride_h and w = w_first
+// + j * stride_w, and only the taps (r, s) with r * dilation_h = h_first + pad_h (mod
+// stride_h) (and so for s) reach them, at p = i - tap_h, q = j - tap_w. So each phase is a
+// dense GEMM like a unit stride's: rows (n, i, j), columns the group's channels c, depth
+// d = (k, r, s) over the phase's taps (none skipped by the stride); a unit stride is the one
+// phase h_first = w_first = 0. taps[d] = (k * P * Q - tap_h * Q - tap_w, tap_h, tap_w,
+// k * C/groups * R * S + r * S + s), made by the launch code: a gathered element costs a
+// bounds check and an add.
+template <typename T>
 struct InputGradientProblem {
     static constexpr bool a_depth_major = false;
+    static constexpr bool b_depth_major = false;  // A and B read the same taps[d]
+    static constexpr bool cheap_depth_check = true;
     const T* grad_y;
     const T* weight;
     T* grad_x;
-    const int4* taps;
+    const int4* taps;  // this phase's
     ConvShape g;
     int group;
+    int h_first, w_first, phase_h, phase_w;  // the phase's first input and its extent
+    int phase_depth;  // its taps: K/groups times its (r, s)
 
-    __device__ index_t rows() const { return static_cast<index_t>(g.N) * g.H * g.W; }
+    __device__ index_t rows() const { return static_cast<index_t>(g.N) * phase_h * phase_w; }
     __device__ int columns() const { return g.channels_per_group(); }
-    __device__ index_t depth() const { return static_cast<index_t>(g.filters_per_group()) * g.R * g.S; }
+    __device__ index_t depth() const { return phase_depth; }
 
     struct Row {
-        const T* gradient;  // grad_y[n, group's first filter]
-        int h, w;           // this input position plus the padding
+        const T* origin;  // grad_y[n, group's first filter] + i * Q + j
+        int i, j;
     };
     __device__ Row row(index_t m) const {
-        const index_t HW = static_cast<index_t>(g.H) * g.W;
-        const index_t n = m / HW;
-        const int hw = static_cast<int>(m % HW);
-        return {grad_y + (n * g.K + static_cast<index_t>(group) * g.filters_per_group()) * g.P * g.Q,
-                hw / g.W + g.pad_h, hw % g.W + g.pad_w};
+        const index_t ij_count = static_cast<index_t>(phase_h) * phase_w;
+        const index_t n = m / ij_count;
+        const int ij = static_cast<int>(m % ij_count), i = ij / phase_w, j = ij % phase_w;
+        const index_t first = n * g.K + static_cast<index_t>(group) * g.filters_per_group();
+        return {grad_y + first * g.P * g.Q + static_cast<index_t>(i) * g.Q + j, i, j};
     }
     __device__ T a(const Row& row, index_t d) const {
         const int4 tap = taps[d];
-        int p = row.h - tap.y, q = row.w - tap.z;
-        if (p < 0 || q < 0) return T(0);
-        if (!unit_stride) {
-            if (p % g.stride_h || q % g.stride_w) return T(0);
-            p /= g.stride_h;
-            q /= g.stride_w;
-        }
-        if (p >= g.P || q >= g.Q) return T(0);
-        return row.gradient[tap.x + static_cast<index_t>(p) * g.Q + q];
+        const unsigned p = row.i - tap.y, q = row.j - tap.z;  // negative ones wrap past P, Q
+        if (p >= static_cast<unsigned>(g.P) || q >= static_cast<unsigned>(g.Q)) return T(0);
+        return row.origin[tap.x];
     }
 
     using Column = const T*;  // weight[group's first filter, c]
@@ -364,23 +389,41 @@ struct InputGradientProblem {
     __device__ T b(Column filter, index_t d) const { return filter[taps[d].w]; }
 
     __device__ void store(index_t m, int c, T value) const {
-        const index_t HW = static_cast<index_t>(g.H) * g.W;
-        const int channel = group * g.channels_per_group() + c;
-        grad_x[(m / HW * g.C + channel) * HW + m % HW] = value;
+        const index_t ij_count = static_cast<index_t>(phase_h) * phase_w;
+        const int ij = static_cast<int>(m % ij_count);
+        const int h = h_first + ij / phase_w * g.stride_h, w = w_first + ij % phase_w * g.stride_w;
+        const index_t channel = static_cast<index_t>(group) * g.channels_per_group() + c;
+        grad_x[((m / ij_count * g.C + channel) * g.H + h) * g.W + w] = value;
     }
 };
 
 // Weight gradient, per group: rows the group's filters k, columns e = (c, r, s), depth
 // j = (n, p, q) (split over blocks: each writes its partial sums to a workspace row).
-// positions[j] = (n, p * Q + q, p * stride_h, q * stride_w), made by the launch code: no
-// division per element.
+// positions[j], made by the launch code, holds both gathers' 64-bit offsets and the window's
+// corner: per element one table load, an add for grad_y, and a bounds check and an add for x.
+// The offsets are in bytes (the table is made per element size): an element's address is
+// one 64-bit add.
+struct alignas(16) Position {
+    index_t image;     // of x[n, 0, h0, w0]: (n * C * H * W + h0 * W + w0) * sizeof(T)
+    int h0, w0;        // p * stride_h, q * stride_w (before the padding)
+    index_t gradient;  // of grad_y[n, 0, p, q]: (n * K * P * Q + p * Q + q) * sizeof(T)
+    int unused[2];
+};
+
+template <typename T>
+__device__ __forceinline__ T at_byte_offset(const T* origin, index_t bytes) {
+    return *reinterpret_cast<const T*>(reinterpret_cast<const char*>(origin) + bytes);
+}
+
 template <typename T>
 struct WeightGradientProblem {
     static constexpr bool a_depth_major = true;  // grad_y is contiguous along (p, q)
+    static constexpr bool b_depth_major = true;  // and x along (h, w)
+    static constexpr bool cheap_depth_check = false;
     const T* grad_y;
     const T* x;
     T* partial;  // this split's [groups][K/groups][C/groups * R * S]
-    const int4* positions;
+    const Position* positions;
     ConvShape g;
     int group;
 
@@ -393,27 +436,27 @@ struct WeightGradientProblem {
         return grad_y + (static_cast<index_t>(group) * g.filters_per_group() + k) * g.P * g.Q;
     }
     __device__ T a(Row gradient, index_t j) const {
-        const int4 position = positions[j];
-        return gradient[static_cast<index_t>(position.x) * g.K * g.P * g.Q + position.y];
+        return at_byte_offset(gradient, positions[j].gradient);
     }
 
     struct Column {
-        const T* plane;  // x[0, channel]
+        const T* origin;  // x[0, channel] + (r * dilation - pad) * W + s * dilation - pad
         int r_offset, s_offset;  // r * dilation - pad, s * dilation - pad
     };
     __device__ Column column(int e) const {
         const int RS = g.R * g.S;
         const int c = e / RS, rs = e % RS;
         const index_t channel = static_cast<index_t>(group) * g.channels_per_group() + c;
-        return {x + channel * g.H * g.W, rs / g.S * g.dilation_h - g.pad_h,
-                rs % g.S * g.dilation_w - g.pad_w};
+        const int r_offset = rs / g.S * g.dilation_h - g.pad_h;
+        const int s_offset = rs % g.S * g.dilation_w - g.pad_w;
+        return {x + channel * g.H * g.W + static_cast<index_t>(r_offset) * g.W + s_offset,
+                r_offset, s_offset};
     }
     __device__ T b(const Column& column, index_t j) const {
-        const int4 position = positions[j];
-        const int h = position.z + column.r_offset, w = position.w + column.s_offset;
-        if (h < 0 || h >= g.H || w < 0 || w >= g.W) return T(0);
-        const index_t image = static_cast<index_t>(position.x) * g.C * g.H * g.W;
-        return column.plane[image + static_cast<index_t>(h) * g.W + w];
+        const Position& position = positions[j];
+        const unsigned h = position.h0 + column.r_offset, w = position.w0 + column.s_offset;
+        if (h >= static_cast<unsigned>(g.H) || w >= static_cast<unsigned>(g.W)) return T(0);
+        return at_byte_offset(column.origin, position.image);
     }
 
     __device__ void store(index_t k, int e, T value) const {
@@ -443,16 +486,23 @@ conv2d_forward_pointwise_gemm(const T* __restrict__ x, const T* __restrict__ wei
                                      blockIdx.y * BN, 0, problem.depth());
 }
 
-template <typename T, int BM, int BN, int BK, int TM, int TN, bool unit_stride>
+// Grid: (the largest phase's rows / BM, columns / BN, groups * phases). table[2 * f] =
+// (h_first, w_first, extent h, extent w) and table[2 * f + 1] = (first tap, taps) of phase f,
+// its taps in the same table; a block past its phase's rows returns.
+template <typename T, int BM, int BN, int BK, int TM, int TN>
 __global__ void __launch_bounds__((BM / TM) * (BN / TN), GEMM_BLOCKS_PER_SM(BM, BN, TM, TN))
 conv2d_input_gradient_implicit_gemm(const T* __restrict__ grad_y, const T* __restrict__ weight,
-                                    T* __restrict__ grad_x, const int4* __restrict__ taps,
+                                    T* __restrict__ grad_x, const int4* __restrict__ table,
                                     CONV_SHAPE) {
-    const InputGradientProblem<T, unit_stride> problem{grad_y, weight, grad_x, taps,
-                                                       CONV_ARGUMENTS,
-                                                       static_cast<int>(blockIdx.z)};
-    gemm_tile<T, BM, BN, BK, TM, TN>(problem, static_cast<index_t>(blockIdx.x) * BM,
-                                     blockIdx.y * BN, 0, problem.depth());
+    const ConvShape g CONV_ARGUMENTS;
+    const int phase = blockIdx.z / g.groups;
+    const int4 extent = table[2 * phase], taps = table[2 * phase + 1];
+    const InputGradientProblem<T> problem{grad_y, weight, grad_x, table + taps.x, g,
+                                          static_cast<int>(blockIdx.z % g.groups), extent.x,
+                                          extent.y, extent.z, extent.w, taps.y};
+    const index_t row0 = static_cast<index_t>(blockIdx.x) * BM;
+    if (row0 >= problem.rows()) return;  // the whole block: no barrier is left waiting
+    gemm_tile<T, BM, BN, BK, TM, TN>(problem, row0, blockIdx.y * BN, 0, problem.depth());
 }
 
 // Grid: (rows / BM, columns / BN, groups * splits); split s sums depths [s * chunk, (s + 1) *
@@ -461,7 +511,7 @@ template <typename T, int BM, int BN, int BK, int TM, int TN>
 __global__ void __launch_bounds__((BM / TM) * (BN / TN), GEMM_BLOCKS_PER_SM(BM, BN, TM, TN))
 conv2d_weight_gradient_implicit_gemm(const T* __restrict__ grad_y, const T* __restrict__ x,
                                      T* __restrict__ workspace,
-                                     const int4* __restrict__ positions, index_t chunk,
+                                     const Position* __restrict__ positions, index_t chunk,
                                      CONV_SHAPE) {
     const ConvShape g CONV_ARGUMENTS;
     const int split = blockIdx.z / g.groups, group = blockIdx.z % g.groups;
