@@ -67,6 +67,34 @@ def test_results_do_not_depend_on_the_order_threads_run_in(spec, case, direction
 
 
 @needs_emulator
+@pytest.mark.parametrize(
+    ("x_shape", "w_shape", "params"),
+    [
+        ((2, 3, 1, 5), (4, 3, 1, 3), {"stride": 2}),  # one row: phase h = 1 holds no input
+        ((1, 2, 9, 10), (3, 2, 2, 2), {"stride": 3, "padding": 1}),  # phases no tap reaches
+        ((2, 4, 11, 9), (6, 2, 3, 3), {"stride": 2, "dilation": 2, "padding": 2, "groups": 2}),
+        ((1, 3, 8, 13), (2, 3, 3, 5), {"stride": (3, 2), "padding": (2, 1), "dilation": (1, 3)}),
+    ],
+)
+def test_the_stride_decomposed_input_gradient_matches_the_reference(x_shape, w_shape, params):
+    """Per stride phase a GEMM over the taps that reach it: phases without inputs are
+    skipped, phases no tap reaches are written as zeros, dilations alias taps onto phases."""
+    import fastcnn.functional as F
+    from fastcnn import _census
+
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal(x_shape)
+    w = rng.standard_normal(w_shape)
+    grad_y = rng.standard_normal(F.conv2d(x, w, **params, backend="reference").shape)
+    expected = F.conv2d_backward(grad_y, x, w, **params, backend="reference")
+    with _census.counting() as seen:
+        actual = F.conv2d_backward(grad_y, x, w, **params, algo="implicit_gemm", backend="cuda-emu")
+    assert seen[("cuda-emu", "conv2d.implicit_gemm.input_phases")] == 1
+    for got, want in zip(actual, expected, strict=True):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-10 * max(1, np.abs(want).max()))
+
+
+@needs_emulator
 def test_a_grid_past_two_to_the_31_indexes_its_last_elements():
     """relu over 2^31 + 1000 floats: only the last blocks run, on lazily mapped pages."""
     from fastcnn.backends.cuda import activation
