@@ -153,9 +153,16 @@ __global__ void conv2d_bias_gradient(const T* __restrict__ grad_y, T* __restrict
 // A Problem gives rows(), columns(), depth(), Row row(r) / T a(Row, d) (0 outside), Column
 // column(c) / T b(Column, d), and store(r, c, value); a_depth_major says A is contiguous
 // along the depth (a thread loads A_PER consecutive depths of one row) rather than the rows
-// (consecutive threads load consecutive rows), b_depth_major the same of B. Where neither
-// is, a thread's A and B depths are the same, so a table both gathers read per depth (the
-// input gradient's taps) is loaded once.
+// (consecutive threads load consecutive rows); B is loaded along the depth.
+//
+// A Problem with gathers_pairs loads both along the rows and columns (BM == BN), so a
+// thread's A and B elements of a step are at the same depths, and gives gather(row, column,
+// d, a, b) for both at once: a table both read per depth (the input gradient's taps) is
+// loaded once, and the step's depth check is one 32-bit compare per pair against the depths
+// left. A row or column outside the tile gathers row(0)'s or column(0)'s values: they only
+// reach outputs that are never stored. Other problems check each depth index (64-bit) as it
+// is used, and zero the elements outside the tile (the forward and weight gradient spill
+// with the step's predicates all live at once).
 
 template <typename T, int BM, int BN, int BK, int TM, int TN, typename Problem>
 __device__ __forceinline__ void gemm_tile(const Problem& problem, index_t row0, int column0,
@@ -165,7 +172,7 @@ __device__ __forceinline__ void gemm_tile(const Problem& problem, index_t row0, 
     constexpr int B_PER = BK * BN / THREADS;
     static_assert(A_PER * THREADS == BK * BM && BK % A_PER == 0 && THREADS % BM == 0, "A tile");
     static_assert(B_PER * THREADS == BK * BN && BK % B_PER == 0, "B tile");
-    static_assert(Problem::b_depth_major || THREADS % BN == 0, "B tile");
+    static_assert(!Problem::gathers_pairs || (BM == BN && THREADS % BN == 0), "pairs");
     FASTCNN_DYNAMIC_SHARED(T, As);  // [2][BK][BM], then B as [2][BK][BN]
     T* Bs = As + 2 * BK * BM;
 
@@ -174,26 +181,23 @@ __device__ __forceinline__ void gemm_tile(const Problem& problem, index_t row0, 
     const int a_depth = Problem::a_depth_major ? t % (BK / A_PER) * A_PER : t / BM * A_PER;
     const bool a_inside = row0 + a_row < problem.rows();
     const typename Problem::Row row = problem.row(a_inside ? row0 + a_row : 0);
-    const int b_column = Problem::b_depth_major ? t / (BK / B_PER) : t % BN;
-    const int b_depth = Problem::b_depth_major ? t % (BK / B_PER) * B_PER : t / BN * B_PER;
+    const int b_column = Problem::gathers_pairs ? t % BN : t / (BK / B_PER);
+    const int b_depth = Problem::gathers_pairs ? t / BN * B_PER : t % (BK / B_PER) * B_PER;
     const bool b_inside = column0 + b_column < problem.columns();
     const typename Problem::Column column = problem.column(b_inside ? column0 + b_column : 0);
 
-    // The depth check of a step is one 32-bit compare per element: of its offset in the
-    // step against the depths this thread has left (0 outside the tile).
     T a_next[A_PER], b_next[B_PER];
     auto load = [&](index_t d0) {
-        const int left = depth_end - d0 < BK ? static_cast<int>(depth_end - d0) : BK;
-        if (Problem::cheap_depth_check) {
-            const int a_left = a_inside ? left - a_depth : 0;
-            const int b_left = b_inside ? left - b_depth : 0;
+        if constexpr (Problem::gathers_pairs) {
+            const int left = depth_end - d0 < BK ? static_cast<int>(depth_end - d0) : BK;
+            const int depth_left = left - a_depth;
 #pragma unroll
             for (int i = 0; i < A_PER; ++i) {
-                a_next[i] = i < a_left ? problem.a(row, d0 + a_depth + i) : T(0);
-            }
-#pragma unroll
-            for (int i = 0; i < B_PER; ++i) {
-                b_next[i] = i < b_left ? problem.b(column, d0 + b_depth + i) : T(0);
+                if (i < depth_left) {
+                    problem.gather(row, column, d0 + a_depth + i, a_next[i], b_next[i]);
+                } else {
+                    a_next[i] = b_next[i] = T(0);
+                }
             }
         } else {
 #pragma unroll
@@ -267,8 +271,7 @@ __device__ __forceinline__ void gemm_tile(const Problem& problem, index_t row0, 
 template <typename T, bool with_bias>
 struct ForwardProblem {
     static constexpr bool a_depth_major = false;  // x is contiguous along q: along the rows
-    static constexpr bool b_depth_major = true;   // a filter's weights, along the depth
-    static constexpr bool cheap_depth_check = false;
+    static constexpr bool gathers_pairs = false;
     const T* x;
     const T* weight;
     const T* bias;
@@ -348,8 +351,7 @@ struct PointwiseForwardProblem : ForwardProblem<T, with_bias> {
 template <typename T>
 struct InputGradientProblem {
     static constexpr bool a_depth_major = false;
-    static constexpr bool b_depth_major = false;  // A and B read the same taps[d]
-    static constexpr bool cheap_depth_check = true;
+    static constexpr bool gathers_pairs = true;  // A and B read the same taps[d]
     const T* grad_y;
     const T* weight;
     T* grad_x;
@@ -374,19 +376,19 @@ struct InputGradientProblem {
         const index_t first = n * g.K + static_cast<index_t>(group) * g.filters_per_group();
         return {grad_y + first * g.P * g.Q + static_cast<index_t>(i) * g.Q + j, i, j};
     }
-    __device__ T a(const Row& row, index_t d) const {
-        const int4 tap = taps[d];
-        const unsigned p = row.i - tap.y, q = row.j - tap.z;  // negative ones wrap past P, Q
-        if (p >= static_cast<unsigned>(g.P) || q >= static_cast<unsigned>(g.Q)) return T(0);
-        return row.origin[tap.x];
-    }
-
     using Column = const T*;  // weight[group's first filter, c]
     __device__ Column column(int c) const {
         const index_t first = static_cast<index_t>(group) * g.filters_per_group();
         return weight + (first * g.channels_per_group() + c) * g.R * g.S;
     }
-    __device__ T b(Column filter, index_t d) const { return filter[taps[d].w]; }
+
+    __device__ void gather(const Row& row, Column filter, index_t d, T& a, T& b) const {
+        const int4 tap = taps[d];
+        const unsigned p = row.i - tap.y, q = row.j - tap.z;  // negative ones wrap past P, Q
+        a = p < static_cast<unsigned>(g.P) && q < static_cast<unsigned>(g.Q) ? row.origin[tap.x]
+                                                                             : T(0);
+        b = filter[tap.w];
+    }
 
     __device__ void store(index_t m, int c, T value) const {
         const index_t ij_count = static_cast<index_t>(phase_h) * phase_w;
@@ -418,8 +420,7 @@ __device__ __forceinline__ T at_byte_offset(const T* origin, index_t bytes) {
 template <typename T>
 struct WeightGradientProblem {
     static constexpr bool a_depth_major = true;  // grad_y is contiguous along (p, q)
-    static constexpr bool b_depth_major = true;  // and x along (h, w)
-    static constexpr bool cheap_depth_check = false;
+    static constexpr bool gathers_pairs = false;  // x is contiguous along (h, w) too
     const T* grad_y;
     const T* x;
     T* partial;  // this split's [groups][K/groups][C/groups * R * S]
