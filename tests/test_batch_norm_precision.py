@@ -7,7 +7,9 @@ measured against the float64 reference on the same float32 inputs; fastcnn's err
 be no worse than a small multiple of PyTorch's (plus a floor of a few float32 roundings,
 for where PyTorch's happens to be exact). The gradients, formed from float64 statistics
 and x - mean in float64, are held to a few float32 roundings outright (PyTorch's reach
-1e-3 on two values a channel); the forward keeps the batch mean's rounding to float32.
+1e-3 on two values a channel). The forward is handed the batch mean rounded to float32,
+whose rounding against the spread it keeps (PyTorch's error is of the same order, now
+above, now below): y is allowed that rounding besides.
 """
 
 from __future__ import annotations
@@ -60,6 +62,16 @@ def _torch(x, weight, bias, grad_y, dtype):
     return (y.detach().numpy(), *(leaf.grad.numpy() for leaf in leaves))
 
 
+def _mean_rounding(x, weight, y) -> float:
+    """The error in y of the batch mean's rounding to float32 (half its spacing), relative
+    to the largest element of y: max over channels of |weight| / sqrt(var + eps) x that."""
+    axes = (0, *range(2, x.ndim))
+    wide = x.astype(np.float64)
+    mean, var = wide.mean(axis=axes), wide.var(axis=axes)
+    half_spacing = np.spacing(np.abs(mean).astype(np.float32)).astype(np.float64) / 2
+    return float(np.max(half_spacing * np.abs(weight) / np.sqrt(var + 1e-5)) / np.max(np.abs(y)))
+
+
 def _errors(results, reference) -> dict[str, float]:
     """Per output: the largest error relative to the largest reference element."""
     return {
@@ -76,8 +88,10 @@ def test_float32_error_is_no_worse_than_pytorchs(inputs, backend, rng):
     reference = _fastcnn(*wide, "reference")
     ours = _errors(_fastcnn(x, weight, bias, grad_y, backend), reference)
     theirs = _errors(_torch(x, weight, bias, grad_y, torch.float32), reference)
+    allowed = {name: MULTIPLE * theirs[name] + FLOOR for name in OUTPUTS}
+    allowed["y"] += _mean_rounding(x, weight, reference[0])
     for name in OUTPUTS:
-        assert ours[name] <= MULTIPLE * theirs[name] + FLOOR, (
+        assert ours[name] <= allowed[name], (
             f"{inputs}, {name}: fastcnn {ours[name]:.2e}, PyTorch {theirs[name]:.2e}"
         )
         if name != "y":

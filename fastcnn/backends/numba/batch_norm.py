@@ -91,10 +91,6 @@ def _invstd(var, eps):
     return 1.0 / np.sqrt(var.astype(np.float64) + eps)
 
 
-def _float64(values, C):
-    return np.broadcast_to(np.asarray(values, np.float64), (C,))
-
-
 @register("batch_norm_statistics", "numba")
 def batch_norm_statistics(x, mean, var) -> None:
     _statistics(x, mean, var)
@@ -102,10 +98,9 @@ def batch_norm_statistics(x, mean, var) -> None:
 
 @register("batch_norm", "numba")
 def batch_norm(x, mean, var, weight, bias, y, eps) -> None:
-    C = x.shape[1]
-    scale = _invstd(var, eps) * (1.0 if weight is None else weight)
-    shift = _float64(0.0 if bias is None else bias, C)
-    _normalize(x, mean.astype(np.float64), scale, np.ascontiguousarray(shift), y)
+    scale = _invstd(var, eps) * (1.0 if weight is None else weight.astype(np.float64))
+    shift = np.zeros(x.shape[1]) if bias is None else bias.astype(np.float64)
+    _normalize(x, mean.astype(np.float64), scale, shift, y)
 
 
 @register("batch_norm_backward", "numba")
