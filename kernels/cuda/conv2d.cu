@@ -163,6 +163,15 @@ __global__ void conv2d_bias_gradient(const T* __restrict__ grad_y, T* __restrict
 // reach outputs that are never stored. Other problems check each depth index (64-bit) as it
 // is used, and zero the elements outside the tile (the forward and weight gradient spill
 // with the step's predicates all live at once).
+//
+// A Problem with a_packs (b_packs) loads A (B) LANES = 16 / sizeof(T) elements at a time, one
+// 16-byte load, along the direction a thread loads: a depth-major A and B along the depth
+// (a_pack(row, d) / b_pack(column, d): depths d .. d + LANES - 1), any other A along the rows
+// (a thread loads LANES consecutive rows at A_PER / LANES depths; a_pack(row, d): rows row ..
+// row + LANES - 1, stored to shared memory as one 16-byte store, a warp's 512 bytes
+// consecutive). The launch code chooses them only where those elements are contiguous and
+// 16-byte aligned (the row length a multiple of LANES, the base pointer aligned), so a pack is
+// wholly inside the tile's rows and depths or wholly outside; else the scalar loads above.
 
 template <typename T, int BM, int BN, int BK, int TM, int TN, typename Problem>
 __device__ __forceinline__ void gemm_tile(const Problem& problem, index_t row0, int column0,
@@ -170,15 +179,27 @@ __device__ __forceinline__ void gemm_tile(const Problem& problem, index_t row0, 
     constexpr int THREADS = (BM / TM) * (BN / TN);
     constexpr int A_PER = BK * BM / THREADS;  // A elements a thread loads per depth step
     constexpr int B_PER = BK * BN / THREADS;
+    constexpr int LANES = Lanes<T>::value;
+    using Pack16 = Pack<T, LANES>;  // one 16-byte load
+    // A along the rows in packs: LANES rows at A_DEPTHS depths a thread
+    constexpr bool a_row_packs = Problem::a_packs && !Problem::a_depth_major;
+    constexpr int A_DEPTHS = a_row_packs ? A_PER / LANES : A_PER;
     static_assert(A_PER * THREADS == BK * BM && BK % A_PER == 0 && THREADS % BM == 0, "A tile");
     static_assert(B_PER * THREADS == BK * BN && BK % B_PER == 0, "B tile");
     static_assert(!Problem::gathers_pairs || (BM == BN && THREADS % BN == 0), "pairs");
+    static_assert(!Problem::a_packs || (A_PER % LANES == 0 && BM % LANES == 0), "A packs");
+    static_assert(!Problem::b_packs || B_PER % LANES == 0, "B packs");
+    static_assert(!Problem::gathers_pairs || !(Problem::a_packs || Problem::b_packs), "packs");
     FASTCNN_DYNAMIC_SHARED(T, As);  // [2][BK][BM], then B as [2][BK][BN]
     T* Bs = As + 2 * BK * BM;
 
     const int t = threadIdx.x;
-    const int a_row = Problem::a_depth_major ? t / (BK / A_PER) : t % BM;
-    const int a_depth = Problem::a_depth_major ? t % (BK / A_PER) * A_PER : t / BM * A_PER;
+    const int a_row = Problem::a_depth_major ? t / (BK / A_PER)
+                      : a_row_packs          ? t % (BM / LANES) * LANES
+                                             : t % BM;
+    const int a_depth = Problem::a_depth_major ? t % (BK / A_PER) * A_PER
+                        : a_row_packs          ? t / (BM / LANES) * A_DEPTHS
+                                               : t / BM * A_PER;
     const bool a_inside = row0 + a_row < problem.rows();
     const typename Problem::Row row = problem.row(a_inside ? row0 + a_row : 0);
     const int b_column = Problem::gathers_pairs ? t % BN : t / (BK / B_PER);
@@ -186,6 +207,8 @@ __device__ __forceinline__ void gemm_tile(const Problem& problem, index_t row0, 
     const bool b_inside = column0 + b_column < problem.columns();
     const typename Problem::Column column = problem.column(b_inside ? column0 + b_column : 0);
 
+    // a_next[i]: depth a_depth + i; in row packs a_next[i * LANES + v]: depth a_depth + i,
+    // row a_row + v
     T a_next[A_PER], b_next[B_PER];
     auto load = [&](index_t d0) {
         if constexpr (Problem::gathers_pairs) {
@@ -200,23 +223,70 @@ __device__ __forceinline__ void gemm_tile(const Problem& problem, index_t row0, 
                 }
             }
         } else {
+            if constexpr (Problem::a_packs) {
+                constexpr int STEP = a_row_packs ? 1 : LANES;  // depths a pack spans
 #pragma unroll
-            for (int i = 0; i < A_PER; ++i) {
-                const index_t d = d0 + a_depth + i;
-                a_next[i] = a_inside && d < depth_end ? problem.a(row, d) : T(0);
+                for (int i = 0; i < A_PER / LANES; ++i) {
+                    const index_t d = d0 + a_depth + i * STEP;
+                    Pack16 pack;
+                    if (a_inside && d < depth_end) {
+                        pack = problem.a_pack(row, d);
+                    } else {
+#pragma unroll
+                        for (int v = 0; v < LANES; ++v) pack.v[v] = T(0);
+                    }
+#pragma unroll
+                    for (int v = 0; v < LANES; ++v) a_next[i * LANES + v] = pack.v[v];
+                }
+            } else {
+#pragma unroll
+                for (int i = 0; i < A_PER; ++i) {
+                    const index_t d = d0 + a_depth + i;
+                    a_next[i] = a_inside && d < depth_end ? problem.a(row, d) : T(0);
+                }
             }
+            if constexpr (Problem::b_packs) {
 #pragma unroll
-            for (int i = 0; i < B_PER; ++i) {
-                const index_t d = d0 + b_depth + i;
-                b_next[i] = b_inside && d < depth_end ? problem.b(column, d) : T(0);
+                for (int i = 0; i < B_PER / LANES; ++i) {
+                    const index_t d = d0 + b_depth + i * LANES;
+                    Pack16 pack;
+                    if (b_inside && d < depth_end) {
+                        pack = problem.b_pack(column, d);
+                    } else {
+#pragma unroll
+                        for (int v = 0; v < LANES; ++v) pack.v[v] = T(0);
+                    }
+#pragma unroll
+                    for (int v = 0; v < LANES; ++v) b_next[i * LANES + v] = pack.v[v];
+                }
+            } else {
+#pragma unroll
+                for (int i = 0; i < B_PER; ++i) {
+                    const index_t d = d0 + b_depth + i;
+                    b_next[i] = b_inside && d < depth_end ? problem.b(column, d) : T(0);
+                }
             }
         }
     };
+    // This thread's first A and B elements, one pointer each (with a_depth and a_row kept
+    // apart instead, the 1x1 forward loading both operands in packs spills 16 bytes).
+    T* const a_slot = As + a_depth * BM + a_row;
+    T* const b_slot = Bs + b_depth * BN + b_column;
     auto store = [&](int buffer) {
+        if constexpr (a_row_packs) {
 #pragma unroll
-        for (int i = 0; i < A_PER; ++i) As[(buffer * BK + a_depth + i) * BM + a_row] = a_next[i];
+            for (int i = 0; i < A_DEPTHS; ++i) {
+                Pack16 pack;
 #pragma unroll
-        for (int i = 0; i < B_PER; ++i) Bs[(buffer * BK + b_depth + i) * BN + b_column] = b_next[i];
+                for (int v = 0; v < LANES; ++v) pack.v[v] = a_next[i * LANES + v];
+                *reinterpret_cast<Pack16*>(a_slot + (buffer * BK + i) * BM) = pack;
+            }
+        } else {
+#pragma unroll
+            for (int i = 0; i < A_PER; ++i) a_slot[(buffer * BK + i) * BM] = a_next[i];
+        }
+#pragma unroll
+        for (int i = 0; i < B_PER; ++i) b_slot[(buffer * BK + i) * BN] = b_next[i];
     };
 
     const int tx = t % (BN / TN), ty = t / (BN / TN);
@@ -267,11 +337,15 @@ __device__ __forceinline__ void gemm_tile(const Problem& problem, index_t row0, 
 // Forward, per group: rows m = (n, p, q), columns the group's filters k, depth d = (c, r, s).
 // taps[d] = (c * H * W + r * dilation_h * W + s * dilation_w, r * dilation_h, s * dilation_w),
 // made by the launch code, replaces two integer divisions per gathered element with one
-// cached 16-byte load.
-template <typename T, bool with_bias>
+// cached 16-byte load. The weights are contiguous along the depth: b_packs where C/groups *
+// R * S is a multiple of the lanes and the weights are 16-byte aligned.
+template <typename T, bool with_bias, bool weight_packs>
 struct ForwardProblem {
     static constexpr bool a_depth_major = false;  // x is contiguous along q: along the rows
     static constexpr bool gathers_pairs = false;
+    static constexpr bool a_packs = false;
+    static constexpr bool b_packs = weight_packs;
+    using Pack16 = Pack<T, Lanes<T>::value>;
     const T* x;
     const T* weight;
     const T* bias;
@@ -309,6 +383,9 @@ struct ForwardProblem {
         return weight + (static_cast<index_t>(group) * g.filters_per_group() + k) * depth();
     }
     __device__ T b(Column filter, index_t d) const { return filter[d]; }
+    __device__ Pack16 b_pack(Column filter, index_t d) const {
+        return *reinterpret_cast<const Pack16*>(filter + d);
+    }
 
     __device__ void store(index_t m, int k, T value) const {
         const index_t PQ = static_cast<index_t>(g.P) * g.Q;
@@ -320,10 +397,12 @@ struct ForwardProblem {
 
 // Forward of a 1x1, stride-1, unpadded convolution: A is x itself, (n, c, h*w) with the
 // positions contiguous, so the gather is one multiply-add of an offset (no division, no
-// bounds check).
-template <typename T, bool with_bias>
-struct PointwiseForwardProblem : ForwardProblem<T, with_bias> {
-    using Base = ForwardProblem<T, with_bias>;
+// bounds check). a_packs where H * W is a multiple of the lanes and x is 16-byte aligned: a
+// pack is LANES consecutive positions of one image.
+template <typename T, bool with_bias, bool x_packs, bool weight_packs>
+struct PointwiseForwardProblem : ForwardProblem<T, with_bias, weight_packs> {
+    using Base = ForwardProblem<T, with_bias, weight_packs>;
+    static constexpr bool a_packs = x_packs;
     struct Row {
         const T* position;  // x[n, group's first channel, h, w]
     };
@@ -336,6 +415,10 @@ struct PointwiseForwardProblem : ForwardProblem<T, with_bias> {
     }
     __device__ T a(const Row& row, index_t c) const {
         return row.position[c * static_cast<index_t>(this->g.H) * this->g.W];
+    }
+    __device__ typename Base::Pack16 a_pack(const Row& row, index_t c) const {
+        const index_t HW = static_cast<index_t>(this->g.H) * this->g.W;
+        return *reinterpret_cast<const typename Base::Pack16*>(row.position + c * HW);
     }
 };
 
@@ -352,6 +435,7 @@ template <typename T>
 struct InputGradientProblem {
     static constexpr bool a_depth_major = false;
     static constexpr bool gathers_pairs = true;  // A and B read the same taps[d]
+    static constexpr bool a_packs = false, b_packs = false;
     const T* grad_y;
     const T* weight;
     T* grad_x;
@@ -412,15 +496,19 @@ struct alignas(16) Position {
     int unused[2];
 };
 
-template <typename T>
-__device__ __forceinline__ T at_byte_offset(const T* origin, index_t bytes) {
-    return *reinterpret_cast<const T*>(reinterpret_cast<const char*>(origin) + bytes);
+template <typename T, typename Value = T>
+__device__ __forceinline__ Value at_byte_offset(const T* origin, index_t bytes) {
+    return *reinterpret_cast<const Value*>(reinterpret_cast<const char*>(origin) + bytes);
 }
 
-template <typename T>
+// a_packs where P * Q is a multiple of the lanes and grad_y is 16-byte aligned: a pack is
+// LANES consecutive (p, q) of one image, at the offset of its first.
+template <typename T, bool gradient_packs>
 struct WeightGradientProblem {
     static constexpr bool a_depth_major = true;  // grad_y is contiguous along (p, q)
     static constexpr bool gathers_pairs = false;  // x is contiguous along (h, w) too
+    static constexpr bool a_packs = gradient_packs, b_packs = false;
+    using Pack16 = Pack<T, Lanes<T>::value>;
     const T* grad_y;
     const T* x;
     T* partial;  // this split's [groups][K/groups][C/groups * R * S]
@@ -438,6 +526,9 @@ struct WeightGradientProblem {
     }
     __device__ T a(Row gradient, index_t j) const {
         return at_byte_offset(gradient, positions[j].gradient);
+    }
+    __device__ Pack16 a_pack(Row gradient, index_t j) const {
+        return at_byte_offset<T, Pack16>(gradient, positions[j].gradient);
     }
 
     struct Column {
@@ -466,22 +557,23 @@ struct WeightGradientProblem {
 };
 
 // Grid: (rows / BM, columns / BN, groups).
-template <typename T, int BM, int BN, int BK, int TM, int TN, bool with_bias>
+template <typename T, int BM, int BN, int BK, int TM, int TN, bool with_bias, bool weight_packs>
 __global__ void __launch_bounds__((BM / TM) * (BN / TN), GEMM_BLOCKS_PER_SM(BM, BN, TM, TN))
 conv2d_forward_implicit_gemm(const T* __restrict__ x, const T* __restrict__ weight,
                              const T* __restrict__ bias, T* __restrict__ y,
                              const int4* __restrict__ taps, CONV_SHAPE) {
-    const ForwardProblem<T, with_bias> problem{x, weight, bias, y, taps, CONV_ARGUMENTS,
-                                               static_cast<int>(blockIdx.z)};
+    const ForwardProblem<T, with_bias, weight_packs> problem{
+        x, weight, bias, y, taps, CONV_ARGUMENTS, static_cast<int>(blockIdx.z)};
     gemm_tile<T, BM, BN, BK, TM, TN>(problem, static_cast<index_t>(blockIdx.x) * BM,
                                      blockIdx.y * BN, 0, problem.depth());
 }
 
-template <typename T, int BM, int BN, int BK, int TM, int TN, bool with_bias>
+template <typename T, int BM, int BN, int BK, int TM, int TN, bool with_bias, bool x_packs,
+          bool weight_packs>
 __global__ void __launch_bounds__((BM / TM) * (BN / TN), GEMM_BLOCKS_PER_SM(BM, BN, TM, TN))
 conv2d_forward_pointwise_gemm(const T* __restrict__ x, const T* __restrict__ weight,
                               const T* __restrict__ bias, T* __restrict__ y, CONV_SHAPE) {
-    const PointwiseForwardProblem<T, with_bias> problem{
+    const PointwiseForwardProblem<T, with_bias, x_packs, weight_packs> problem{
         {x, weight, bias, y, nullptr, CONV_ARGUMENTS, static_cast<int>(blockIdx.z)}};
     gemm_tile<T, BM, BN, BK, TM, TN>(problem, static_cast<index_t>(blockIdx.x) * BM,
                                      blockIdx.y * BN, 0, problem.depth());
@@ -508,7 +600,7 @@ conv2d_input_gradient_implicit_gemm(const T* __restrict__ grad_y, const T* __res
 
 // Grid: (rows / BM, columns / BN, groups * splits); split s sums depths [s * chunk, (s + 1) *
 // chunk) into workspace[s] (chunk a multiple of BK).
-template <typename T, int BM, int BN, int BK, int TM, int TN>
+template <typename T, int BM, int BN, int BK, int TM, int TN, bool gradient_packs>
 __global__ void __launch_bounds__((BM / TM) * (BN / TN), GEMM_BLOCKS_PER_SM(BM, BN, TM, TN))
 conv2d_weight_gradient_implicit_gemm(const T* __restrict__ grad_y, const T* __restrict__ x,
                                      T* __restrict__ workspace,
@@ -517,8 +609,8 @@ conv2d_weight_gradient_implicit_gemm(const T* __restrict__ grad_y, const T* __re
     const ConvShape g CONV_ARGUMENTS;
     const int split = blockIdx.z / g.groups, group = blockIdx.z % g.groups;
     const index_t weights = static_cast<index_t>(g.K) * g.channels_per_group() * g.R * g.S;
-    const WeightGradientProblem<T> problem{grad_y, x, workspace + split * weights, positions,
-                                           g, group};
+    const WeightGradientProblem<T, gradient_packs> problem{
+        grad_y, x, workspace + split * weights, positions, g, group};
     const index_t begin = split * chunk;
     const index_t end = begin + chunk < problem.depth() ? begin + chunk : problem.depth();
     gemm_tile<T, BM, BN, BK, TM, TN>(problem, static_cast<index_t>(blockIdx.x) * BM,

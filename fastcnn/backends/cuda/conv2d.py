@@ -13,7 +13,10 @@ Algorithms, per direction (forward, input gradient, weight gradient):
   K/groups times those taps (a unit stride is one phase); weight gradient over K x C/groups*R*S,
   depth N*P*Q, split over blocks into a workspace and summed in split order (no atomics:
   deterministic). Takes every case. A 1x1 stride-1 unpadded forward reads x as the GEMM's
-  operand itself (no gather).
+  operand itself (no gather). An operand contiguous along the direction a thread loads (the
+  weights along the depth in the forward, x along H*W in the 1x1 forward, grad_y along P*Q
+  in the weight gradient) loads in 16-byte packs where its row length is a multiple of the
+  lanes and its data is 16-byte aligned, else in scalars (the same sums in the same order).
 - ``depthwise`` (one input channel per group): a thread per output (forward) or input
   (gradient) over the R x S taps, threads along q; the weight gradient one block per
   (filter, tap) reducing over N*P*Q. Takes every case with C/groups == 1.
@@ -21,13 +24,15 @@ Algorithms, per direction (forward, input gradient, weight gradient):
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 from fastcnn import _census
 from fastcnn._shapes import ConvGeometry
 from fastcnn.autotune import choose as autotuned
 from fastcnn.backends import register
-from fastcnn.backends.cuda._runtime import C_TYPES, Runtime, Source
+from fastcnn.backends.cuda._runtime import C_TYPES, Runtime, Source, aligned
 
 THREADS = 256
 DIRECTIONS = ("forward", "input_gradient", "weight_gradient")
@@ -47,24 +52,31 @@ GEMM_KERNELS = {
 }
 
 
-#: Each GEMM kernel's bool template argument, where it has one.
-GEMM_FLAGS = {"forward": "bias", "pointwise": "bias"}
+#: Each GEMM kernel's bool template arguments, in order: the forward's bias, and the
+#: operands it loads in 16-byte packs (where the launch code finds them contiguous along the
+#: direction a thread loads and 16-byte aligned; see gemm_tile).
+GEMM_FLAGS = {
+    "forward": ("bias", "weight_packs"),
+    "pointwise": ("bias", "x_packs", "weight_packs"),
+    "input_gradient": (),
+    "weight_gradient": ("gradient_packs",),
+}
 
 
-def _gemm_expression(T: str, tile: tuple, direction: str, flag: bool = False) -> str:
-    """The name expression of ``direction``'s GEMM kernel; ``flag`` its bool argument
-    (the bias of the forward kernels)."""
+def _gemm_expression(T: str, tile: tuple, direction: str, **flags: bool) -> str:
+    """The name expression of ``direction``'s GEMM kernel; ``flags`` its bool arguments by
+    name (GEMM_FLAGS; false where not given)."""
     BM, BN, BK, TM, TN = tile
-    tail = f", {'true' if flag else 'false'}" if direction in GEMM_FLAGS else ""
+    tail = "".join(f", {'true' if flags.get(name) else 'false'}" for name in GEMM_FLAGS[direction])
     return f"fastcnn::{GEMM_KERNELS[direction]}<{T}, {BM}, {BN}, {BK}, {TM}, {TN}{tail}>"
 
 
 def _expressions(T: str) -> list[str]:
     gemm = [
-        _gemm_expression(T, tile, direction, flag)
+        _gemm_expression(T, tile, direction, **dict(zip(names, values, strict=True)))
         for tile in (GEMM_TILES[T], EMULATED_GEMM_TILE)
-        for direction in GEMM_KERNELS
-        for flag in ((True, False) if direction in GEMM_FLAGS else (False,))
+        for direction, names in GEMM_FLAGS.items()
+        for values in itertools.product((True, False), repeat=len(names))
     ]
     return [
         *gemm,
@@ -150,7 +162,8 @@ def register_kernels(backend: str, runtime: Runtime) -> None:
         backend, "conv2d.direct", "conv2d.implicit_gemm", "conv2d.depthwise",
         "conv2d.implicit_gemm.pointwise", "conv2d.implicit_gemm.input_phases",
         "conv2d.implicit_gemm.weight_whole",
-        "conv2d.implicit_gemm.weight_split",
+        "conv2d.implicit_gemm.weight_split", "conv2d.implicit_gemm.vector_loads",
+        "conv2d.implicit_gemm.scalar_loads",
     )  # fmt: skip
 
     def run(dtype, expression: str, items: int, args: tuple, grid=None, shared=0) -> None:
@@ -161,15 +174,25 @@ def register_kernels(backend: str, runtime: Runtime) -> None:
     def tile_of(dtype) -> tuple:
         return EMULATED_GEMM_TILE if runtime.name == "cuda-emu" else GEMM_TILES[C_TYPES[dtype]]
 
+    def packs(operand, row_length: int) -> bool:
+        """Whether a GEMM operand loads in 16-byte packs: its rows (of row_length elements,
+        back to back from the array's start) are contiguous along the direction a thread
+        loads, so each pack is 16-byte aligned when the row length is a multiple of the
+        lanes and the array's data is 16-byte aligned (not an offset view)."""
+        lanes = 16 // operand.dtype.itemsize
+        vector = row_length % lanes == 0 and aligned(runtime.pointer(operand))
+        _census.record(backend, f"conv2d.implicit_gemm.{'vector' if vector else 'scalar'}_loads")
+        return vector
+
     def gemm(direction, dtype, rows: int, columns: int, layers: int, args: tuple,
-             bias: bool = False) -> None:  # fmt: skip
+             **flags: bool) -> None:  # fmt: skip
         """Launch one direction's implicit GEMM over rows x columns per group (layers:
-        groups, times the splits for the weight gradient)."""
+        groups, times the splits for the weight gradient); flags its GEMM_FLAGS."""
         tile = tile_of(dtype)
         BM, BN, BK, TM, TN = tile
         grid = (_ceil_div(rows, BM), _ceil_div(columns, BN), layers)
         shared = 2 * BK * (BM + BN) * dtype.itemsize
-        runtime.launch(SOURCE, dtype, _gemm_expression("{T}", tile, direction, bias), grid,
+        runtime.launch(SOURCE, dtype, _gemm_expression("{T}", tile, direction, **flags), grid,
                        (BM // TM) * (BN // TN), args, shared)  # fmt: skip
 
     tables: dict = {}
@@ -261,7 +284,8 @@ def register_kernels(backend: str, runtime: Runtime) -> None:
         workspace = runtime.xp.empty((splits, grad_weight.size), x.dtype)
         table = positions(g, x.dtype.itemsize)
         gemm("weight_gradient", x.dtype, rows, columns, g.groups * splits,
-             (grad_y, x, workspace, table, np.int64(chunk), *_shape(g)))  # fmt: skip
+             (grad_y, x, workspace, table, np.int64(chunk), *_shape(g)),
+             gradient_packs=packs(grad_y, g.P * g.Q))  # fmt: skip
         run(x.dtype, "fastcnn::sum_splits<{T}>", grad_weight.size,
             (workspace, grad_weight, np.int64(grad_weight.size), np.int32(splits)))  # fmt: skip
 
@@ -271,12 +295,15 @@ def register_kernels(backend: str, runtime: Runtime) -> None:
         args = (x, weight, weight if bias is None else bias, y, *_shape(g))
         if name == "implicit_gemm":
             pointwise = (g.R, g.S, g.stride_h, g.stride_w, g.pad_h, g.pad_w) == (1, 1, 1, 1, 0, 0)
+            flags = {"bias": bias is not None,
+                     "weight_packs": packs(weight, g.C // g.groups * g.R * g.S)}  # fmt: skip
             if pointwise:
                 _census.record(backend, "conv2d.implicit_gemm.pointwise")
+                flags["x_packs"] = packs(x, g.H * g.W)
             else:
                 args = (*args[:4], forward_taps(g), *args[4:])
             gemm("pointwise" if pointwise else "forward", x.dtype, g.N * g.P * g.Q,
-                 g.K // g.groups, g.groups, args, bias is not None)  # fmt: skip
+                 g.K // g.groups, g.groups, args, **flags)  # fmt: skip
         else:
             run(x.dtype, f"fastcnn::conv2d_forward_{name}<{{T}}, {with_bias}>", y.size, args)
 
