@@ -2,7 +2,9 @@
 // normalisation, and its backward. Algorithm: one block per channel for the per-channel sums
 // (double accumulators, block reductions in a fixed order: deterministic), a grid-stride
 // elementwise pass for y and grad_x; statistics and per-element arithmetic in double for
-// every T (x - mean is formed in double), only loads and stores in T.
+// every T (x - mean is formed in double), only loads and stores in T. The statistics
+// themselves (mean, var) are double arrays: a float mean rounded to 1e-7 of 1e3 would be
+// an error of 1e-4 in every x - mean.
 #include "common.cuh"
 
 namespace fastcnn {
@@ -23,8 +25,8 @@ __device__ double channel_sum(const T* __restrict__ x, int N, int C, index_t L, 
 // mean[c] and the biased var[c] over n and l (two passes: the variance of the centred
 // values, which keeps large means from cancelling the variance away).
 template <typename T>
-__global__ void batch_norm_statistics(const T* __restrict__ x, T* __restrict__ mean,
-                                      T* __restrict__ var, int N, int C, index_t L) {
+__global__ void batch_norm_statistics(const T* __restrict__ x, double* __restrict__ mean,
+                                      double* __restrict__ var, int N, int C, index_t L) {
     const double count = static_cast<double>(N) * L;
     for (int c = blockIdx.x; c < C; c += gridDim.x) {
         const double mu =
@@ -34,8 +36,8 @@ __global__ void batch_norm_statistics(const T* __restrict__ x, T* __restrict__ m
             return d * d;
         });
         if (threadIdx.x == 0) {
-            mean[c] = static_cast<T>(mu);
-            var[c] = static_cast<T>(spread / count);
+            mean[c] = mu;
+            var[c] = spread / count;
         }
     }
 }
@@ -45,16 +47,16 @@ __global__ void batch_norm_statistics(const T* __restrict__ x, T* __restrict__ m
 // 1 / sqrt(var + eps) is rounded to T (one rounding, as y's own), which keeps float's
 // per-element division in float.
 template <typename T>
-__global__ void batch_norm_forward(const T* __restrict__ x, const T* __restrict__ mean,
-                                   const T* __restrict__ var, const T* __restrict__ weight,
+__global__ void batch_norm_forward(const T* __restrict__ x, const double* __restrict__ mean,
+                                   const double* __restrict__ var, const T* __restrict__ weight,
                                    const T* __restrict__ bias, T* __restrict__ y, int C,
                                    index_t L, index_t n_elements, double eps, int affine_weight,
                                    int affine_bias) {
     for (index_t i = grid_start(); i < n_elements; i += grid_stride()) {
         const int c = static_cast<int>(i / L % C);
         const T inverse_std =
-            static_cast<T>(1) / static_cast<T>(sqrt(static_cast<double>(var[c]) + eps));
-        double value = (static_cast<double>(x[i]) - static_cast<double>(mean[c])) *
+            static_cast<T>(1) / static_cast<T>(sqrt(var[c] + eps));
+        double value = (static_cast<double>(x[i]) - mean[c]) *
                        static_cast<double>(inverse_std);
         if (affine_weight) value *= static_cast<double>(weight[c]);
         if (affine_bias) value += static_cast<double>(bias[c]);
@@ -70,11 +72,12 @@ enum Coefficient { kMean = 0, kInverseStd = 1, kMeanGrad = 2, kMeanGradNormalize
 // Per channel: grad_bias = sum grad_y, grad_weight = sum grad_y * x_hat, and the
 // coefficients. One pass of four double sums about the given mean, d = x - mean[c]: sum d,
 // d^2, grad_y, grad_y d. In training the mean and variance are the batch's, again in double
-// (the given ones are rounded to T): about a shift within a rounding of the mean,
+// (eval's running statistics arrive rounded to T): about a shift near the mean,
 // sum d^2 / count - (sum d / count)^2 cancels nothing, as the two-pass variance.
 template <typename T>
 __global__ void batch_norm_backward_sums(const T* __restrict__ grad_y, const T* __restrict__ x,
-                                         const T* __restrict__ mean, const T* __restrict__ var,
+                                         const double* __restrict__ mean,
+                                         const double* __restrict__ var,
                                          T* __restrict__ grad_weight, T* __restrict__ grad_bias,
                                          double* __restrict__ coefficients, int N, int C,
                                          index_t L, double eps, int training) {
