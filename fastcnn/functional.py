@@ -837,7 +837,8 @@ def batch_norm(
     C = x.shape[1]
     rows = _channel_rows(xp, x)
     if training:
-        mean, var = empty(xp, (C,), dtype), empty(xp, (C,), dtype)
+        # float64, whatever x's dtype: x - mean must not inherit the rounding of a large mean.
+        mean, var = empty(xp, (C,), np.float64), empty(xp, (C,), np.float64)
         if x.size:
             _kernel("batch_norm_statistics", xp, backend)(rows, mean, var)
         else:
@@ -852,6 +853,8 @@ def batch_norm(
                y.reshape(rows.shape), float(eps))  # fmt: skip
     if training and x.size:
         _update_running(xp, running_mean, running_var, mean, var, x.size // C, momentum)
+    if return_stats and training:
+        return y, mean.astype(dtype), var.astype(dtype)
     return (y, mean, var) if return_stats else y
 
 
@@ -897,7 +900,7 @@ def batch_norm_backward(
         return grad_x, grad_weight, grad_bias
     rows = _channel_rows(xp, x)
     if training:
-        mean, var = empty(xp, (C,), dtype), empty(xp, (C,), dtype)
+        mean, var = empty(xp, (C,), np.float64), empty(xp, (C,), np.float64)
         if x.size:
             _kernel("batch_norm_statistics", xp, backend)(rows, mean, var)
     else:

@@ -67,6 +67,88 @@ def test_results_do_not_depend_on_the_order_threads_run_in(spec, case, direction
 
 
 @needs_emulator
+@pytest.mark.parametrize(
+    ("x_shape", "w_shape", "params"),
+    [
+        ((2, 3, 1, 5), (4, 3, 1, 3), {"stride": 2}),  # one row: phase h = 1 holds no input
+        ((1, 2, 9, 10), (3, 2, 2, 2), {"stride": 3, "padding": 1}),  # phases no tap reaches
+        ((2, 4, 11, 9), (6, 2, 3, 3), {"stride": 2, "dilation": 2, "padding": 2, "groups": 2}),
+        ((1, 3, 8, 13), (2, 3, 3, 5), {"stride": (3, 2), "padding": (2, 1), "dilation": (1, 3)}),
+    ],
+)
+def test_the_stride_decomposed_input_gradient_matches_the_reference(x_shape, w_shape, params):
+    """Per stride phase a GEMM over the taps that reach it: phases without inputs are
+    skipped, phases no tap reaches are written as zeros, dilations alias taps onto phases."""
+    import fastcnn.functional as F
+    from fastcnn import _census
+
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal(x_shape)
+    w = rng.standard_normal(w_shape)
+    grad_y = rng.standard_normal(F.conv2d(x, w, **params, backend="reference").shape)
+    expected = F.conv2d_backward(grad_y, x, w, **params, backend="reference")
+    with _census.counting() as seen:
+        actual = F.conv2d_backward(grad_y, x, w, **params, algo="implicit_gemm", backend="cuda-emu")
+    assert seen[("cuda-emu", "conv2d.implicit_gemm.input_phases")] == 1
+    for got, want in zip(actual, expected, strict=True):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-10 * max(1, np.abs(want).max()))
+
+
+@needs_emulator
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(
+    ("x_shape", "w_shape", "params", "all_packed"),
+    [
+        ((2, 12, 6, 10), (40, 12, 1, 1), {}, True),  # 1x1: x along H*W = 60, weights along C
+        ((2, 24, 4, 6), (10, 12, 1, 1), {"groups": 2}, True),  # 1x1, a group's first channel
+        ((2, 4, 10, 8), (6, 4, 3, 3), {}, True),  # weights along C*R*S = 36, grad_y P*Q = 48
+        ((3, 4, 10, 8), (6, 4, 3, 3), {"padding": 1}, True),  # P*Q = 80
+        ((2, 4, 9, 9), (6, 4, 3, 3), {}, False),  # P*Q = 49: grad_y in scalars
+        ((2, 5, 7, 7), (8, 5, 1, 1), {}, False),  # H*W = 49, C = 5: all in scalars
+    ],
+)
+def test_the_16_byte_gemm_loads_match_the_scalar_ones_bitwise(
+    x_shape, w_shape, params, all_packed, dtype
+):
+    """Operands contiguous along the direction a thread loads, with row lengths a multiple
+    of the lanes, load in 16-byte packs when 16-byte aligned, and one element into a larger
+    buffer ("offset") in scalars; the sums run in the same order, so the results are
+    bitwise the same, and they match the reference."""
+    import fastcnn.functional as F
+    from fastcnn import _census
+    from fastcnn.testing.compare import relayout
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(x_shape).astype(dtype)
+    w = rng.standard_normal(w_shape).astype(dtype)
+    grad_y = rng.standard_normal(F.conv2d(x, w, **params, backend="reference").shape)
+    grad_y = grad_y.astype(dtype)
+    runs = {}
+    for layout in ("contiguous", "offset"):
+        arrays = [relayout(a, layout) for a in (x, w, grad_y)]
+        with _census.counting() as seen:
+            y = F.conv2d(*arrays[:2], **params, algo="implicit_gemm", backend="cuda-emu")
+            gradients = F.conv2d_backward(arrays[2], *arrays[:2], **params,
+                                          algo="implicit_gemm", backend="cuda-emu")  # fmt: skip
+        runs[layout] = [np.asarray(y), *gradients[:2]]
+        packed = seen[("cuda-emu", "conv2d.implicit_gemm.vector_loads")]
+        scalar = seen[("cuda-emu", "conv2d.implicit_gemm.scalar_loads")]
+        if layout == "offset":
+            assert (packed, scalar > 0) == (0, True)
+        elif all_packed:
+            assert (packed > 0, scalar) == (True, 0)
+        else:
+            assert scalar > 0
+    for packed, scalar in zip(runs["contiguous"], runs["offset"], strict=True):
+        np.testing.assert_array_equal(packed, scalar)
+    expected = [F.conv2d(x, w, **params, backend="reference"),
+                *F.conv2d_backward(grad_y, x, w, **params, backend="reference")[:2]]  # fmt: skip
+    tolerance = 1e-4 if dtype == np.float32 else 1e-10
+    for got, want in zip(runs["contiguous"], expected, strict=True):
+        np.testing.assert_allclose(got, want, rtol=0, atol=tolerance * np.abs(want).max())
+
+
+@needs_emulator
 def test_a_grid_past_two_to_the_31_indexes_its_last_elements():
     """relu over 2^31 + 1000 floats: only the last blocks run, on lazily mapped pages."""
     from fastcnn.backends.cuda import activation

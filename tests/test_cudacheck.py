@@ -86,6 +86,38 @@ def test_no_kernel_touches_local_memory(result):
     assert not bad, "\n".join(bad)
 
 
+#: The static target of every convolution GEMM's main loop on a GPU tile, in float: FFMA at
+#: least this share of its instructions, its shared loads 16 bytes wide, and at least 2
+#: blocks resident an SM.
+CONV_GEMM_LOOP_FMA = 0.75
+
+
+@needs_compiler
+@needs_cuobjdump
+def test_conv_gemm_main_loops_meet_the_fma_target(result):
+    from fastcnn.backends.cuda.conv2d import GEMM_KERNELS, GEMM_TILES
+
+    tile = ", ".join(str(v) for v in GEMM_TILES["float"])
+    gemms = [
+        p for p in result.profiles
+        if p.sass is not None and f"<float, {tile}" in p.expression
+        and any(name in p.expression for name in GEMM_KERNELS.values())
+    ]  # fmt: skip
+    assert {
+        name for name in GEMM_KERNELS.values() if any(name in p.expression for p in gemms)
+    } == set(GEMM_KERNELS.values())
+    bad = [
+        f"{p.expression}: loop FMA {p.sass.main_loop_fma_share:.1%} of "
+        f"{p.sass.main_loop_instructions}, shared loads {p.sass.shared_loads}, "
+        f"occupancy {p.occupancy:.0%}"
+        for p in gemms
+        if p.sass.main_loop_fma_share < CONV_GEMM_LOOP_FMA
+        or set(p.sass.shared_loads) != {128}
+        or p.occupancy * 64 < 2 * p.threads // 32  # 64 warps an SM
+    ]
+    assert not bad, "\n".join(bad)
+
+
 @needs_compiler
 def test_the_table_has_a_row_per_kernel_instance(result):
     text = cudacheck.table(result.profiles, "sm_90")

@@ -26,6 +26,7 @@ class Case:
     """One call: the shapes of its array inputs and its keyword parameters.
 
     ``scale`` multiplies the random inputs (large values test numerical stability);
+    ``offset`` is added to the first input after (a mean large against its spread);
     ``tags`` name the benchmark suites a case belongs to, and ``"beyond_torch"`` marks a
     case whose result PyTorch leaves undefined (not compared with it).
     """
@@ -35,6 +36,7 @@ class Case:
     params: dict[str, Any] = field(default_factory=dict)
     scale: float = 1.0
     tags: tuple[str, ...] = ()
+    offset: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,8 @@ class OpSpec:
                 inputs[name] = (0.5 + 1.5 * rng.random(shape)).astype(dtype)
             else:
                 values = rng.standard_normal(shape) * case.scale
+                if name == self.inputs[0]:
+                    values += case.offset
                 inputs[name] = values.astype(dtype)
         return inputs
 
@@ -733,14 +737,16 @@ def _batch_norm_torch(tf, t, p):
     )  # fmt: skip
 
 
-def _norm(name, x, affine=True, running=False, scale=1.0, tags=(), training=True, **params):
+def _norm(
+    name, x, affine=True, running=False, scale=1.0, tags=(), training=True, offset=0.0, **params
+):
     C = x[1]
     shapes = {"x": x}
     if affine:
         shapes.update(weight=(C,), bias=(C,))
     if running:
         shapes.update(running_mean=(C,), running_var=(C,))
-    return Case(name, shapes, {"training": training, **params}, scale, tags)
+    return Case(name, shapes, {"training": training, **params}, scale, tags, offset)
 
 
 BATCH_NORM = OpSpec(
@@ -757,6 +763,15 @@ BATCH_NORM = OpSpec(
         _norm("training, no affine", (3, 4, 3, 3), affine=False),
         _norm("training, large values", (2, 3, 4, 4), scale=1e3),
         _norm("training, eps 0.1", (3, 2, 4, 5), eps=0.1),
+        # Two values a channel: the input gradient is all cancellation (zero by symmetry
+        # but for eps). A mean large against the spread: float32 statistics, or grad_x
+        # as a float32 a g + b x + c, cancel. The forward's error there is the batch mean's
+        # rounding to float32 (as PyTorch's), ulp(offset) / 2 against the spread, below
+        # 3e-5: these keep enough values a channel that the spread is never much smaller.
+        _norm("training, two values a channel", (2, 5)),
+        _norm("training, two values a channel, 3-D", (1, 3, 2), eps=1e-3),
+        _norm("training, large mean", (8, 2, 3, 3), offset=1e3),
+        _norm("training, large mean, small spread", (4, 3, 5, 5), scale=0.125, offset=100.0),
         _norm("eval", (3, 4, 5, 5), running=True, training=False),
         _norm("eval 3-D, no affine", (2, 3, 7), affine=False, running=True, training=False),
         _norm("training with running stats given", (2, 3, 4, 4), running=True),

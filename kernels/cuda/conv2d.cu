@@ -152,7 +152,26 @@ __global__ void conv2d_bias_gradient(const T* __restrict__ grad_y, T* __restrict
 //
 // A Problem gives rows(), columns(), depth(), Row row(r) / T a(Row, d) (0 outside), Column
 // column(c) / T b(Column, d), and store(r, c, value); a_depth_major says A is contiguous
-// along the depth (load consecutive depths in consecutive threads) rather than the rows.
+// along the depth (a thread loads A_PER consecutive depths of one row) rather than the rows
+// (consecutive threads load consecutive rows); B is loaded along the depth.
+//
+// A Problem with gathers_pairs loads both along the rows and columns (BM == BN), so a
+// thread's A and B elements of a step are at the same depths, and gives gather(row, column,
+// d, a, b) for both at once: a table both read per depth (the input gradient's taps) is
+// loaded once, and the step's depth check is one 32-bit compare per pair against the depths
+// left. A row or column outside the tile gathers row(0)'s or column(0)'s values: they only
+// reach outputs that are never stored. Other problems check each depth index (64-bit) as it
+// is used, and zero the elements outside the tile (the forward and weight gradient spill
+// with the step's predicates all live at once).
+//
+// A Problem with a_packs (b_packs) loads A (B) LANES = 16 / sizeof(T) elements at a time, one
+// 16-byte load, along the direction a thread loads: a depth-major A and B along the depth
+// (a_pack(row, d) / b_pack(column, d): depths d .. d + LANES - 1), any other A along the rows
+// (a thread loads LANES consecutive rows at A_PER / LANES depths; a_pack(row, d): rows row ..
+// row + LANES - 1, stored to shared memory as one 16-byte store, a warp's 512 bytes
+// consecutive). The launch code chooses them only where those elements are contiguous and
+// 16-byte aligned (the row length a multiple of LANES, the base pointer aligned), so a pack is
+// wholly inside the tile's rows and depths or wholly outside; else the scalar loads above.
 
 template <typename T, int BM, int BN, int BK, int TM, int TN, typename Problem>
 __device__ __forceinline__ void gemm_tile(const Problem& problem, index_t row0, int column0,
@@ -160,38 +179,114 @@ __device__ __forceinline__ void gemm_tile(const Problem& problem, index_t row0, 
     constexpr int THREADS = (BM / TM) * (BN / TN);
     constexpr int A_PER = BK * BM / THREADS;  // A elements a thread loads per depth step
     constexpr int B_PER = BK * BN / THREADS;
+    constexpr int LANES = Lanes<T>::value;
+    using Pack16 = Pack<T, LANES>;  // one 16-byte load
+    // A along the rows in packs: LANES rows at A_DEPTHS depths a thread
+    constexpr bool a_row_packs = Problem::a_packs && !Problem::a_depth_major;
+    constexpr int A_DEPTHS = a_row_packs ? A_PER / LANES : A_PER;
     static_assert(A_PER * THREADS == BK * BM && BK % A_PER == 0 && THREADS % BM == 0, "A tile");
     static_assert(B_PER * THREADS == BK * BN && BK % B_PER == 0, "B tile");
+    static_assert(!Problem::gathers_pairs || (BM == BN && THREADS % BN == 0), "pairs");
+    static_assert(!Problem::a_packs || (A_PER % LANES == 0 && BM % LANES == 0), "A packs");
+    static_assert(!Problem::b_packs || B_PER % LANES == 0, "B packs");
+    static_assert(!Problem::gathers_pairs || !(Problem::a_packs || Problem::b_packs), "packs");
     FASTCNN_DYNAMIC_SHARED(T, As);  // [2][BK][BM], then B as [2][BK][BN]
     T* Bs = As + 2 * BK * BM;
 
     const int t = threadIdx.x;
-    const int a_row = Problem::a_depth_major ? t / (BK / A_PER) : t % BM;
-    const int a_depth = Problem::a_depth_major ? t % (BK / A_PER) * A_PER : t / BM * A_PER;
+    const int a_row = Problem::a_depth_major ? t / (BK / A_PER)
+                      : a_row_packs          ? t % (BM / LANES) * LANES
+                                             : t % BM;
+    const int a_depth = Problem::a_depth_major ? t % (BK / A_PER) * A_PER
+                        : a_row_packs          ? t / (BM / LANES) * A_DEPTHS
+                                               : t / BM * A_PER;
     const bool a_inside = row0 + a_row < problem.rows();
     const typename Problem::Row row = problem.row(a_inside ? row0 + a_row : 0);
-    const int b_column = t / (BK / B_PER), b_depth = t % (BK / B_PER) * B_PER;
+    const int b_column = Problem::gathers_pairs ? t % BN : t / (BK / B_PER);
+    const int b_depth = Problem::gathers_pairs ? t / BN * B_PER : t % (BK / B_PER) * B_PER;
     const bool b_inside = column0 + b_column < problem.columns();
     const typename Problem::Column column = problem.column(b_inside ? column0 + b_column : 0);
 
+    // a_next[i]: depth a_depth + i; in row packs a_next[i * LANES + v]: depth a_depth + i,
+    // row a_row + v
     T a_next[A_PER], b_next[B_PER];
     auto load = [&](index_t d0) {
+        if constexpr (Problem::gathers_pairs) {
+            const int left = depth_end - d0 < BK ? static_cast<int>(depth_end - d0) : BK;
+            const int depth_left = left - a_depth;
 #pragma unroll
-        for (int i = 0; i < A_PER; ++i) {
-            const index_t d = d0 + a_depth + i;
-            a_next[i] = a_inside && d < depth_end ? problem.a(row, d) : T(0);
-        }
+            for (int i = 0; i < A_PER; ++i) {
+                if (i < depth_left) {
+                    problem.gather(row, column, d0 + a_depth + i, a_next[i], b_next[i]);
+                } else {
+                    a_next[i] = b_next[i] = T(0);
+                }
+            }
+        } else {
+            if constexpr (Problem::a_packs) {
+                constexpr int STEP = a_row_packs ? 1 : LANES;  // depths a pack spans
 #pragma unroll
-        for (int i = 0; i < B_PER; ++i) {
-            const index_t d = d0 + b_depth + i;
-            b_next[i] = b_inside && d < depth_end ? problem.b(column, d) : T(0);
+                for (int i = 0; i < A_PER / LANES; ++i) {
+                    const index_t d = d0 + a_depth + i * STEP;
+                    Pack16 pack;
+                    if (a_inside && d < depth_end) {
+                        pack = problem.a_pack(row, d);
+                    } else {
+#pragma unroll
+                        for (int v = 0; v < LANES; ++v) pack.v[v] = T(0);
+                    }
+#pragma unroll
+                    for (int v = 0; v < LANES; ++v) a_next[i * LANES + v] = pack.v[v];
+                }
+            } else {
+#pragma unroll
+                for (int i = 0; i < A_PER; ++i) {
+                    const index_t d = d0 + a_depth + i;
+                    a_next[i] = a_inside && d < depth_end ? problem.a(row, d) : T(0);
+                }
+            }
+            if constexpr (Problem::b_packs) {
+#pragma unroll
+                for (int i = 0; i < B_PER / LANES; ++i) {
+                    const index_t d = d0 + b_depth + i * LANES;
+                    Pack16 pack;
+                    if (b_inside && d < depth_end) {
+                        pack = problem.b_pack(column, d);
+                    } else {
+#pragma unroll
+                        for (int v = 0; v < LANES; ++v) pack.v[v] = T(0);
+                    }
+#pragma unroll
+                    for (int v = 0; v < LANES; ++v) b_next[i * LANES + v] = pack.v[v];
+                }
+            } else {
+#pragma unroll
+                for (int i = 0; i < B_PER; ++i) {
+                    const index_t d = d0 + b_depth + i;
+                    b_next[i] = b_inside && d < depth_end ? problem.b(column, d) : T(0);
+                }
+            }
         }
     };
+    // This thread's first A and B elements, one pointer each (with a_depth and a_row kept
+    // apart instead, the 1x1 forward loading both operands in packs spills 16 bytes).
+    T* const a_slot = As + a_depth * BM + a_row;
+    T* const b_slot = Bs + b_depth * BN + b_column;
     auto store = [&](int buffer) {
+        if constexpr (a_row_packs) {
 #pragma unroll
-        for (int i = 0; i < A_PER; ++i) As[(buffer * BK + a_depth + i) * BM + a_row] = a_next[i];
+            for (int i = 0; i < A_DEPTHS; ++i) {
+                Pack16 pack;
 #pragma unroll
-        for (int i = 0; i < B_PER; ++i) Bs[(buffer * BK + b_depth + i) * BN + b_column] = b_next[i];
+                for (int v = 0; v < LANES; ++v) pack.v[v] = a_next[i * LANES + v];
+                *reinterpret_cast<Pack16*>(a_slot + (buffer * BK + i) * BM) = pack;
+            }
+        } else {
+#pragma unroll
+            for (int i = 0; i < A_PER; ++i) a_slot[(buffer * BK + i) * BM] = a_next[i];
+        }
+#pragma unroll
+        for (int i = 0; i < B_PER; ++i) b_slot[(buffer * BK + i) * BN] = b_next[i];
     };
 
     const int tx = t % (BN / TN), ty = t / (BN / TN);
@@ -242,10 +337,15 @@ __device__ __forceinline__ void gemm_tile(const Problem& problem, index_t row0, 
 // Forward, per group: rows m = (n, p, q), columns the group's filters k, depth d = (c, r, s).
 // taps[d] = (c * H * W + r * dilation_h * W + s * dilation_w, r * dilation_h, s * dilation_w),
 // made by the launch code, replaces two integer divisions per gathered element with one
-// cached 16-byte load.
-template <typename T, bool with_bias>
+// cached 16-byte load. The weights are contiguous along the depth: b_packs where C/groups *
+// R * S is a multiple of the lanes and the weights are 16-byte aligned.
+template <typename T, bool with_bias, bool weight_packs>
 struct ForwardProblem {
     static constexpr bool a_depth_major = false;  // x is contiguous along q: along the rows
+    static constexpr bool gathers_pairs = false;
+    static constexpr bool a_packs = false;
+    static constexpr bool b_packs = weight_packs;
+    using Pack16 = Pack<T, Lanes<T>::value>;
     const T* x;
     const T* weight;
     const T* bias;
@@ -283,6 +383,9 @@ struct ForwardProblem {
         return weight + (static_cast<index_t>(group) * g.filters_per_group() + k) * depth();
     }
     __device__ T b(Column filter, index_t d) const { return filter[d]; }
+    __device__ Pack16 b_pack(Column filter, index_t d) const {
+        return *reinterpret_cast<const Pack16*>(filter + d);
+    }
 
     __device__ void store(index_t m, int k, T value) const {
         const index_t PQ = static_cast<index_t>(g.P) * g.Q;
@@ -294,10 +397,12 @@ struct ForwardProblem {
 
 // Forward of a 1x1, stride-1, unpadded convolution: A is x itself, (n, c, h*w) with the
 // positions contiguous, so the gather is one multiply-add of an offset (no division, no
-// bounds check).
-template <typename T, bool with_bias>
-struct PointwiseForwardProblem : ForwardProblem<T, with_bias> {
-    using Base = ForwardProblem<T, with_bias>;
+// bounds check). a_packs where H * W is a multiple of the lanes and x is 16-byte aligned: a
+// pack is LANES consecutive positions of one image.
+template <typename T, bool with_bias, bool x_packs, bool weight_packs>
+struct PointwiseForwardProblem : ForwardProblem<T, with_bias, weight_packs> {
+    using Base = ForwardProblem<T, with_bias, weight_packs>;
+    static constexpr bool a_packs = x_packs;
     struct Row {
         const T* position;  // x[n, group's first channel, h, w]
     };
@@ -311,76 +416,103 @@ struct PointwiseForwardProblem : ForwardProblem<T, with_bias> {
     __device__ T a(const Row& row, index_t c) const {
         return row.position[c * static_cast<index_t>(this->g.H) * this->g.W];
     }
+    __device__ typename Base::Pack16 a_pack(const Row& row, index_t c) const {
+        const index_t HW = static_cast<index_t>(this->g.H) * this->g.W;
+        return *reinterpret_cast<const typename Base::Pack16*>(row.position + c * HW);
+    }
 };
 
-// Input gradient, per group: rows m = (n, h, w), columns the group's channels c, depth
-// d = (k, r, s); A is grad_y at the output (p, q) whose tap (r, s) reads (h, w), 0 where
-// none does (the stride skips it, or it lies outside). taps[d] = (k * P * Q, r * dilation_h,
-// s * dilation_w, k * C/groups * R * S + r * S + s), made by the launch code: no division by
-// R * S per element; a unit stride needs none at all.
-template <typename T, bool unit_stride>
+// Input gradient, per group and stride phase (stride decomposition): the inputs (h, w) of a
+// phase are those with (h + pad) % stride alike, h = h_first + i * stride_h and w = w_first
+// + j * stride_w, and only the taps (r, s) with r * dilation_h = h_first + pad_h (mod
+// stride_h) (and so for s) reach them, at p = i - tap_h, q = j - tap_w. So each phase is a
+// dense GEMM like a unit stride's: rows (n, i, j), columns the group's channels c, depth
+// d = (k, r, s) over the phase's taps (none skipped by the stride); a unit stride is the one
+// phase h_first = w_first = 0. taps[d] = (k * P * Q - tap_h * Q - tap_w, tap_h, tap_w,
+// k * C/groups * R * S + r * S + s), made by the launch code: a gathered element costs a
+// bounds check and an add.
+template <typename T>
 struct InputGradientProblem {
     static constexpr bool a_depth_major = false;
+    static constexpr bool gathers_pairs = true;  // A and B read the same taps[d]
+    static constexpr bool a_packs = false, b_packs = false;
     const T* grad_y;
     const T* weight;
     T* grad_x;
-    const int4* taps;
+    const int4* taps;  // this phase's
     ConvShape g;
     int group;
+    int h_first, w_first, phase_h, phase_w;  // the phase's first input and its extent
+    int phase_depth;  // its taps: K/groups times its (r, s)
 
-    __device__ index_t rows() const { return static_cast<index_t>(g.N) * g.H * g.W; }
+    __device__ index_t rows() const { return static_cast<index_t>(g.N) * phase_h * phase_w; }
     __device__ int columns() const { return g.channels_per_group(); }
-    __device__ index_t depth() const { return static_cast<index_t>(g.filters_per_group()) * g.R * g.S; }
+    __device__ index_t depth() const { return phase_depth; }
 
     struct Row {
-        const T* gradient;  // grad_y[n, group's first filter]
-        int h, w;           // this input position plus the padding
+        const T* origin;  // grad_y[n, group's first filter] + i * Q + j
+        int i, j;
     };
     __device__ Row row(index_t m) const {
-        const index_t HW = static_cast<index_t>(g.H) * g.W;
-        const index_t n = m / HW;
-        const int hw = static_cast<int>(m % HW);
-        return {grad_y + (n * g.K + static_cast<index_t>(group) * g.filters_per_group()) * g.P * g.Q,
-                hw / g.W + g.pad_h, hw % g.W + g.pad_w};
+        const index_t ij_count = static_cast<index_t>(phase_h) * phase_w;
+        const index_t n = m / ij_count;
+        const int ij = static_cast<int>(m % ij_count), i = ij / phase_w, j = ij % phase_w;
+        const index_t first = n * g.K + static_cast<index_t>(group) * g.filters_per_group();
+        return {grad_y + first * g.P * g.Q + static_cast<index_t>(i) * g.Q + j, i, j};
     }
-    __device__ T a(const Row& row, index_t d) const {
-        const int4 tap = taps[d];
-        int p = row.h - tap.y, q = row.w - tap.z;
-        if (p < 0 || q < 0) return T(0);
-        if (!unit_stride) {
-            if (p % g.stride_h || q % g.stride_w) return T(0);
-            p /= g.stride_h;
-            q /= g.stride_w;
-        }
-        if (p >= g.P || q >= g.Q) return T(0);
-        return row.gradient[tap.x + static_cast<index_t>(p) * g.Q + q];
-    }
-
     using Column = const T*;  // weight[group's first filter, c]
     __device__ Column column(int c) const {
         const index_t first = static_cast<index_t>(group) * g.filters_per_group();
         return weight + (first * g.channels_per_group() + c) * g.R * g.S;
     }
-    __device__ T b(Column filter, index_t d) const { return filter[taps[d].w]; }
+
+    __device__ void gather(const Row& row, Column filter, index_t d, T& a, T& b) const {
+        const int4 tap = taps[d];
+        const unsigned p = row.i - tap.y, q = row.j - tap.z;  // negative ones wrap past P, Q
+        a = p < static_cast<unsigned>(g.P) && q < static_cast<unsigned>(g.Q) ? row.origin[tap.x]
+                                                                             : T(0);
+        b = filter[tap.w];
+    }
 
     __device__ void store(index_t m, int c, T value) const {
-        const index_t HW = static_cast<index_t>(g.H) * g.W;
-        const int channel = group * g.channels_per_group() + c;
-        grad_x[(m / HW * g.C + channel) * HW + m % HW] = value;
+        const index_t ij_count = static_cast<index_t>(phase_h) * phase_w;
+        const int ij = static_cast<int>(m % ij_count);
+        const int h = h_first + ij / phase_w * g.stride_h, w = w_first + ij % phase_w * g.stride_w;
+        const index_t channel = static_cast<index_t>(group) * g.channels_per_group() + c;
+        grad_x[((m / ij_count * g.C + channel) * g.H + h) * g.W + w] = value;
     }
 };
 
 // Weight gradient, per group: rows the group's filters k, columns e = (c, r, s), depth
 // j = (n, p, q) (split over blocks: each writes its partial sums to a workspace row).
-// positions[j] = (n, p * Q + q, p * stride_h, q * stride_w), made by the launch code: no
-// division per element.
-template <typename T>
+// positions[j], made by the launch code, holds both gathers' 64-bit offsets and the window's
+// corner: per element one table load, an add for grad_y, and a bounds check and an add for x.
+// The offsets are in bytes (the table is made per element size): an element's address is
+// one 64-bit add.
+struct alignas(16) Position {
+    index_t image;     // of x[n, 0, h0, w0]: (n * C * H * W + h0 * W + w0) * sizeof(T)
+    int h0, w0;        // p * stride_h, q * stride_w (before the padding)
+    index_t gradient;  // of grad_y[n, 0, p, q]: (n * K * P * Q + p * Q + q) * sizeof(T)
+    int unused[2];
+};
+
+template <typename T, typename Value = T>
+__device__ __forceinline__ Value at_byte_offset(const T* origin, index_t bytes) {
+    return *reinterpret_cast<const Value*>(reinterpret_cast<const char*>(origin) + bytes);
+}
+
+// a_packs where P * Q is a multiple of the lanes and grad_y is 16-byte aligned: a pack is
+// LANES consecutive (p, q) of one image, at the offset of its first.
+template <typename T, bool gradient_packs>
 struct WeightGradientProblem {
     static constexpr bool a_depth_major = true;  // grad_y is contiguous along (p, q)
+    static constexpr bool gathers_pairs = false;  // x is contiguous along (h, w) too
+    static constexpr bool a_packs = gradient_packs, b_packs = false;
+    using Pack16 = Pack<T, Lanes<T>::value>;
     const T* grad_y;
     const T* x;
     T* partial;  // this split's [groups][K/groups][C/groups * R * S]
-    const int4* positions;
+    const Position* positions;
     ConvShape g;
     int group;
 
@@ -393,27 +525,30 @@ struct WeightGradientProblem {
         return grad_y + (static_cast<index_t>(group) * g.filters_per_group() + k) * g.P * g.Q;
     }
     __device__ T a(Row gradient, index_t j) const {
-        const int4 position = positions[j];
-        return gradient[static_cast<index_t>(position.x) * g.K * g.P * g.Q + position.y];
+        return at_byte_offset(gradient, positions[j].gradient);
+    }
+    __device__ Pack16 a_pack(Row gradient, index_t j) const {
+        return at_byte_offset<T, Pack16>(gradient, positions[j].gradient);
     }
 
     struct Column {
-        const T* plane;  // x[0, channel]
+        const T* origin;  // x[0, channel] + (r * dilation - pad) * W + s * dilation - pad
         int r_offset, s_offset;  // r * dilation - pad, s * dilation - pad
     };
     __device__ Column column(int e) const {
         const int RS = g.R * g.S;
         const int c = e / RS, rs = e % RS;
         const index_t channel = static_cast<index_t>(group) * g.channels_per_group() + c;
-        return {x + channel * g.H * g.W, rs / g.S * g.dilation_h - g.pad_h,
-                rs % g.S * g.dilation_w - g.pad_w};
+        const int r_offset = rs / g.S * g.dilation_h - g.pad_h;
+        const int s_offset = rs % g.S * g.dilation_w - g.pad_w;
+        return {x + channel * g.H * g.W + static_cast<index_t>(r_offset) * g.W + s_offset,
+                r_offset, s_offset};
     }
     __device__ T b(const Column& column, index_t j) const {
-        const int4 position = positions[j];
-        const int h = position.z + column.r_offset, w = position.w + column.s_offset;
-        if (h < 0 || h >= g.H || w < 0 || w >= g.W) return T(0);
-        const index_t image = static_cast<index_t>(position.x) * g.C * g.H * g.W;
-        return column.plane[image + static_cast<index_t>(h) * g.W + w];
+        const Position& position = positions[j];
+        const unsigned h = position.h0 + column.r_offset, w = position.w0 + column.s_offset;
+        if (h >= static_cast<unsigned>(g.H) || w >= static_cast<unsigned>(g.W)) return T(0);
+        return at_byte_offset(column.origin, position.image);
     }
 
     __device__ void store(index_t k, int e, T value) const {
@@ -422,52 +557,60 @@ struct WeightGradientProblem {
 };
 
 // Grid: (rows / BM, columns / BN, groups).
-template <typename T, int BM, int BN, int BK, int TM, int TN, bool with_bias>
+template <typename T, int BM, int BN, int BK, int TM, int TN, bool with_bias, bool weight_packs>
 __global__ void __launch_bounds__((BM / TM) * (BN / TN), GEMM_BLOCKS_PER_SM(BM, BN, TM, TN))
 conv2d_forward_implicit_gemm(const T* __restrict__ x, const T* __restrict__ weight,
                              const T* __restrict__ bias, T* __restrict__ y,
                              const int4* __restrict__ taps, CONV_SHAPE) {
-    const ForwardProblem<T, with_bias> problem{x, weight, bias, y, taps, CONV_ARGUMENTS,
-                                               static_cast<int>(blockIdx.z)};
+    const ForwardProblem<T, with_bias, weight_packs> problem{
+        x, weight, bias, y, taps, CONV_ARGUMENTS, static_cast<int>(blockIdx.z)};
     gemm_tile<T, BM, BN, BK, TM, TN>(problem, static_cast<index_t>(blockIdx.x) * BM,
                                      blockIdx.y * BN, 0, problem.depth());
 }
 
-template <typename T, int BM, int BN, int BK, int TM, int TN, bool with_bias>
+template <typename T, int BM, int BN, int BK, int TM, int TN, bool with_bias, bool x_packs,
+          bool weight_packs>
 __global__ void __launch_bounds__((BM / TM) * (BN / TN), GEMM_BLOCKS_PER_SM(BM, BN, TM, TN))
 conv2d_forward_pointwise_gemm(const T* __restrict__ x, const T* __restrict__ weight,
                               const T* __restrict__ bias, T* __restrict__ y, CONV_SHAPE) {
-    const PointwiseForwardProblem<T, with_bias> problem{
+    const PointwiseForwardProblem<T, with_bias, x_packs, weight_packs> problem{
         {x, weight, bias, y, nullptr, CONV_ARGUMENTS, static_cast<int>(blockIdx.z)}};
     gemm_tile<T, BM, BN, BK, TM, TN>(problem, static_cast<index_t>(blockIdx.x) * BM,
                                      blockIdx.y * BN, 0, problem.depth());
 }
 
-template <typename T, int BM, int BN, int BK, int TM, int TN, bool unit_stride>
+// Grid: (the largest phase's rows / BM, columns / BN, groups * phases). table[2 * f] =
+// (h_first, w_first, extent h, extent w) and table[2 * f + 1] = (first tap, taps) of phase f,
+// its taps in the same table; a block past its phase's rows returns.
+template <typename T, int BM, int BN, int BK, int TM, int TN>
 __global__ void __launch_bounds__((BM / TM) * (BN / TN), GEMM_BLOCKS_PER_SM(BM, BN, TM, TN))
 conv2d_input_gradient_implicit_gemm(const T* __restrict__ grad_y, const T* __restrict__ weight,
-                                    T* __restrict__ grad_x, const int4* __restrict__ taps,
+                                    T* __restrict__ grad_x, const int4* __restrict__ table,
                                     CONV_SHAPE) {
-    const InputGradientProblem<T, unit_stride> problem{grad_y, weight, grad_x, taps,
-                                                       CONV_ARGUMENTS,
-                                                       static_cast<int>(blockIdx.z)};
-    gemm_tile<T, BM, BN, BK, TM, TN>(problem, static_cast<index_t>(blockIdx.x) * BM,
-                                     blockIdx.y * BN, 0, problem.depth());
+    const ConvShape g CONV_ARGUMENTS;
+    const int phase = blockIdx.z / g.groups;
+    const int4 extent = table[2 * phase], taps = table[2 * phase + 1];
+    const InputGradientProblem<T> problem{grad_y, weight, grad_x, table + taps.x, g,
+                                          static_cast<int>(blockIdx.z % g.groups), extent.x,
+                                          extent.y, extent.z, extent.w, taps.y};
+    const index_t row0 = static_cast<index_t>(blockIdx.x) * BM;
+    if (row0 >= problem.rows()) return;  // the whole block: no barrier is left waiting
+    gemm_tile<T, BM, BN, BK, TM, TN>(problem, row0, blockIdx.y * BN, 0, problem.depth());
 }
 
 // Grid: (rows / BM, columns / BN, groups * splits); split s sums depths [s * chunk, (s + 1) *
 // chunk) into workspace[s] (chunk a multiple of BK).
-template <typename T, int BM, int BN, int BK, int TM, int TN>
+template <typename T, int BM, int BN, int BK, int TM, int TN, bool gradient_packs>
 __global__ void __launch_bounds__((BM / TM) * (BN / TN), GEMM_BLOCKS_PER_SM(BM, BN, TM, TN))
 conv2d_weight_gradient_implicit_gemm(const T* __restrict__ grad_y, const T* __restrict__ x,
                                      T* __restrict__ workspace,
-                                     const int4* __restrict__ positions, index_t chunk,
+                                     const Position* __restrict__ positions, index_t chunk,
                                      CONV_SHAPE) {
     const ConvShape g CONV_ARGUMENTS;
     const int split = blockIdx.z / g.groups, group = blockIdx.z % g.groups;
     const index_t weights = static_cast<index_t>(g.K) * g.channels_per_group() * g.R * g.S;
-    const WeightGradientProblem<T> problem{grad_y, x, workspace + split * weights, positions,
-                                           g, group};
+    const WeightGradientProblem<T, gradient_packs> problem{
+        grad_y, x, workspace + split * weights, positions, g, group};
     const index_t begin = split * chunk;
     const index_t end = begin + chunk < problem.depth() ? begin + chunk : problem.depth();
     gemm_tile<T, BM, BN, BK, TM, TN>(problem, static_cast<index_t>(blockIdx.x) * BM,

@@ -1,7 +1,11 @@
 """Batch normalisation on the CUDA backends: launch code for kernels/cuda/batch_norm.cu.
 
 x arrives as (N, C, L). The per-channel sums run one block per channel (double
-accumulators, deterministic); y and grad_x are grid-stride elementwise passes.
+accumulators, deterministic); y and grad_x are grid-stride elementwise passes. The
+backward's per-channel terms (the batch statistics again, in training) pass between its
+two kernels in a float64 workspace of 4 x C, whatever x's dtype. The statistics (mean,
+var) the kernels take are float64: training's come so from the functional API, the running
+statistics of eval are converted here (C elements).
 """
 
 from __future__ import annotations
@@ -43,11 +47,15 @@ def register_kernels(backend: str, runtime: Runtime) -> None:
     def batch_norm_statistics(x, mean, var) -> None:
         per_channel(x, "fastcnn::batch_norm_statistics<{T}>", (x, mean, var))
 
+    def float64(statistics):
+        return runtime.xp.ascontiguousarray(statistics, dtype=np.float64)
+
     @register("batch_norm", backend)
     def batch_norm(x, mean, var, weight, bias, y, eps) -> None:
         _, C, L = x.shape
         elementwise(x, "fastcnn::batch_norm_forward<{T}>", (
-            x, mean, var, mean if weight is None else weight, mean if bias is None else bias,
+            x, float64(mean), float64(var), x if weight is None else weight,
+            x if bias is None else bias,
             y, np.int32(C), np.int64(L), np.int64(x.size), np.float64(eps),
             np.int32(weight is not None), np.int32(bias is not None),
         ))  # fmt: skip
@@ -56,13 +64,16 @@ def register_kernels(backend: str, runtime: Runtime) -> None:
     def batch_norm_backward(
         grad_y, x, mean, var, weight, grad_x, grad_weight, grad_bias, eps, training
     ) -> None:
-        N, C, L = x.shape
+        _, C, L = x.shape
+        coefficients = runtime.xp.empty((4, C), np.float64)
         per_channel(x, "fastcnn::batch_norm_backward_sums<{T}>",
-                    (grad_y, x, mean, var, grad_weight, grad_bias), (np.float64(eps),))  # fmt: skip
+                    (grad_y, x, float64(mean), float64(var), grad_weight, grad_bias,
+                     coefficients),
+                    (np.float64(eps), np.int32(bool(training))))  # fmt: skip
         if grad_x is None:
             return
         elementwise(x, "fastcnn::batch_norm_input_gradient<{T}>", (
-            grad_y, x, mean, var, mean if weight is None else weight, grad_bias, grad_weight,
-            grad_x, np.int32(C), np.int64(L), np.int64(x.size), np.float64(N * L),
-            np.float64(eps), np.int32(weight is not None), np.int32(bool(training)),
+            grad_y, x, x if weight is None else weight, coefficients, grad_x, np.int32(C),
+            np.int64(L), np.int64(x.size), np.int32(weight is not None),
+            np.int32(bool(training)),
         ))  # fmt: skip

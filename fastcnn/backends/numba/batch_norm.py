@@ -1,8 +1,8 @@
 """Batch normalisation over the channels of (N, C, L): statistics, forward, backward.
-Algorithm: per channel sums in float64 (two passes: the mean, then the squared
-deviations); forward and input gradient as one affine map per channel, y = a[c] x + b[c]
-(and grad_x = a[c] grad_y + b[c] x + c[c]), with the per-channel coefficients made in
-the driver from the sums.
+Algorithm: per channel sums in float64 (the statistics in two passes: the mean, then the
+squared deviations; the backward's about the given mean); forward and input gradient
+elementwise from the centred value x - mean, formed in float64 per element, so that a mean
+large against the spread cancels nothing in the data's precision.
 
 Traffic: statistics read x twice; forward reads x and writes y; backward reads grad_y and
 x twice (the sums, then the gradient) and writes grad_x.
@@ -38,44 +38,53 @@ def _statistics(x, mean, var):
 
 
 @jit(parallel=True)
-def _affine(x, a, b, y):
-    """y[n, c] = a[c] * x[n, c] + b[c]."""
+def _normalize(x, mean, scale, shift, y):
+    """y[n, c] = (x[n, c] - mean[c]) * scale[c] + shift[c], in float64 per element."""
     N, C, L = x.shape
     for task in prange(N * C):
         n, c = task // C, task % C
         row, out = x[n, c], y[n, c]
-        scale, shift = a[c], b[c]
+        m, a, b = mean[c], scale[c], shift[c]
         for i in range(L):
-            out[i] = row[i] * scale + shift
+            out[i] = (row[i] - m) * a + b
 
 
 @jit(parallel=True)
-def _gradient_sums(grad_y, x, mean, sum_g, sum_gx):
-    """Per channel: sum of grad_y, and of grad_y * (x - mean), in float64."""
+def _gradient_sums(grad_y, x, shift, sums):
+    """Per channel c, in float64, with d = x - shift[c]: the sums of d, d^2, grad_y and
+    grad_y * d (sums[c, 0:4])."""
     N, C, L = x.shape
     for c in prange(C):
+        d_total = 0.0
+        dd_total = 0.0
         g_total = 0.0
-        gx_total = 0.0
-        m = mean[c]
+        gd_total = 0.0
+        s = shift[c]
         for n in range(N):
             g, row = grad_y[n, c], x[n, c]
             for i in range(L):
+                d = row[i] - s
+                d_total += d
+                dd_total += d * d
                 g_total += g[i]
-                gx_total += g[i] * (row[i] - m)
-        sum_g[c] = g_total
-        sum_gx[c] = gx_total
+                gd_total += g[i] * d
+        sums[c, 0] = d_total
+        sums[c, 1] = dd_total
+        sums[c, 2] = g_total
+        sums[c, 3] = gd_total
 
 
 @jit(parallel=True)
-def _input_gradient(grad_y, x, a, b, constant, grad_x):
-    """grad_x[n, c] = a[c] * grad_y[n, c] + b[c] * x[n, c] + constant[c]."""
+def _input_gradient(grad_y, x, mean, scale, constant, slope, grad_x):
+    """grad_x[n, c] = scale[c] * (grad_y - constant[c] - (x - mean[c]) * slope[c]), in
+    float64 per element."""
     N, C, L = x.shape
     for task in prange(N * C):
         n, c = task // C, task % C
         g, row, out = grad_y[n, c], x[n, c], grad_x[n, c]
-        p, q, r = a[c], b[c], constant[c]
+        m, a, k, q = mean[c], scale[c], constant[c], slope[c]
         for i in range(L):
-            out[i] = p * g[i] + q * row[i] + r
+            out[i] = a * (g[i] - k - (row[i] - m) * q)
 
 
 def _invstd(var, eps):
@@ -89,31 +98,41 @@ def batch_norm_statistics(x, mean, var) -> None:
 
 @register("batch_norm", "numba")
 def batch_norm(x, mean, var, weight, bias, y, eps) -> None:
-    scale = _invstd(var, eps) * (1.0 if weight is None else weight)
-    shift = (0.0 if bias is None else bias) - mean * scale
-    _affine(x, scale.astype(x.dtype), np.asarray(shift, np.float64).astype(x.dtype), y)
+    scale = _invstd(var, eps) * (1.0 if weight is None else weight.astype(np.float64))
+    shift = np.zeros(x.shape[1]) if bias is None else bias.astype(np.float64)
+    _normalize(x, mean.astype(np.float64), scale, shift, y)
 
 
 @register("batch_norm_backward", "numba")
 def batch_norm_backward(
     grad_y, x, mean, var, weight, grad_x, grad_weight, grad_bias, eps, training
 ) -> None:
-    C = x.shape[1]
-    sum_g, sum_gx = np.empty(C), np.empty(C)
-    _gradient_sums(grad_y, x, mean.astype(x.dtype), sum_g, sum_gx)
-    invstd = _invstd(var, eps)
+    N, C, L = x.shape
+    M = N * L
+    shift = mean.astype(np.float64)
+    sums = np.empty((C, 4))
+    _gradient_sums(grad_y, x, shift, sums)
+    sum_d, sum_dd, sum_g, sum_gd = sums.T
+    if training:
+        # The batch statistics again, in float64 (those given are rounded to x's dtype):
+        # about a shift within a rounding of the mean, sum d^2 / M - (sum d / M)^2 cancels
+        # nothing, as the two-pass variance.
+        offset = sum_d / M
+        mean64 = shift + offset
+        var64 = np.maximum(sum_dd / M - offset * offset, 0.0)
+        sum_g_centred = sum_gd - offset * sum_g
+    else:
+        mean64, var64, sum_g_centred = shift, var.astype(np.float64), sum_gd
+    invstd = _invstd(var64, eps)
     grad_bias[...] = sum_g
-    grad_weight[...] = sum_gx * invstd
+    grad_weight[...] = sum_g_centred * invstd
     if grad_x is None:
         return
-    a = invstd * (1.0 if weight is None else weight.astype(np.float64))
-    dtype = x.dtype
-    if not training:  # fixed statistics: dx = a grad_y, x not read (a NaN there stays out)
-        _affine(grad_y, a.astype(dtype), np.zeros(C, dtype), grad_x)
+    scale = invstd * (1.0 if weight is None else weight.astype(np.float64))
+    if not training:  # fixed statistics: dx = scale grad_y, x not read (a NaN there stays out)
+        zeros = np.zeros(C)
+        _normalize(grad_y, zeros, scale, zeros, grad_x)
         return
-    # dx = a (g - sum_g / M - (x - mean) invstd^2 sum_gx / M): the batch's mean and
-    # variance depend on x too.
-    M = x.shape[0] * x.shape[2]
-    b = -a * invstd**2 * sum_gx / M
-    constant = -a * sum_g / M - b * mean
-    _input_gradient(grad_y, x, a.astype(dtype), b.astype(dtype), constant.astype(dtype), grad_x)
+    # dx = scale (g - mean(g) - x_hat mean(g x_hat)), x_hat = (x - mean) invstd: the batch's
+    # mean and variance depend on x too.
+    _input_gradient(grad_y, x, mean64, scale, sum_g / M, invstd**2 * sum_g_centred / M, grad_x)
