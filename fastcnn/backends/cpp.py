@@ -97,6 +97,12 @@ _census.declare(
     "max_pool2d_backward.2x2",
     "max_pool2d_backward.taps",
     "max_pool2d_backward.given_indices",
+    "avg_pool2d.2x2",
+    "avg_pool2d.separable",
+    "avg_pool2d_backward.2x2",
+    "avg_pool2d_backward.gather",
+    "pool2d.one_piece",
+    "pool2d.pieces",
 )
 
 # The kernels by variant: "" (values), "indices", "2x2", "2x2_indices", "backward",
@@ -107,6 +113,17 @@ _max_pool = {
                     "backward_indices")
 }  # fmt: skip
 _avg_pool, _avg_pool_backward = _by_dtype("avg_pool2d"), _by_dtype("avg_pool2d_backward")
+_avg_pool_2x2 = _by_dtype("avg_pool2d_2x2")
+_avg_pool_backward_2x2 = _by_dtype("avg_pool2d_backward_2x2")
+
+
+def _pool_threads(g: PoolGeometry) -> int:
+    """The kernels split the planes into pieces of about POOL_CHUNK input elements (whole
+    planes); inputs of one piece run on the calling thread (no pool start): 1 thread."""
+    planes_per_piece = max(1, _cpp.POOL_CHUNK // max(1, g.H * g.W))
+    serial = g.N * g.C <= planes_per_piece
+    _census.record("cpp", "pool2d.one_piece" if serial else "pool2d.pieces")
+    return 1 if serial else num_threads()
 
 
 def _pool_ints(g: PoolGeometry) -> tuple[int, ...]:
@@ -131,12 +148,12 @@ def max_pool2d(x, y, indices, g: PoolGeometry) -> None:
     if indices is None:
         path, kernel = ("2x2", "2x2") if window else ("separable", "")
         _census.record("cpp", f"max_pool2d.{path}")
-        _max_pool[kernel][x.dtype](x.reshape(-1), y.reshape(-1), _pool_ints(g), num_threads())
+        _max_pool[kernel][x.dtype](x.reshape(-1), y.reshape(-1), _pool_ints(g), _pool_threads(g))
     else:
         path, kernel = ("2x2_indices", "2x2_indices") if window else ("taps_indices", "indices")
         _census.record("cpp", f"max_pool2d.{path}")
         _max_pool[kernel][x.dtype](
-            x.reshape(-1), y.reshape(-1), indices.reshape(-1), _pool_ints(g), num_threads()
+            x.reshape(-1), y.reshape(-1), indices.reshape(-1), _pool_ints(g), _pool_threads(g)
         )
 
 
@@ -146,13 +163,13 @@ def max_pool2d_backward(grad_y, x, indices, grad_x, g: PoolGeometry) -> None:
         _census.record("cpp", "max_pool2d_backward.given_indices")
         _max_pool["backward_indices"][grad_x.dtype](
             grad_y.reshape(-1), indices.reshape(-1), grad_x.reshape(-1), _pool_ints(g),
-            num_threads(),
+            _pool_threads(g),
         )  # fmt: skip
         return
     window = _window_2x2(g)
     _census.record("cpp", "max_pool2d_backward.2x2" if window else "max_pool2d_backward.taps")
     _max_pool["backward_2x2" if window else "backward"][grad_x.dtype](
-        grad_y.reshape(-1), x.reshape(-1), grad_x.reshape(-1), _pool_ints(g), num_threads()
+        grad_y.reshape(-1), x.reshape(-1), grad_x.reshape(-1), _pool_ints(g), _pool_threads(g)
     )
 
 
@@ -163,15 +180,28 @@ def _divisor(g: PoolGeometry) -> int:
 
 @register("avg_pool2d", "cpp")
 def avg_pool2d(x, y, g: PoolGeometry) -> None:
+    if _window_2x2(g):  # every window inside x: count_include_pad changes no divisor
+        _census.record("cpp", "avg_pool2d.2x2")
+        _avg_pool_2x2[x.dtype](x.reshape(-1), y.reshape(-1), _pool_ints(g), _divisor(g),
+                               _pool_threads(g))  # fmt: skip
+        return
+    _census.record("cpp", "avg_pool2d.separable")
     _avg_pool[x.dtype](
         x.reshape(-1), y.reshape(-1), _pool_ints(g), bool(g.count_include_pad), _divisor(g),
-        num_threads(),
+        _pool_threads(g),
     )  # fmt: skip
 
 
 @register("avg_pool2d_backward", "cpp")
 def avg_pool2d_backward(grad_y, grad_x, g: PoolGeometry) -> None:
+    if _window_2x2(g):
+        _census.record("cpp", "avg_pool2d_backward.2x2")
+        _avg_pool_backward_2x2[grad_x.dtype](
+            grad_y.reshape(-1), grad_x.reshape(-1), _pool_ints(g), _divisor(g), _pool_threads(g)
+        )
+        return
+    _census.record("cpp", "avg_pool2d_backward.gather")
     _avg_pool_backward[grad_x.dtype](
         grad_y.reshape(-1), grad_x.reshape(-1), _pool_ints(g), bool(g.count_include_pad),
-        _divisor(g), num_threads(),
+        _divisor(g), _pool_threads(g),
     )  # fmt: skip

@@ -195,6 +195,28 @@ template <typename T> void bind_pool2d(nb::module_ &m, const std::string &dtype)
           nb::arg("grad_y").noconvert(), nb::arg("grad_x").noconvert(), nb::arg("geometry"),
           nb::arg("count_include_pad"), nb::arg("divisor_override"), nb::arg("threads"),
           release_gil);
+    m.def(("avg_pool2d_2x2_" + dtype).c_str(),
+          [](Flat<const T> x, Flat<T> y, const PoolInts &geometry, index_t divisor_override,
+             int threads) {
+              const auto g = pool_geometry(geometry);
+              check_sizes(input_size(g), {x.size()});
+              check_sizes(output_size(g), {y.size()});
+              fastcnn::avg_pool2d_2x2<T>(x.data(), y.data(), g, divisor_override,
+                                         checked_threads(threads));
+          },
+          nb::arg("x").noconvert(), nb::arg("y").noconvert(), nb::arg("geometry"),
+          nb::arg("divisor_override"), nb::arg("threads"), release_gil);
+    m.def(("avg_pool2d_backward_2x2_" + dtype).c_str(),
+          [](Flat<const T> grad_y, Flat<T> grad_x, const PoolInts &geometry,
+             index_t divisor_override, int threads) {
+              const auto g = pool_geometry(geometry);
+              check_sizes(input_size(g), {grad_x.size()});
+              check_sizes(output_size(g), {grad_y.size()});
+              fastcnn::avg_pool2d_backward_2x2<T>(grad_y.data(), grad_x.data(), g,
+                                                  divisor_override, checked_threads(threads));
+          },
+          nb::arg("grad_y").noconvert(), nb::arg("grad_x").noconvert(), nb::arg("geometry"),
+          nb::arg("divisor_override"), nb::arg("threads"), release_gil);
 }
 
 }  // namespace

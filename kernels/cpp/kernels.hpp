@@ -56,5 +56,12 @@ void avg_pool2d(const T *x, T *y, const PoolGeometry &g, bool count_include_pad,
 template <typename T>
 void avg_pool2d_backward(const T *grad_y, T *grad_x, const PoolGeometry &g,
                          bool count_include_pad, index_t divisor_override, int threads);
+// The 2x2 / 2 average with every window inside x (each divisor 4, or the override).
+template <typename T>
+void avg_pool2d_2x2(const T *x, T *y, const PoolGeometry &g, index_t divisor_override,
+                    int threads);
+template <typename T>
+void avg_pool2d_backward_2x2(const T *grad_y, T *grad_x, const PoolGeometry &g,
+                             index_t divisor_override, int threads);
 
 }  // namespace fastcnn

@@ -33,6 +33,14 @@ template <typename T> inline bool replaces(T value, T best) {
     return (value > best) | (value != value);
 }
 
+// The larger of a and b, NaN if either is (then a + b is NaN): the value the rule above keeps,
+// for the paths that need no position. Written so that GCC vectorises the 2x2 window: the
+// form with `b != b` it folds into a select of bools, which it does not.
+template <typename T> inline T larger(T a, T b) {
+    const T maximum = b > a ? b : a;
+    return (a != a) | (b != b) ? a + b : maximum;
+}
+
 // ---------------------------------------------------------------------------- the row layout
 
 // Columns per phase: the padded row holds pad_w + W columns and every window's last tap.
@@ -317,30 +325,28 @@ FASTCNN_SIMD void max_pool_2x2_span(const T *x, T *y, PoolGeometry g, index_t be
             const T *__restrict__ top = x + plane * g.H * W + 2 * p * W;
             const T *__restrict__ bottom = top + W;
             T *__restrict__ y_row = y + (plane * g.P + p) * g.Q;
-            for (index_t q = 0; q < g.Q; ++q) {
-                const T a = top[2 * q], b = top[2 * q + 1], c = bottom[2 * q],
-                        d = bottom[2 * q + 1];
-                const T upper = replaces(b, a) ? b : a;
-                const T lower = replaces(d, c) ? d : c;
-                y_row[q] = replaces(lower, upper) ? lower : upper;
-            }
+            for (index_t q = 0; q < g.Q; ++q)
+                y_row[q] = larger(larger(top[2 * q], top[2 * q + 1]),
+                                  larger(bottom[2 * q], bottom[2 * q + 1]));
         }
 }
 
 // The pick's offset in its window, 0, 1, W or W + 1, in Offset lanes beside the values; then
 // widened to int64 positions in a second loop (the mixed widths in one loop vectorise badly).
+// The tests are Offset masks (0 or -1), not bools: GCC does not vectorise the bool form.
 template <typename T, typename Offset>
 inline void argmax_row_2x2(const T *__restrict__ top, const T *__restrict__ bottom, index_t W,
                            index_t Q, T *__restrict__ best, Offset *__restrict__ code) {
     const Offset width = Offset(W);
     for (index_t q = 0; q < Q; ++q) {
         const T a = top[2 * q], b = top[2 * q + 1], c = bottom[2 * q], d = bottom[2 * q + 1];
-        const bool upper_right = replaces(b, a), lower_right = replaces(d, c);
+        const Offset upper_right = -Offset(replaces(b, a)), lower_right = -Offset(replaces(d, c));
         const T upper = upper_right ? b : a;
         const T lower = lower_right ? d : c;
-        const bool below = replaces(lower, upper);
+        const Offset lower_nan = (lower_right & -Offset(d != d)) | (~lower_right & -Offset(c != c));
+        const Offset below = -Offset(lower > upper) | lower_nan;
         best[q] = below ? lower : upper;
-        code[q] = below ? width + Offset(lower_right) : Offset(upper_right);
+        code[q] = below ? width - lower_right : -upper_right;
     }
 }
 
@@ -498,6 +504,45 @@ FASTCNN_SIMD void avg_pool_backward_span(const T *grad_y, T *grad_x, PoolGeometr
     }
 }
 
+// The 2x2 / 2 average with every window inside x: each divisor is 4 (or the override), one
+// scale; forward sums each window once, backward writes each element its window's share.
+template <typename T>
+FASTCNN_SIMD void avg_pool_2x2_span(const T *x, T *y, PoolGeometry g, T scale, index_t begin,
+                                    index_t end) {
+    const index_t W = g.W;
+    for (index_t plane = begin; plane < end; ++plane)
+        for (index_t p = 0; p < g.P; ++p) {
+            const T *__restrict__ top = x + plane * g.H * W + 2 * p * W;
+            const T *__restrict__ bottom = top + W;
+            T *__restrict__ y_row = y + (plane * g.P + p) * g.Q;
+            for (index_t q = 0; q < g.Q; ++q)
+                y_row[q] = ((top[2 * q] + top[2 * q + 1]) + (bottom[2 * q] + bottom[2 * q + 1])) *
+                           scale;
+        }
+}
+
+template <typename T>
+FASTCNN_SIMD void avg_pool_backward_2x2_span(const T *grad_y, T *grad_x, PoolGeometry g, T scale,
+                                             index_t begin, index_t end) {
+    const index_t W = g.W;
+    for (index_t plane = begin; plane < end; ++plane) {
+        T *grad_plane = grad_x + plane * g.H * W;
+        for (index_t p = 0; p < g.P; ++p) {
+            const T *__restrict__ gradient = grad_y + (plane * g.P + p) * g.Q;
+            T *__restrict__ grad_top = grad_plane + 2 * p * W;
+            T *__restrict__ grad_bottom = grad_top + W;
+            for (index_t q = 0; q < g.Q; ++q) {
+                const T share = gradient[q] * scale;
+                grad_top[2 * q] = grad_top[2 * q + 1] = share;
+                grad_bottom[2 * q] = grad_bottom[2 * q + 1] = share;
+            }
+            for (index_t w = 2 * g.Q; w < W; ++w)  // columns no window covers
+                grad_top[w] = grad_bottom[w] = T(0);
+        }
+        fill_row(grad_plane + 2 * g.P * W, T(0), (g.H - 2 * g.P) * W);  // rows no window covers
+    }
+}
+
 // Planes per piece: about POOL_CHUNK input elements, so small inputs stay on one thread.
 inline index_t plane_grain(const PoolGeometry &g) {
     return std::max(index_t(1), POOL_CHUNK / std::max(index_t(1), g.H * g.W));
@@ -614,6 +659,23 @@ void avg_pool2d_backward(const T *grad_y, T *grad_x, const PoolGeometry &g,
     });
 }
 
+template <typename T>
+void avg_pool2d_2x2(const T *x, T *y, const PoolGeometry &g, index_t divisor_override,
+                    int threads) {
+    const T scale = T(1.0 / double(divisor_override != 0 ? divisor_override : 4));
+    parallel_for(g.planes, plane_grain(g), threads,
+                 [&](index_t b, index_t e) { avg_pool_2x2_span(x, y, g, scale, b, e); });
+}
+
+template <typename T>
+void avg_pool2d_backward_2x2(const T *grad_y, T *grad_x, const PoolGeometry &g,
+                             index_t divisor_override, int threads) {
+    const T scale = T(1.0 / double(divisor_override != 0 ? divisor_override : 4));
+    parallel_for(g.planes, plane_grain(g), threads, [&](index_t b, index_t e) {
+        avg_pool_backward_2x2_span(grad_y, grad_x, g, scale, b, e);
+    });
+}
+
 #define FASTCNN_POOL2D(T)                                                                        \
     template void max_pool2d<T>(const T *, T *, const PoolGeometry &, int);                      \
     template void max_pool2d_indices<T>(const T *, T *, std::int64_t *, const PoolGeometry &,    \
@@ -628,7 +690,9 @@ void avg_pool2d_backward(const T *grad_y, T *grad_x, const PoolGeometry &g,
                                                  const PoolGeometry &, int);                     \
     template void avg_pool2d<T>(const T *, T *, const PoolGeometry &, bool, index_t, int);       \
     template void avg_pool2d_backward<T>(const T *, T *, const PoolGeometry &, bool, index_t,    \
-                                         int);
+                                         int);                                                   \
+    template void avg_pool2d_2x2<T>(const T *, T *, const PoolGeometry &, index_t, int);         \
+    template void avg_pool2d_backward_2x2<T>(const T *, T *, const PoolGeometry &, index_t, int);
 FASTCNN_POOL2D(float)
 FASTCNN_POOL2D(double)
 
