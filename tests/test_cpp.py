@@ -87,7 +87,13 @@ def test_the_simd_path_is_the_cpu_s_and_is_reported():
 
 
 def test_the_thread_count_follows_set_num_threads(monkeypatch):
+    before = _config.num_threads()
     monkeypatch.setattr(_config, "_threads", None)
-    assert _config.num_threads() == _config.usable_cores()
-    fastcnn.set_num_threads(1)
-    assert _config.num_threads() == 1
+    try:
+        assert _config.num_threads() == _config.usable_cores()
+        fastcnn.set_num_threads(1)
+        assert _config.num_threads() == 1
+    finally:
+        # Numba's and BLAS's counts too (monkeypatch restores only fastcnn's): left at 1,
+        # later tests would miss the paths that split work over threads.
+        fastcnn.set_num_threads(before)

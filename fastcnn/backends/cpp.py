@@ -14,7 +14,7 @@ import numpy as np
 
 from fastcnn import _census
 from fastcnn._config import num_threads
-from fastcnn._shapes import ConvGeometry
+from fastcnn._shapes import ConvGeometry, PoolGeometry
 from fastcnn.autotune import choose as autotuned
 from fastcnn.backends import register
 
@@ -208,3 +208,125 @@ def conv2d_backward(
     _ALGORITHMS[weight_algo][2](grad_y, x, grad_weight, g)
     if grad_bias is not None:
         _conv2d_bias_gradient[grad_y.dtype](_flat(grad_y), grad_bias, _geometry(g), num_threads())
+
+
+# ---------------------------------------------------------------------------- pooling
+# Arrays go flat ((N, C, h, w) C-contiguous: reshape(-1) is a view); the geometry as ints.
+
+_census.declare(
+    "cpp",
+    "max_pool2d.2x2",
+    "max_pool2d.2x2_indices",
+    "max_pool2d.separable",
+    "max_pool2d.taps_indices",
+    "max_pool2d_backward.2x2",
+    "max_pool2d_backward.taps",
+    "max_pool2d_backward.given_indices",
+    "avg_pool2d.2x2",
+    "avg_pool2d.separable",
+    "avg_pool2d_backward.2x2",
+    "avg_pool2d_backward.gather",
+    "pool2d.one_piece",
+    "pool2d.pieces",
+)
+
+# The kernels by variant: "" (values), "indices", "2x2", "2x2_indices", "backward",
+# "backward_2x2", "backward_indices".
+_max_pool = {
+    variant: _by_dtype("_".join(filter(None, ("max_pool2d", variant))))
+    for variant in ("", "indices", "2x2", "2x2_indices", "backward", "backward_2x2",
+                    "backward_indices")
+}  # fmt: skip
+_avg_pool, _avg_pool_backward = _by_dtype("avg_pool2d"), _by_dtype("avg_pool2d_backward")
+_avg_pool_2x2 = _by_dtype("avg_pool2d_2x2")
+_avg_pool_backward_2x2 = _by_dtype("avg_pool2d_backward_2x2")
+
+
+def _pool_threads(g: PoolGeometry) -> int:
+    """The kernels split the planes into pieces of about POOL_CHUNK input elements (whole
+    planes); inputs of one piece run on the calling thread (no pool start): 1 thread."""
+    planes_per_piece = max(1, _cpp.POOL_CHUNK // max(1, g.H * g.W))
+    serial = g.N * g.C <= planes_per_piece
+    _census.record("cpp", "pool2d.one_piece" if serial else "pool2d.pieces")
+    return 1 if serial else num_threads()
+
+
+def _pool_ints(g: PoolGeometry) -> tuple[int, ...]:
+    return (g.N * g.C, g.H, g.W, g.P, g.Q, g.R, g.S, g.stride_h, g.stride_w, g.pad_h, g.pad_w,
+            g.dilation_h, g.dilation_w)  # fmt: skip
+
+
+def _window_2x2(g: PoolGeometry) -> bool:
+    """The 2x2 / 2 pool with no padding or dilation, every window inside x (no ceil-mode
+    overhang): a plain window loop, its windows disjoint."""
+    return (
+        (g.R, g.S, g.stride_h, g.stride_w, g.pad_h, g.pad_w) == (2, 2, 2, 2, 0, 0)
+        and g.dilation_h == g.dilation_w == 1
+        and 2 * g.P <= g.H
+        and 2 * g.Q <= g.W
+    )
+
+
+@register("max_pool2d", "cpp")
+def max_pool2d(x, y, indices, g: PoolGeometry) -> None:
+    window = _window_2x2(g)
+    if indices is None:
+        path, kernel = ("2x2", "2x2") if window else ("separable", "")
+        _census.record("cpp", f"max_pool2d.{path}")
+        _max_pool[kernel][x.dtype](x.reshape(-1), y.reshape(-1), _pool_ints(g), _pool_threads(g))
+    else:
+        path, kernel = ("2x2_indices", "2x2_indices") if window else ("taps_indices", "indices")
+        _census.record("cpp", f"max_pool2d.{path}")
+        _max_pool[kernel][x.dtype](
+            x.reshape(-1), y.reshape(-1), indices.reshape(-1), _pool_ints(g), _pool_threads(g)
+        )
+
+
+@register("max_pool2d_backward", "cpp")
+def max_pool2d_backward(grad_y, x, indices, grad_x, g: PoolGeometry) -> None:
+    if indices is not None:
+        _census.record("cpp", "max_pool2d_backward.given_indices")
+        _max_pool["backward_indices"][grad_x.dtype](
+            grad_y.reshape(-1), indices.reshape(-1), grad_x.reshape(-1), _pool_ints(g),
+            _pool_threads(g),
+        )  # fmt: skip
+        return
+    window = _window_2x2(g)
+    _census.record("cpp", "max_pool2d_backward.2x2" if window else "max_pool2d_backward.taps")
+    _max_pool["backward_2x2" if window else "backward"][grad_x.dtype](
+        grad_y.reshape(-1), x.reshape(-1), grad_x.reshape(-1), _pool_ints(g), _pool_threads(g)
+    )
+
+
+def _divisor(g: PoolGeometry) -> int:
+    """The divisor_override as the kernel takes it: 0 for none (0 is refused as a value)."""
+    return 0 if g.divisor_override is None else int(g.divisor_override)
+
+
+@register("avg_pool2d", "cpp")
+def avg_pool2d(x, y, g: PoolGeometry) -> None:
+    if _window_2x2(g):  # every window inside x: count_include_pad changes no divisor
+        _census.record("cpp", "avg_pool2d.2x2")
+        _avg_pool_2x2[x.dtype](x.reshape(-1), y.reshape(-1), _pool_ints(g), _divisor(g),
+                               _pool_threads(g))  # fmt: skip
+        return
+    _census.record("cpp", "avg_pool2d.separable")
+    _avg_pool[x.dtype](
+        x.reshape(-1), y.reshape(-1), _pool_ints(g), bool(g.count_include_pad), _divisor(g),
+        _pool_threads(g),
+    )  # fmt: skip
+
+
+@register("avg_pool2d_backward", "cpp")
+def avg_pool2d_backward(grad_y, grad_x, g: PoolGeometry) -> None:
+    if _window_2x2(g):
+        _census.record("cpp", "avg_pool2d_backward.2x2")
+        _avg_pool_backward_2x2[grad_x.dtype](
+            grad_y.reshape(-1), grad_x.reshape(-1), _pool_ints(g), _divisor(g), _pool_threads(g)
+        )
+        return
+    _census.record("cpp", "avg_pool2d_backward.gather")
+    _avg_pool_backward[grad_x.dtype](
+        grad_y.reshape(-1), grad_x.reshape(-1), _pool_ints(g), bool(g.count_include_pad),
+        _divisor(g), _pool_threads(g),
+    )  # fmt: skip

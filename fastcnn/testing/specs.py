@@ -505,6 +505,10 @@ _POOL_CASES = (
     _pool("2x2, rows of 15", (2, 2, 6, 30), kernel_size=2),
     _pool("2x2, rows of 16", (2, 2, 6, 32), kernel_size=2),
     _pool("3x3/3, rows of 16", (1, 2, 9, 48), kernel_size=3),
+    # 2^15 input elements, whole planes, is one piece of the cpp kernels' plane split
+    _pool("3x3/2, 17 planes of 48x40", (1, 17, 48, 40), kernel_size=3, stride=2, padding=1),
+    _pool("3x3/2, 18 planes of 48x40", (2, 9, 48, 40), kernel_size=3, stride=2, padding=1),
+    _pool("2x2, 18 planes of 48x40", (2, 9, 48, 40), kernel_size=2),
 )
 
 _POOL_BENCH = (

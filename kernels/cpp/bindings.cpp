@@ -9,6 +9,8 @@
 #include <nanobind/stl/array.h>
 #include <nanobind/stl/optional.h>
 
+#include <array>
+#include <cstdint>
 #include <stdexcept>
 #include <string>
 
@@ -175,6 +177,131 @@ template <typename T> void bind_conv2d(nb::module_ &m, const std::string &dtype)
           nb::arg("threads"), release_gil);
 }
 
+// ---------------------------------------------------------------------------- pool2d.cpp
+
+// The geometry as 13 ints: (planes, H, W, P, Q, R, S, stride_h, stride_w, pad_h, pad_w,
+// dilation_h, dilation_w); planes = N * C. Arrays are the planes flattened.
+using PoolInts = std::array<index_t, 13>;
+
+fastcnn::PoolGeometry pool_geometry(const PoolInts &v) {
+    return {v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9], v[10], v[11], v[12]};
+}
+
+std::size_t input_size(const fastcnn::PoolGeometry &g) { return std::size_t(g.planes * g.H * g.W); }
+std::size_t output_size(const fastcnn::PoolGeometry &g) { return std::size_t(g.planes * g.P * g.Q); }
+
+template <typename T> using PoolForward = void (*)(const T *, T *, const fastcnn::PoolGeometry &, int);
+template <typename T>
+using PoolForwardIndices = void (*)(const T *, T *, std::int64_t *, const fastcnn::PoolGeometry &,
+                                    int);
+template <typename T>
+using PoolBackwardSearch = void (*)(const T *, const T *, T *, const fastcnn::PoolGeometry &, int);
+
+template <typename T>
+void bind_max_forward(nb::module_ &m, const std::string &name, const std::string &dtype,
+                      PoolForward<T> values, PoolForwardIndices<T> with_indices) {
+    m.def((name + "_" + dtype).c_str(),
+          [values](Flat<const T> x, Flat<T> y, const PoolInts &geometry, int threads) {
+              const auto g = pool_geometry(geometry);
+              check_sizes(input_size(g), {x.size()});
+              check_sizes(output_size(g), {y.size()});
+              values(x.data(), y.data(), g, checked_threads(threads));
+          },
+          nb::arg("x").noconvert(), nb::arg("y").noconvert(), nb::arg("geometry"),
+          nb::arg("threads"), release_gil);
+    m.def((name + "_indices_" + dtype).c_str(),
+          [with_indices](Flat<const T> x, Flat<T> y, Flat<std::int64_t> indices,
+                         const PoolInts &geometry, int threads) {
+              const auto g = pool_geometry(geometry);
+              check_sizes(input_size(g), {x.size()});
+              check_sizes(output_size(g), {y.size(), indices.size()});
+              with_indices(x.data(), y.data(), indices.data(), g, checked_threads(threads));
+          },
+          nb::arg("x").noconvert(), nb::arg("y").noconvert(), nb::arg("indices").noconvert(),
+          nb::arg("geometry"), nb::arg("threads"), release_gil);
+}
+
+template <typename T>
+void bind_max_backward(nb::module_ &m, const std::string &name, PoolBackwardSearch<T> search) {
+    m.def(name.c_str(),
+          [search](Flat<const T> grad_y, Flat<const T> x, Flat<T> grad_x, const PoolInts &geometry,
+                   int threads) {
+              const auto g = pool_geometry(geometry);
+              check_sizes(input_size(g), {x.size(), grad_x.size()});
+              check_sizes(output_size(g), {grad_y.size()});
+              search(grad_y.data(), x.data(), grad_x.data(), g, checked_threads(threads));
+          },
+          nb::arg("grad_y").noconvert(), nb::arg("x").noconvert(), nb::arg("grad_x").noconvert(),
+          nb::arg("geometry"), nb::arg("threads"), release_gil);
+}
+
+template <typename T> void bind_pool2d(nb::module_ &m, const std::string &dtype) {
+    bind_max_forward<T>(m, "max_pool2d", dtype, fastcnn::max_pool2d<T>,
+                        fastcnn::max_pool2d_indices<T>);
+    bind_max_forward<T>(m, "max_pool2d_2x2", dtype, fastcnn::max_pool2d_2x2<T>,
+                        fastcnn::max_pool2d_2x2_indices<T>);
+    bind_max_backward<T>(m, "max_pool2d_backward_" + dtype, fastcnn::max_pool2d_backward<T>);
+    bind_max_backward<T>(m, "max_pool2d_backward_2x2_" + dtype,
+                         fastcnn::max_pool2d_backward_2x2<T>);
+    m.def(("max_pool2d_backward_indices_" + dtype).c_str(),
+          [](Flat<const T> grad_y, Flat<const std::int64_t> indices, Flat<T> grad_x,
+             const PoolInts &geometry, int threads) {
+              const auto g = pool_geometry(geometry);
+              check_sizes(input_size(g), {grad_x.size()});
+              check_sizes(output_size(g), {grad_y.size(), indices.size()});
+              fastcnn::max_pool2d_backward_indices<T>(grad_y.data(), indices.data(),
+                                                      grad_x.data(), g, checked_threads(threads));
+          },
+          nb::arg("grad_y").noconvert(), nb::arg("indices").noconvert(),
+          nb::arg("grad_x").noconvert(), nb::arg("geometry"), nb::arg("threads"), release_gil);
+    m.def(("avg_pool2d_" + dtype).c_str(),
+          [](Flat<const T> x, Flat<T> y, const PoolInts &geometry, bool count_include_pad,
+             index_t divisor_override, int threads) {
+              const auto g = pool_geometry(geometry);
+              check_sizes(input_size(g), {x.size()});
+              check_sizes(output_size(g), {y.size()});
+              fastcnn::avg_pool2d<T>(x.data(), y.data(), g, count_include_pad, divisor_override,
+                                     checked_threads(threads));
+          },
+          nb::arg("x").noconvert(), nb::arg("y").noconvert(), nb::arg("geometry"),
+          nb::arg("count_include_pad"), nb::arg("divisor_override"), nb::arg("threads"),
+          release_gil);
+    m.def(("avg_pool2d_backward_" + dtype).c_str(),
+          [](Flat<const T> grad_y, Flat<T> grad_x, const PoolInts &geometry,
+             bool count_include_pad, index_t divisor_override, int threads) {
+              const auto g = pool_geometry(geometry);
+              check_sizes(input_size(g), {grad_x.size()});
+              check_sizes(output_size(g), {grad_y.size()});
+              fastcnn::avg_pool2d_backward<T>(grad_y.data(), grad_x.data(), g, count_include_pad,
+                                              divisor_override, checked_threads(threads));
+          },
+          nb::arg("grad_y").noconvert(), nb::arg("grad_x").noconvert(), nb::arg("geometry"),
+          nb::arg("count_include_pad"), nb::arg("divisor_override"), nb::arg("threads"),
+          release_gil);
+    m.def(("avg_pool2d_2x2_" + dtype).c_str(),
+          [](Flat<const T> x, Flat<T> y, const PoolInts &geometry, index_t divisor_override,
+             int threads) {
+              const auto g = pool_geometry(geometry);
+              check_sizes(input_size(g), {x.size()});
+              check_sizes(output_size(g), {y.size()});
+              fastcnn::avg_pool2d_2x2<T>(x.data(), y.data(), g, divisor_override,
+                                         checked_threads(threads));
+          },
+          nb::arg("x").noconvert(), nb::arg("y").noconvert(), nb::arg("geometry"),
+          nb::arg("divisor_override"), nb::arg("threads"), release_gil);
+    m.def(("avg_pool2d_backward_2x2_" + dtype).c_str(),
+          [](Flat<const T> grad_y, Flat<T> grad_x, const PoolInts &geometry,
+             index_t divisor_override, int threads) {
+              const auto g = pool_geometry(geometry);
+              check_sizes(input_size(g), {grad_x.size()});
+              check_sizes(output_size(g), {grad_y.size()});
+              fastcnn::avg_pool2d_backward_2x2<T>(grad_y.data(), grad_x.data(), g,
+                                                  divisor_override, checked_threads(threads));
+          },
+          nb::arg("grad_y").noconvert(), nb::arg("grad_x").noconvert(), nb::arg("geometry"),
+          nb::arg("divisor_override"), nb::arg("threads"), release_gil);
+}
+
 }  // namespace
 
 NB_MODULE(_cpp, m) {
@@ -191,4 +318,7 @@ NB_MODULE(_cpp, m) {
     bind_activation<double>(m, "float64");
     bind_conv2d<float>(m, "float32");
     bind_conv2d<double>(m, "float64");
+    m.attr("POOL_CHUNK") = fastcnn::POOL_CHUNK;
+    bind_pool2d<float>(m, "float32");
+    bind_pool2d<double>(m, "float64");
 }

@@ -47,5 +47,44 @@ void conv2d_im2col_weight_gradient(const T *grad_y, const T *x, T *grad_w, const
                                    int threads);
 template <typename T>
 void conv2d_bias_gradient(const T *grad_y, T *grad_bias, const ConvShape &g, int threads);
+// pool2d.cpp (T = float or double; NCHW planes, y of P x Q per plane; indices: int64 flat
+// positions in the H x W plane, -1 for a window wholly in the padding). Pieces of about
+// POOL_CHUNK input elements (whole planes) run on one thread: small inputs start no pool.
+constexpr index_t POOL_CHUNK = index_t(1) << 15;
+struct PoolGeometry {
+    index_t planes, H, W, P, Q, R, S, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w;
+};
+template <typename T> void max_pool2d(const T *x, T *y, const PoolGeometry &g, int threads);
+template <typename T>
+void max_pool2d_indices(const T *x, T *y, std::int64_t *indices, const PoolGeometry &g,
+                        int threads);
+// The 2x2 / 2 pool with no padding or dilation and every window inside x.
+template <typename T> void max_pool2d_2x2(const T *x, T *y, const PoolGeometry &g, int threads);
+template <typename T>
+void max_pool2d_2x2_indices(const T *x, T *y, std::int64_t *indices, const PoolGeometry &g,
+                            int threads);
+template <typename T>
+void max_pool2d_backward(const T *grad_y, const T *x, T *grad_x, const PoolGeometry &g,
+                         int threads);
+template <typename T>
+void max_pool2d_backward_2x2(const T *grad_y, const T *x, T *grad_x, const PoolGeometry &g,
+                             int threads);
+template <typename T>
+void max_pool2d_backward_indices(const T *grad_y, const std::int64_t *indices, T *grad_x,
+                                 const PoolGeometry &g, int threads);
+// divisor_override 0: none.
+template <typename T>
+void avg_pool2d(const T *x, T *y, const PoolGeometry &g, bool count_include_pad,
+                index_t divisor_override, int threads);
+template <typename T>
+void avg_pool2d_backward(const T *grad_y, T *grad_x, const PoolGeometry &g,
+                         bool count_include_pad, index_t divisor_override, int threads);
+// The 2x2 / 2 average with every window inside x (each divisor 4, or the override).
+template <typename T>
+void avg_pool2d_2x2(const T *x, T *y, const PoolGeometry &g, index_t divisor_override,
+                    int threads);
+template <typename T>
+void avg_pool2d_backward_2x2(const T *grad_y, T *grad_x, const PoolGeometry &g,
+                             index_t divisor_override, int threads);
 
 }  // namespace fastcnn
