@@ -71,9 +71,15 @@ template <typename T, int W>
         const index_t lanes = std::min<index_t>(W, count - p);
         const T *base = src + p * lane_stride;
         T *panel = dst + p * kc;
-        if (lanes == W && k_stride == 1) {  // read each lane along k
-            for (index_t r = 0; r < W; ++r)
-                for (index_t k = 0; k < kc; ++k)
+        if (lanes == W && k_stride == 1) {  // W rows along k: a transpose, in 8 x W blocks
+            index_t k = 0;
+            for (; k + 8 <= kc; k += 8)
+                for (index_t r = 0; r < W; ++r)
+#pragma GCC unroll 8
+                    for (index_t kk = 0; kk < 8; ++kk)
+                        panel[(k + kk) * W + r] = base[r * lane_stride + k + kk];
+            for (; k < kc; ++k)
+                for (index_t r = 0; r < W; ++r)
                     panel[k * W + r] = base[r * lane_stride + k];
         } else if (lanes == W && lane_stride == 1) {  // read each step along the lanes
             for (index_t k = 0; k < kc; ++k)
