@@ -67,6 +67,19 @@ def test_an_output_of_another_dtype_or_layout_is_refused_not_copied():
         _cpp.relu_float32(x, np.empty(8, np.float32), 0)
 
 
+def test_a_two_dimensional_output_of_another_layout_or_shape_is_refused():
+    x = np.ones((4, 6), np.float32)
+    with pytest.raises(TypeError):
+        _cpp.softmax_float32(x, np.empty((6, 4), np.float32).T, 1)
+    with pytest.raises(ValueError, match="shape"):
+        _cpp.softmax_float32(x, np.empty((4, 5), np.float32), 1)
+    with pytest.raises(ValueError, match="shape"):
+        _cpp.linear_float32(x, np.ones((3, 5), np.float32), None, np.empty((4, 3), np.float32), 1)
+    with pytest.raises(ValueError, match="lengths differ"):
+        bias = np.ones(2, np.float32)
+        _cpp.linear_float32(x, np.ones((3, 6), np.float32), bias, np.empty((4, 3), np.float32), 1)
+
+
 def test_read_only_inputs_are_taken():
     x = np.linspace(-1, 1, 9, dtype=np.float32)
     x.setflags(write=False)

@@ -330,3 +330,85 @@ def avg_pool2d_backward(grad_y, grad_x, g: PoolGeometry) -> None:
         grad_y.reshape(-1), grad_x.reshape(-1), _pool_ints(g), bool(g.count_include_pad),
         _divisor(g), _pool_threads(g),
     )  # fmt: skip
+# ---------------------------------------------------------------------------- softmax and loss
+
+_census.declare("cpp", "softmax.serial", "softmax.blocks")
+
+_softmax, _log_softmax = _by_dtype("softmax"), _by_dtype("log_softmax")
+_cross_entropy, _cross_entropy_backward = (
+    _by_dtype("cross_entropy"),
+    _by_dtype("cross_entropy_backward"),
+)
+_soft_cross_entropy, _soft_cross_entropy_backward = (
+    _by_dtype("soft_cross_entropy"),
+    _by_dtype("soft_cross_entropy_backward"),
+)
+
+
+def _row_threads(size: int) -> int:
+    """Inputs of one block run on the calling thread (no pool start): 1 thread."""
+    serial = size <= _cpp.SOFTMAX_BLOCK
+    _census.record("cpp", "softmax.serial" if serial else "softmax.blocks")
+    return 1 if serial else num_threads()
+
+
+@register("softmax", "cpp")
+def softmax(x, y):
+    _softmax[x.dtype](x, y, _row_threads(x.size))
+
+
+@register("log_softmax", "cpp")
+def log_softmax(x, y):
+    _log_softmax[x.dtype](x, y, _row_threads(x.size))
+
+
+@register("cross_entropy", "cpp")
+def cross_entropy(logits, labels, weight, smoothing, losses):
+    _cross_entropy[logits.dtype](
+        logits, labels, weight, float(smoothing), losses, _row_threads(logits.size)
+    )
+
+
+@register("cross_entropy_backward", "cpp")
+def cross_entropy_backward(logits, labels, weight, smoothing, row_scale, grad_logits):
+    _cross_entropy_backward[logits.dtype](
+        logits, labels, weight, float(smoothing), row_scale, grad_logits, _row_threads(logits.size)
+    )
+
+
+@register("soft_cross_entropy", "cpp")
+def soft_cross_entropy(logits, targets, losses):
+    _soft_cross_entropy[logits.dtype](logits, targets, losses, _row_threads(logits.size))
+
+
+@register("soft_cross_entropy_backward", "cpp")
+def soft_cross_entropy_backward(logits, targets, row_scale, grad_logits):
+    _soft_cross_entropy_backward[logits.dtype](
+        logits, targets, row_scale, grad_logits, _row_threads(logits.size)
+    )
+
+
+# ---------------------------------------------------------------------------- linear
+
+_census.declare("cpp", "linear.serial", "linear.threads")
+
+_linear, _linear_backward = _by_dtype("linear"), _by_dtype("linear_backward")
+
+
+def _product_threads(x, weight) -> int:
+    """Products (2 rows in out FLOPs) below the limit run on the calling thread: 1 thread."""
+    serial = 2 * x.shape[0] * x.shape[1] * weight.shape[0] < _cpp.LINEAR_THREADED_FLOPS
+    _census.record("cpp", "linear.serial" if serial else "linear.threads")
+    return 1 if serial else num_threads()
+
+
+@register("linear", "cpp")
+def linear(x, weight, bias, y):
+    _linear[x.dtype](x, weight, bias, y, _product_threads(x, weight))
+
+
+@register("linear_backward", "cpp")
+def linear_backward(grad_y, x, weight, grad_x, grad_weight, grad_bias):
+    _linear_backward[x.dtype](
+        grad_y, x, weight, grad_x, grad_weight, grad_bias, _product_threads(x, weight)
+    )

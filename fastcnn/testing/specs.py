@@ -908,6 +908,8 @@ LINEAR = OpSpec(
         _linear("3-D", (2, 4, 7), (5, 7)),
         _linear("batch 0", (0, 7), (3, 7)),
         _linear("wide", (33, 130), (17, 130)),
+        _linear("just below 2^21 FLOPs (cpp on one thread)", (63, 128), (128, 128)),
+        _linear("2^21 FLOPs (cpp threads)", (64, 128), (128, 128)),
         _linear("just below 2^26 FLOPs (one BLAS thread)", (255, 512), (256, 512)),
         _linear("2^26 FLOPs (threaded BLAS)", (256, 512), (256, 512)),
     ),

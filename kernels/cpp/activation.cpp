@@ -2,38 +2,16 @@
 // Algorithm: one branch-free pass per element (SIMD selects), in chunks over the threads.
 //
 // Memory-bound: a forward reads x and writes y (2 * sizeof(T) bytes an element), a
-// backward reads two arrays and writes one (3 * sizeof(T)). float32 exp and tanh are
-// polynomials the compiler vectorises (libm's are scalar calls); float64 calls libm.
+// backward reads two arrays and writes one (3 * sizeof(T)). float32 exp (math.hpp) and tanh
+// are polynomials the compiler vectorises (libm's are scalar calls); float64 calls libm.
 // Every kernel may write in place (y == x): element i reads only its own inputs.
 #include <cmath>
-#include <cstring>
 
 #include "kernels.hpp"
+#include "math.hpp"
 
 namespace fastcnn {
 namespace {
-
-// exp(x) for x <= 0 or NaN. Cephes-style: x = n ln2 + r with |r| <= ln2 / 2, exp(r) by a
-// degree-6 polynomial, 2^n built in the exponent bits; as the Numba backend's.
-inline float exp_nonpositive(float x) {
-    constexpr float lowest = -87.3f;  // exp(-87.3) ~ 1.2e-38, still a normal float
-    const float clamped = x >= lowest ? x : lowest;  // NaN too: its n below stays an int
-    const float n = std::floor(clamped * 1.4426950408889634f + 0.5f);  // in [-126, 0]
-    const float r = clamped - n * 0.693359375f - n * -2.12194440e-4f;  // ln2 in two parts
-    float p = 1.9875691500e-4f * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
-    const std::int32_t bits = (static_cast<std::int32_t>(n) + 127) << 23;
-    float scale;
-    std::memcpy(&scale, &bits, sizeof scale);
-    const float result = x >= lowest ? p * scale : 0.0f;  // below: under 1.2e-38; -inf: 0
-    return x == x ? result : x;
-}
-
-inline double exp_nonpositive(double x) { return std::exp(x); }
 
 // tanh(x) = (1 - e) / (1 + e) with e = exp(-2|x|), and x (1 - x^2/3 + 2x^4/15 - 17x^6/315)
 // below |x| = 1/16, where 1 - e loses the leading digits (error < 1e-10 relative).

@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 #include "kernels.hpp"
 
@@ -22,6 +23,8 @@ using fastcnn::index_t;
 namespace {
 
 template <typename T> using Flat = nb::ndarray<T, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+// (rows, columns), C-contiguous: the kernels read the sizes from it.
+template <typename T> using Rows = nb::ndarray<T, nb::ndim<2>, nb::c_contig, nb::device::cpu>;
 
 // A cheap safety net under the Python layer's validation; raised as ValueError.
 void check_sizes(std::size_t expected, std::initializer_list<std::size_t> sizes) {
@@ -35,6 +38,28 @@ int checked_threads(int threads) {
     if (threads < 1)
         throw std::invalid_argument("threads must be >= 1, got " + std::to_string(threads));
     return threads;
+}
+
+void check_shape(const char *name, std::size_t rows, std::size_t columns, std::size_t want_rows,
+                 std::size_t want_columns) {
+    if (rows != want_rows || columns != want_columns)
+        throw std::invalid_argument(std::string(name) + " has shape (" + std::to_string(rows) +
+                                    ", " + std::to_string(columns) + "), expected (" +
+                                    std::to_string(want_rows) + ", " +
+                                    std::to_string(want_columns) + ")");
+}
+
+template <typename T> void check_same_shape(const char *name, const Rows<T> &array,
+                                            std::size_t rows, std::size_t columns) {
+    check_shape(name, array.shape(0), array.shape(1), rows, columns);
+}
+
+// An optional array (None: nullptr), checked against its length.
+template <typename T> T *optional_data(const Flat<T> &array, std::size_t expected) {
+    if (!array.is_valid())
+        return nullptr;
+    check_sizes(expected, {array.size()});
+    return array.data();
 }
 
 constexpr auto release_gil = nb::call_guard<nb::gil_scoped_release>();
@@ -302,6 +327,108 @@ template <typename T> void bind_pool2d(nb::module_ &m, const std::string &dtype)
           nb::arg("divisor_override"), nb::arg("threads"), release_gil);
 }
 
+// ---------------------------------------------------------------------------- softmax.cpp
+
+template <typename T> void bind_softmax(nb::module_ &m, const std::string &dtype) {
+    using Kernel = void (*)(const T *, T *, index_t, index_t, int);
+    for (auto [name, kernel] : {std::pair<const char *, Kernel>{"softmax", fastcnn::softmax<T>},
+                                {"log_softmax", fastcnn::log_softmax<T>}})
+        m.def((std::string(name) + "_" + dtype).c_str(),
+              [kernel](Rows<const T> x, Rows<T> y, int threads) {
+                  check_same_shape("y", y, x.shape(0), x.shape(1));
+                  kernel(x.data(), y.data(), index_t(x.shape(0)), index_t(x.shape(1)),
+                         checked_threads(threads));
+              },
+              nb::arg("x").noconvert(), nb::arg("y").noconvert(), nb::arg("threads"),
+              release_gil);
+    m.def(("cross_entropy_" + dtype).c_str(),
+          [](Rows<const T> logits, Flat<const std::int64_t> labels, Flat<const T> weight,
+             double smoothing, Flat<T> losses, int threads) {
+              check_sizes(logits.shape(0), {labels.size(), losses.size()});
+              check_sizes(logits.shape(1), {weight.size()});
+              fastcnn::cross_entropy<T>(logits.data(), labels.data(), weight.data(), smoothing,
+                                        losses.data(), index_t(logits.shape(0)),
+                                        index_t(logits.shape(1)), checked_threads(threads));
+          },
+          nb::arg("logits").noconvert(), nb::arg("labels").noconvert(),
+          nb::arg("weight").noconvert(), nb::arg("smoothing"), nb::arg("losses").noconvert(),
+          nb::arg("threads"), release_gil);
+    m.def(("cross_entropy_backward_" + dtype).c_str(),
+          [](Rows<const T> logits, Flat<const std::int64_t> labels, Flat<const T> weight,
+             double smoothing, Flat<const T> row_scale, Rows<T> grad_logits, int threads) {
+              check_sizes(logits.shape(0), {labels.size(), row_scale.size()});
+              check_sizes(logits.shape(1), {weight.size()});
+              check_same_shape("grad_logits", grad_logits, logits.shape(0), logits.shape(1));
+              fastcnn::cross_entropy_backward<T>(
+                  logits.data(), labels.data(), weight.data(), smoothing, row_scale.data(),
+                  grad_logits.data(), index_t(logits.shape(0)), index_t(logits.shape(1)),
+                  checked_threads(threads));
+          },
+          nb::arg("logits").noconvert(), nb::arg("labels").noconvert(),
+          nb::arg("weight").noconvert(), nb::arg("smoothing"), nb::arg("row_scale").noconvert(),
+          nb::arg("grad_logits").noconvert(), nb::arg("threads"), release_gil);
+    m.def(("soft_cross_entropy_" + dtype).c_str(),
+          [](Rows<const T> logits, Rows<const T> targets, Flat<T> losses, int threads) {
+              check_same_shape("targets", targets, logits.shape(0), logits.shape(1));
+              check_sizes(logits.shape(0), {losses.size()});
+              fastcnn::soft_cross_entropy<T>(logits.data(), targets.data(), losses.data(),
+                                             index_t(logits.shape(0)), index_t(logits.shape(1)),
+                                             checked_threads(threads));
+          },
+          nb::arg("logits").noconvert(), nb::arg("targets").noconvert(),
+          nb::arg("losses").noconvert(), nb::arg("threads"), release_gil);
+    m.def(("soft_cross_entropy_backward_" + dtype).c_str(),
+          [](Rows<const T> logits, Rows<const T> targets, Flat<const T> row_scale,
+             Rows<T> grad_logits, int threads) {
+              check_same_shape("targets", targets, logits.shape(0), logits.shape(1));
+              check_same_shape("grad_logits", grad_logits, logits.shape(0), logits.shape(1));
+              check_sizes(logits.shape(0), {row_scale.size()});
+              fastcnn::soft_cross_entropy_backward<T>(
+                  logits.data(), targets.data(), row_scale.data(), grad_logits.data(),
+                  index_t(logits.shape(0)), index_t(logits.shape(1)), checked_threads(threads));
+          },
+          nb::arg("logits").noconvert(), nb::arg("targets").noconvert(),
+          nb::arg("row_scale").noconvert(), nb::arg("grad_logits").noconvert(),
+          nb::arg("threads"), release_gil);
+}
+
+// ---------------------------------------------------------------------------- linear.cpp
+
+// bias, grad_x and grad_bias may be None.
+template <typename T> void bind_linear(nb::module_ &m, const std::string &dtype) {
+    m.def(("linear_" + dtype).c_str(),
+          [](Rows<const T> x, Rows<const T> weight, Flat<const T> bias, Rows<T> y, int threads) {
+              const std::size_t rows = x.shape(0), in = x.shape(1), out = weight.shape(0);
+              check_same_shape("weight", weight, out, in);
+              check_same_shape("y", y, rows, out);
+              fastcnn::linear<T>(x.data(), weight.data(), optional_data(bias, out), y.data(),
+                                 index_t(rows), index_t(in), index_t(out),
+                                 checked_threads(threads));
+          },
+          nb::arg("x").noconvert(), nb::arg("weight").noconvert(),
+          nb::arg("bias").noconvert().none(), nb::arg("y").noconvert(), nb::arg("threads"),
+          release_gil);
+    m.def(("linear_backward_" + dtype).c_str(),
+          [](Rows<const T> grad_y, Rows<const T> x, Rows<const T> weight, Rows<T> grad_x,
+             Rows<T> grad_weight, Flat<T> grad_bias, int threads) {
+              const std::size_t rows = x.shape(0), in = x.shape(1), out = weight.shape(0);
+              check_same_shape("grad_y", grad_y, rows, out);
+              check_same_shape("weight", weight, out, in);
+              check_same_shape("grad_weight", grad_weight, out, in);
+              if (grad_x.is_valid())
+                  check_same_shape("grad_x", grad_x, rows, in);
+              fastcnn::linear_backward<T>(grad_y.data(), x.data(), weight.data(),
+                                          grad_x.is_valid() ? grad_x.data() : nullptr,
+                                          grad_weight.data(), optional_data(grad_bias, out),
+                                          index_t(rows), index_t(in), index_t(out),
+                                          checked_threads(threads));
+          },
+          nb::arg("grad_y").noconvert(), nb::arg("x").noconvert(),
+          nb::arg("weight").noconvert(), nb::arg("grad_x").noconvert().none(),
+          nb::arg("grad_weight").noconvert(), nb::arg("grad_bias").noconvert().none(),
+          nb::arg("threads"), release_gil);
+}
+
 }  // namespace
 
 NB_MODULE(_cpp, m) {
@@ -321,4 +448,10 @@ NB_MODULE(_cpp, m) {
     m.attr("POOL_CHUNK") = fastcnn::POOL_CHUNK;
     bind_pool2d<float>(m, "float32");
     bind_pool2d<double>(m, "float64");
+    m.attr("SOFTMAX_BLOCK") = fastcnn::SOFTMAX_BLOCK;
+    m.attr("LINEAR_THREADED_FLOPS") = fastcnn::LINEAR_THREADED_FLOPS;
+    bind_softmax<float>(m, "float32");
+    bind_softmax<double>(m, "float64");
+    bind_linear<float>(m, "float32");
+    bind_linear<double>(m, "float64");
 }

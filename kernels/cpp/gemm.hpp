@@ -1,4 +1,4 @@
-// The matrix product the GEMM-based kernels share (linear, conv2d's im2col).
+// The matrix product the GEMM-based kernels share (linear, conv2d's im2col): gemm.cpp.
 #pragma once
 
 #include "common.hpp"

@@ -86,5 +86,40 @@ void avg_pool2d_2x2(const T *x, T *y, const PoolGeometry &g, index_t divisor_ove
 template <typename T>
 void avg_pool2d_backward_2x2(const T *grad_y, T *grad_x, const PoolGeometry &g,
                              index_t divisor_override, int threads);
+// softmax.cpp (T = float or double; (rows, classes) arrays reduced along their rows; labels
+// int64 in [0, classes), -1 for a row ignored; one loss per row). Inputs of at most one
+// block run on the calling thread; larger ones in blocks of whole rows of about this many
+// elements.
+constexpr index_t SOFTMAX_BLOCK = index_t(1) << 15;
+template <typename T> void softmax(const T *x, T *y, index_t rows, index_t classes, int threads);
+template <typename T>
+void log_softmax(const T *x, T *y, index_t rows, index_t classes, int threads);
+template <typename T>
+void cross_entropy(const T *logits, const std::int64_t *labels, const T *weight,
+                   double smoothing, T *losses, index_t rows, index_t classes, int threads);
+template <typename T>
+void cross_entropy_backward(const T *logits, const std::int64_t *labels, const T *weight,
+                            double smoothing, const T *row_scale, T *grad_logits, index_t rows,
+                            index_t classes, int threads);
+template <typename T>
+void soft_cross_entropy(const T *logits, const T *targets, T *losses, index_t rows,
+                        index_t classes, int threads);
+template <typename T>
+void soft_cross_entropy_backward(const T *logits, const T *targets, const T *row_scale,
+                                 T *grad_logits, index_t rows, index_t classes, int threads);
+
+// linear.cpp (T = float or double; x (rows, in), weight (out, in), y and grad_y (rows, out);
+// bias, grad_x and grad_bias may be nullptr). Products of fewer FLOPs (2 rows in out) than
+// LINEAR_THREADED_FLOPS run on one thread (Python passes 1); the bias gradient sums columns
+// in chunks of COLUMN_SUM_CHUNK.
+constexpr index_t LINEAR_THREADED_FLOPS = index_t(1) << 21;
+constexpr index_t COLUMN_SUM_CHUNK = 256;
+template <typename T>
+void linear(const T *x, const T *weight, const T *bias, T *y, index_t rows, index_t in_features,
+            index_t out_features, int threads);
+template <typename T>
+void linear_backward(const T *grad_y, const T *x, const T *weight, T *grad_x, T *grad_weight,
+                     T *grad_bias, index_t rows, index_t in_features, index_t out_features,
+                     int threads);
 
 }  // namespace fastcnn
