@@ -22,7 +22,7 @@ from fastcnn.backends import available_backends
 
 torch = pytest.importorskip("torch")
 
-BACKENDS = [name for name in ("numba", "cuda-emu") if name in available_backends()]
+BACKENDS = [name for name in ("numba", "cpp", "cuda-emu") if name in available_backends()]
 OUTPUTS = ("y", "grad_x", "grad_weight", "grad_bias")
 #: fastcnn's error may be this many times PyTorch's ...
 MULTIPLE = 4.0

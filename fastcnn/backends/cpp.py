@@ -16,6 +16,7 @@ from fastcnn import _census
 from fastcnn._config import num_threads
 from fastcnn._shapes import ConvGeometry, PoolGeometry
 from fastcnn.autotune import choose as autotuned
+from fastcnn.backends import _batch_norm as host
 from fastcnn.backends import register
 
 try:
@@ -330,6 +331,8 @@ def avg_pool2d_backward(grad_y, grad_x, g: PoolGeometry) -> None:
         grad_y.reshape(-1), grad_x.reshape(-1), _pool_ints(g), bool(g.count_include_pad),
         _divisor(g), _pool_threads(g),
     )  # fmt: skip
+
+
 # ---------------------------------------------------------------------------- softmax and loss
 
 _census.declare("cpp", "softmax.serial", "softmax.blocks")
@@ -412,3 +415,65 @@ def linear_backward(grad_y, x, weight, grad_x, grad_weight, grad_bias):
     _linear_backward[x.dtype](
         grad_y, x, weight, grad_x, grad_weight, grad_bias, _product_threads(x, weight)
     )
+
+
+# ---------------------------------------------------------------------------- batch_norm
+
+_census.declare("cpp", "batch_norm.serial", "batch_norm.threads")
+_bn_statistics = _by_dtype("batch_norm_statistics")
+_bn_normalize = _by_dtype("batch_norm_normalize")
+_bn_gradient_sums = _by_dtype("batch_norm_gradient_sums")
+_bn_input_gradient = _by_dtype("batch_norm_input_gradient")
+
+
+def _bn_threads(x) -> int:
+    """Inputs of one piece run on the calling thread."""
+    serial = x.size <= _cpp.BATCH_NORM_PIECE
+    _census.record("cpp", "batch_norm.serial" if serial else "batch_norm.threads")
+    return 1 if serial else num_threads()
+
+
+def _bn_kernels(dtype):
+    """The kernels with _batch_norm.py's interface ((N, C, L) arrays, float64 terms)."""
+
+    def normalize(x, mean, scale, shift, y):
+        _bn_normalize[dtype](_flat(x), mean, scale, shift, _flat(y), *x.shape, _bn_threads(x))
+
+    def gradient_sums(grad_y, x, shift, sums):
+        _bn_gradient_sums[dtype](
+            _flat(grad_y), _flat(x), shift, _flat(sums), *x.shape, _bn_threads(x)
+        )
+
+    def input_gradient(grad_y, x, mean, scale, constant, slope, grad_x):
+        _bn_input_gradient[dtype](
+            _flat(grad_y), _flat(x), mean, np.ascontiguousarray(scale),
+            np.ascontiguousarray(constant), np.ascontiguousarray(slope), _flat(grad_x),
+            *x.shape, _bn_threads(x),
+        )  # fmt: skip
+
+    return normalize, gradient_sums, input_gradient
+
+
+_BN_KERNELS = {np.dtype(d): _bn_kernels(np.dtype(d)) for d in ("float32", "float64")}
+
+
+@register("batch_norm_statistics", "cpp")
+def batch_norm_statistics(x, mean, var) -> None:
+    _bn_statistics[x.dtype](_flat(x), mean, var, *x.shape, _bn_threads(x))
+
+
+@register("batch_norm", "cpp")
+def batch_norm(x, mean, var, weight, bias, y, eps) -> None:
+    normalize, _, _ = _BN_KERNELS[x.dtype]
+    host.forward(normalize, x, mean, var, weight, bias, y, eps)
+
+
+@register("batch_norm_backward", "cpp")
+def batch_norm_backward(
+    grad_y, x, mean, var, weight, grad_x, grad_weight, grad_bias, eps, training
+) -> None:
+    normalize, gradient_sums, input_gradient = _BN_KERNELS[x.dtype]
+    host.backward(
+        gradient_sums, normalize, input_gradient,
+        grad_y, x, mean, var, weight, grad_x, grad_weight, grad_bias, eps, training,
+    )  # fmt: skip

@@ -781,6 +781,10 @@ BATCH_NORM = OpSpec(
         _norm("training with running stats given", (2, 3, 4, 4), running=True),
         _norm("training, momentum -1.2", (3, 2, 4), running=True, momentum=-1.2),
         _norm("batch 0", (0, 3, 4, 4)),
+        # One piece of 2^15 elements (cpp's threshold to split channels and rows over the
+        # threads), and just above it.
+        _norm("training, one piece", (2, 16, 32, 32)),
+        _norm("training, above one piece", (2, 16, 32, 33)),
     ),
     errors=(
         ErrorCase(

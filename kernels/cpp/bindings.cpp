@@ -429,6 +429,62 @@ template <typename T> void bind_linear(nb::module_ &m, const std::string &dtype)
           nb::arg("threads"), release_gil);
 }
 
+// ---------------------------------------------------------------------------- batch_norm.cpp
+
+// x and the like (N, C, L) flattened; statistics and per-channel terms float64 arrays of C.
+template <typename T> void bind_batch_norm(nb::module_ &m, const std::string &dtype) {
+    using Doubles = Flat<const double>;
+    m.def(("batch_norm_statistics_" + dtype).c_str(),
+          [](Flat<const T> x, Flat<double> mean, Flat<double> var, index_t N, index_t C,
+             index_t L, int threads) {
+              check_sizes(std::size_t(N * C * L), {x.size()});
+              check_sizes(std::size_t(C), {mean.size(), var.size()});
+              fastcnn::batch_norm_statistics<T>(x.data(), mean.data(), var.data(), N, C, L,
+                                                checked_threads(threads));
+          },
+          nb::arg("x").noconvert(), nb::arg("mean").noconvert(), nb::arg("var").noconvert(),
+          nb::arg("N"), nb::arg("C"), nb::arg("L"), nb::arg("threads"), release_gil);
+    m.def(("batch_norm_normalize_" + dtype).c_str(),
+          [](Flat<const T> x, Doubles mean, Doubles scale, Doubles shift, Flat<T> y, index_t N,
+             index_t C, index_t L, int threads) {
+              check_sizes(std::size_t(N * C * L), {x.size(), y.size()});
+              check_sizes(std::size_t(C), {mean.size(), scale.size(), shift.size()});
+              fastcnn::batch_norm_normalize<T>(x.data(), mean.data(), scale.data(), shift.data(),
+                                               y.data(), N, C, L, checked_threads(threads));
+          },
+          nb::arg("x").noconvert(), nb::arg("mean").noconvert(), nb::arg("scale").noconvert(),
+          nb::arg("shift").noconvert(), nb::arg("y").noconvert(), nb::arg("N"), nb::arg("C"),
+          nb::arg("L"), nb::arg("threads"), release_gil);
+    m.def(("batch_norm_gradient_sums_" + dtype).c_str(),
+          [](Flat<const T> grad_y, Flat<const T> x, Doubles shift, Flat<double> sums, index_t N,
+             index_t C, index_t L, int threads) {
+              check_sizes(std::size_t(N * C * L), {grad_y.size(), x.size()});
+              check_sizes(std::size_t(C), {shift.size()});
+              check_sizes(std::size_t(4 * C), {sums.size()});
+              fastcnn::batch_norm_gradient_sums<T>(grad_y.data(), x.data(), shift.data(),
+                                                   sums.data(), N, C, L,
+                                                   checked_threads(threads));
+          },
+          nb::arg("grad_y").noconvert(), nb::arg("x").noconvert(), nb::arg("shift").noconvert(),
+          nb::arg("sums").noconvert(), nb::arg("N"), nb::arg("C"), nb::arg("L"),
+          nb::arg("threads"), release_gil);
+    m.def(("batch_norm_input_gradient_" + dtype).c_str(),
+          [](Flat<const T> grad_y, Flat<const T> x, Doubles mean, Doubles scale, Doubles constant,
+             Doubles slope, Flat<T> grad_x, index_t N, index_t C, index_t L, int threads) {
+              check_sizes(std::size_t(N * C * L), {grad_y.size(), x.size(), grad_x.size()});
+              check_sizes(std::size_t(C),
+                          {mean.size(), scale.size(), constant.size(), slope.size()});
+              fastcnn::batch_norm_input_gradient<T>(grad_y.data(), x.data(), mean.data(),
+                                                    scale.data(), constant.data(), slope.data(),
+                                                    grad_x.data(), N, C, L,
+                                                    checked_threads(threads));
+          },
+          nb::arg("grad_y").noconvert(), nb::arg("x").noconvert(), nb::arg("mean").noconvert(),
+          nb::arg("scale").noconvert(), nb::arg("constant").noconvert(),
+          nb::arg("slope").noconvert(), nb::arg("grad_x").noconvert(), nb::arg("N"),
+          nb::arg("C"), nb::arg("L"), nb::arg("threads"), release_gil);
+}
+
 }  // namespace
 
 NB_MODULE(_cpp, m) {
@@ -454,4 +510,7 @@ NB_MODULE(_cpp, m) {
     bind_softmax<double>(m, "float64");
     bind_linear<float>(m, "float32");
     bind_linear<double>(m, "float64");
+    m.attr("BATCH_NORM_PIECE") = fastcnn::BATCH_NORM_PIECE;
+    bind_batch_norm<float>(m, "float32");
+    bind_batch_norm<double>(m, "float64");
 }

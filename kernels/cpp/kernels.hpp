@@ -122,4 +122,23 @@ void linear_backward(const T *grad_y, const T *x, const T *weight, T *grad_x, T 
                      T *grad_bias, index_t rows, index_t in_features, index_t out_features,
                      int threads);
 
+// batch_norm.cpp (T = float or double; x, grad_y, y, grad_x (N, C, L) flat; the statistics
+// and per-channel terms double arrays of C; sums (C, 4): sum d, d^2, g, g d, d = x - shift).
+// Pieces of about BATCH_NORM_PIECE elements run on one thread.
+constexpr index_t BATCH_NORM_PIECE = index_t(1) << 15;
+template <typename T>
+void batch_norm_statistics(const T *x, double *mean, double *var, index_t N, index_t C,
+                           index_t L, int threads);
+template <typename T>
+void batch_norm_normalize(const T *x, const double *mean, const double *scale,
+                          const double *shift, T *y, index_t N, index_t C, index_t L,
+                          int threads);
+template <typename T>
+void batch_norm_gradient_sums(const T *grad_y, const T *x, const double *shift, double *sums,
+                              index_t N, index_t C, index_t L, int threads);
+template <typename T>
+void batch_norm_input_gradient(const T *grad_y, const T *x, const double *mean,
+                               const double *scale, const double *constant, const double *slope,
+                               T *grad_x, index_t N, index_t C, index_t L, int threads);
+
 }  // namespace fastcnn

@@ -4,15 +4,18 @@ squared deviations; the backward's about the given mean); forward and input grad
 elementwise from the centred value x - mean, formed in float64 per element, so that a mean
 large against the spread cancels nothing in the data's precision.
 
+The per-channel float64 arithmetic between the kernels is fastcnn/backends/_batch_norm.py's,
+shared with the cpp backend.
+
 Traffic: statistics read x twice; forward reads x and writes y; backward reads grad_y and
 x twice (the sums, then the gradient) and writes grad_x.
 """
 
 from __future__ import annotations
 
-import numpy as np
 from numba import prange
 
+from fastcnn.backends import _batch_norm as host
 from fastcnn.backends import register
 from fastcnn.backends.numba._setup import jit
 
@@ -87,10 +90,6 @@ def _input_gradient(grad_y, x, mean, scale, constant, slope, grad_x):
             out[i] = a * (g[i] - k - (row[i] - m) * q)
 
 
-def _invstd(var, eps):
-    return 1.0 / np.sqrt(var.astype(np.float64) + eps)
-
-
 @register("batch_norm_statistics", "numba")
 def batch_norm_statistics(x, mean, var) -> None:
     _statistics(x, mean, var)
@@ -98,41 +97,14 @@ def batch_norm_statistics(x, mean, var) -> None:
 
 @register("batch_norm", "numba")
 def batch_norm(x, mean, var, weight, bias, y, eps) -> None:
-    scale = _invstd(var, eps) * (1.0 if weight is None else weight.astype(np.float64))
-    shift = np.zeros(x.shape[1]) if bias is None else bias.astype(np.float64)
-    _normalize(x, mean.astype(np.float64), scale, shift, y)
+    host.forward(_normalize, x, mean, var, weight, bias, y, eps)
 
 
 @register("batch_norm_backward", "numba")
 def batch_norm_backward(
     grad_y, x, mean, var, weight, grad_x, grad_weight, grad_bias, eps, training
 ) -> None:
-    N, C, L = x.shape
-    M = N * L
-    shift = mean.astype(np.float64)
-    sums = np.empty((C, 4))
-    _gradient_sums(grad_y, x, shift, sums)
-    sum_d, sum_dd, sum_g, sum_gd = sums.T
-    if training:
-        # The batch statistics again, in float64 (those given are rounded to x's dtype):
-        # about a shift within a rounding of the mean, sum d^2 / M - (sum d / M)^2 cancels
-        # nothing, as the two-pass variance.
-        offset = sum_d / M
-        mean64 = shift + offset
-        var64 = np.maximum(sum_dd / M - offset * offset, 0.0)
-        sum_g_centred = sum_gd - offset * sum_g
-    else:
-        mean64, var64, sum_g_centred = shift, var.astype(np.float64), sum_gd
-    invstd = _invstd(var64, eps)
-    grad_bias[...] = sum_g
-    grad_weight[...] = sum_g_centred * invstd
-    if grad_x is None:
-        return
-    scale = invstd * (1.0 if weight is None else weight.astype(np.float64))
-    if not training:  # fixed statistics: dx = scale grad_y, x not read (a NaN there stays out)
-        zeros = np.zeros(C)
-        _normalize(grad_y, zeros, scale, zeros, grad_x)
-        return
-    # dx = scale (g - mean(g) - x_hat mean(g x_hat)), x_hat = (x - mean) invstd: the batch's
-    # mean and variance depend on x too.
-    _input_gradient(grad_y, x, mean64, scale, sum_g / M, invstd**2 * sum_g_centred / M, grad_x)
+    host.backward(
+        _gradient_sums, _normalize, _input_gradient,
+        grad_y, x, mean, var, weight, grad_x, grad_weight, grad_bias, eps, training,
+    )  # fmt: skip
