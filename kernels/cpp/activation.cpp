@@ -61,7 +61,8 @@ template <typename T> FASTCNN_SIMD void sigmoid_span(const T *x, T *y, index_t b
         const T value = x[i];
         const T e = exp_nonpositive(-std::fabs(value));
         const T reciprocal = T(1) / (T(1) + e);
-        y[i] = value >= T(0) ? reciprocal : e * reciprocal;  // NaN: e and so y are NaN
+        const T below = e * reciprocal;  // computed, then selected: a `?:` stays vectorised
+        y[i] = value >= T(0) ? reciprocal : below;  // NaN: e and so y are NaN
     }
 }
 
