@@ -17,13 +17,15 @@ ROOT = Path(__file__).resolve().parents[1]
 pytest.importorskip("scikit_build_core")
 
 
-def _python(code: str, path: list[str]) -> subprocess.CompletedProcess:
+def _python(code: str, path: list[str], cwd) -> subprocess.CompletedProcess:
     """``code`` in a fresh interpreter whose fastcnn comes from ``path``: without site's
-    start-up files (-S), an editable install's import hook does not shadow it."""
+    start-up files (-S), an editable install's import hook does not shadow it, and from a
+    folder without a source tree (``-c`` puts the working directory first on the path)."""
     environment = {**os.environ, "PYTHONPATH": os.pathsep.join(path), "FASTCNN_QUIET": "1"}
     return subprocess.run(
-        [sys.executable, "-S", "-c", code], capture_output=True, text=True, env=environment
-    )
+        [sys.executable, "-S", "-c", code], capture_output=True, text=True, env=environment,
+        cwd=cwd,
+    )  # fmt: skip
 
 
 def _site_packages() -> list[str]:
@@ -56,11 +58,14 @@ def test_an_install_without_the_extension_runs_on_numba_and_says_why(tmp_path, h
         "from fastcnn.backends import backend_status\n"
         "print(fastcnn.available_backends())\n"
         "print(backend_status()['cpp'][1])\n"
-        "print(float(F.relu(np.array([-1.0, 2.0], np.float32)).sum()))",
+        "print(float(F.relu(np.array([-1.0, 2.0], np.float32)).sum()))\n"
+        "print(fastcnn.__file__)",
         [str(tmp_path / "site"), *_site_packages()],
+        tmp_path,
     )
     assert result.returncode == 0, result.stderr
-    backends, reason, total = result.stdout.strip().splitlines()
+    backends, reason, total, where = result.stdout.strip().splitlines()
+    assert where.startswith(str(tmp_path / "site")), where  # the wheel's, not a source tree
     assert "'numba'" in backends and "'cpp'" not in backends
     assert "not built" in reason
     assert total == "2.0"
@@ -86,13 +91,13 @@ print(accuracy)
 """
 
 
-def test_without_numba_cpp_takes_numpy_arrays_and_trains_the_example():
+def test_without_numba_cpp_takes_numpy_arrays_and_trains_the_example(tmp_path):
     pytest.importorskip("fastcnn._cpp")
     pytest.importorskip("sklearn")
     code = _WITHOUT_NUMBA.replace("EXAMPLES", repr(str(ROOT / "examples")))
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True,
-        env={**os.environ, "FASTCNN_QUIET": "1"},
+        env={**os.environ, "FASTCNN_QUIET": "1"}, cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
