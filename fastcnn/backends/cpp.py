@@ -90,7 +90,30 @@ def dropout_backward(grad_y, mask, grad_x, scale):
 # ---------------------------------------------------------------------------- conv2d
 
 CONV2D_DIRECTIONS = ("forward", "input_gradient", "weight_gradient")
-CONV2D_ALGORITHMS = ("direct", "im2col")
+
+
+def _unit_stride(g: ConvGeometry) -> bool:
+    return g.stride_h == 1 and g.stride_w == 1
+
+
+def _every_case(g: ConvGeometry, direction: str) -> bool:
+    return True
+
+
+def _by_forward(g: ConvGeometry, direction: str) -> bool:
+    """An algorithm whose input gradient is its own forward pass over grad_y with the
+    flipped, transposed weight: that is the input gradient of stride 1 only."""
+    return direction != "input_gradient" or _unit_stride(g)
+
+
+#: The algorithms by their ``algo=`` names: which (geometry, direction) each takes. The
+#: extension has conv2d_<name>, conv2d_<name>_input_gradient and, unless the algorithm has
+#: none, conv2d_<name>_weight_gradient (per dtype).
+CONV2D_TAKES: dict[str, Callable[[ConvGeometry, str], bool]] = {
+    "direct": _every_case,
+    "im2col": _every_case,
+}
+CONV2D_ALGORITHMS = tuple(CONV2D_TAKES)
 _census.declare(
     "cpp",
     *(f"conv2d.{a}.{d}" for a in CONV2D_ALGORITHMS for d in CONV2D_DIRECTIONS),
@@ -117,9 +140,12 @@ def _flat(array):
 
 def _conv2d_algorithm(name: str):
     """(forward, input gradient, weight gradient) of one algorithm, with the Numba
-    backend's algorithm interface (fastcnn/backends/numba/conv2d.py)."""
-    kernels = [_by_dtype(f"conv2d_{name}{suffix}")
-               for suffix in ("", "_input_gradient", "_weight_gradient")]  # fmt: skip
+    backend's algorithm interface (fastcnn/backends/numba/conv2d.py); the weight gradient
+    is None where the algorithm has none."""
+    names = [f"conv2d_{name}{suffix}" for suffix in ("", "_input_gradient", "_weight_gradient")]
+    kernels = [
+        _by_dtype(kernel) if hasattr(_cpp, f"{kernel}_float32") else None for kernel in names
+    ]
 
     def record(direction: str, g: ConvGeometry) -> None:
         _census.record("cpp", f"conv2d.{name}.{direction}")
@@ -144,7 +170,7 @@ def _conv2d_algorithm(name: str):
             _flat(grad_y), _flat(x), _flat(grad_weight), _geometry(g), num_threads()
         )
 
-    return forward, input_gradient, weight_gradient
+    return forward, input_gradient, weight_gradient if kernels[2] else None
 
 
 _ALGORITHMS = {name: _conv2d_algorithm(name) for name in CONV2D_ALGORITHMS}
@@ -166,21 +192,42 @@ _RUNNERS = {
 IM2COL_DEPTH = 32
 
 
+def _deep(g: ConvGeometry) -> bool:
+    return (g.C // g.groups) * g.R * g.S >= IM2COL_DEPTH
+
+
+def _always(g: ConvGeometry) -> bool:
+    return True
+
+
+#: Per direction, the candidates of "auto" in order: (name, "does it pay?" predicate, why
+#: it is picked), as the Numba backend's (fastcnn/backends/numba/conv2d.py). The first
+#: whose predicate holds wins; the last always does. A predicate admits only cases its
+#: algorithm takes.
+_Candidate = tuple[str, Callable[[ConvGeometry], bool], str]
+_IM2COL: _Candidate = ("im2col", _deep, f"GEMM depth (C/groups)*R*S >= {IM2COL_DEPTH}")
+_DIRECT: _Candidate = ("direct", _always, f"few channels a group (depth < {IM2COL_DEPTH})")
+CONV2D_CANDIDATES: dict[str, tuple[_Candidate, ...]] = {
+    "forward": (_IM2COL, _DIRECT),
+    "input_gradient": (_IM2COL, _DIRECT),
+    "weight_gradient": (_IM2COL, _DIRECT),
+}
+
+
 class Conv2dAlgorithms:
     """What the registry and the functional API ask of cpp's conv2d algorithms."""
 
-    names = tuple(_ALGORITHMS)
+    names = CONV2D_ALGORITHMS
     directions = CONV2D_DIRECTIONS
 
     @staticmethod
     def takes(name: str, g: ConvGeometry, direction: str) -> bool:
-        return name in _ALGORITHMS
+        return CONV2D_TAKES[name](g, direction)
 
     @staticmethod
     def heuristic(g: ConvGeometry, direction: str) -> tuple[str, str]:
-        if (g.C // g.groups) * g.R * g.S >= IM2COL_DEPTH:
-            return "im2col", f"GEMM depth (C/groups)*R*S >= {IM2COL_DEPTH}"
-        return "direct", f"few channels a group (depth < {IM2COL_DEPTH}): row updates"
+        """The first candidate that pays, and why."""
+        return next((name, why) for name, pays, why in CONV2D_CANDIDATES[direction] if pays(g))
 
     @classmethod
     def choose(cls, g: ConvGeometry, direction: str, dtype) -> str:

@@ -136,8 +136,8 @@ template <typename T> using Forward = void (*)(const T *, const T *, const T *, 
 template <typename T>
 using Gradient = void (*)(const T *, const T *, T *, const fastcnn::ConvShape &, int);
 
-// conv2d_<algorithm>_<dtype>, conv2d_<algorithm>_input_gradient_<dtype> and
-// conv2d_<algorithm>_weight_gradient_<dtype>.
+// conv2d_<algorithm>_<dtype>, conv2d_<algorithm>_input_gradient_<dtype> and, unless
+// weight_gradient is null, conv2d_<algorithm>_weight_gradient_<dtype>.
 template <typename T>
 void bind_conv2d_algorithm(nb::module_ &m, const std::string &algorithm, const std::string &dtype,
                            Forward<T> forward, Gradient<T> input_gradient,
@@ -169,6 +169,8 @@ void bind_conv2d_algorithm(nb::module_ &m, const std::string &algorithm, const s
           },
           nb::arg("grad_y").noconvert(), nb::arg("weight").noconvert(),
           nb::arg("grad_x").noconvert(), nb::arg("geometry"), nb::arg("threads"), release_gil);
+    if (!weight_gradient)  // an algorithm without a weight gradient of its own
+        return;
     m.def((name + "weight_gradient_" + dtype).c_str(),
           [weight_gradient](Flat<const T> grad_y, Flat<const T> x, Flat<T> grad_w,
                             const Geometry &geometry, int threads) {
