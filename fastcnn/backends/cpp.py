@@ -106,17 +106,42 @@ def _by_forward(g: ConvGeometry, direction: str) -> bool:
     return direction != "input_gradient" or _unit_stride(g)
 
 
+def _winograd_shape(g: ConvGeometry) -> bool:
+    """3x3, stride 1, dilation 1: the shape Winograd F(4x4, 3x3) computes."""
+    return (g.R, g.S, g.stride_h, g.stride_w, g.dilation_h, g.dilation_w) == (3, 3, 1, 1, 1, 1)
+
+
+def _winograd_takes(g: ConvGeometry, direction: str) -> bool:
+    """The forward pass and the input gradient (a forward on the transposed geometry, also
+    3x3 stride 1) of a 3x3 stride-1 convolution; no weight gradient of its own."""
+    return direction != "weight_gradient" and _winograd_shape(g)
+
+
 #: The algorithms by their ``algo=`` names: which (geometry, direction) each takes. The
 #: extension has conv2d_<name>, conv2d_<name>_input_gradient and, unless the algorithm has
 #: none, conv2d_<name>_weight_gradient (per dtype).
 CONV2D_TAKES: dict[str, Callable[[ConvGeometry, str], bool]] = {
     "direct": _every_case,
     "im2col": _every_case,
+    "winograd": _winograd_takes,
 }
 CONV2D_ALGORITHMS = tuple(CONV2D_TAKES)
+
+
+def _has_kernel(name: str, direction: str) -> bool:
+    """Whether the extension has the algorithm's kernel of that direction."""
+    suffix = {"forward": "", "input_gradient": "_input_gradient"}.get(direction, f"_{direction}")
+    return hasattr(_cpp, f"conv2d_{name}{suffix}_float32")
+
+
 _census.declare(
     "cpp",
-    *(f"conv2d.{a}.{d}" for a in CONV2D_ALGORITHMS for d in CONV2D_DIRECTIONS),
+    *(
+        f"conv2d.{a}.{d}"
+        for a in CONV2D_ALGORITHMS
+        for d in CONV2D_DIRECTIONS
+        if _has_kernel(a, d)
+    ),
     "conv2d.im2col.pointwise",
 )
 
@@ -205,11 +230,18 @@ def _always(g: ConvGeometry) -> bool:
 #: whose predicate holds wins; the last always does. A predicate admits only cases its
 #: algorithm takes.
 _Candidate = tuple[str, Callable[[ConvGeometry], bool], str]
+def _winograd_pays(g: ConvGeometry) -> bool:
+    """Measured (2 threads, float32): MEASURED. Dense only (groups make many small products),
+    and at least one whole 4x4 tile per image."""
+    return _winograd_shape(g) and g.groups == 1 and min(g.P, g.Q) >= 4
+
+
+_WINOGRAD: _Candidate = ("winograd", _winograd_pays, "dense 3x3 stride 1 with a whole 4x4 tile")
 _IM2COL: _Candidate = ("im2col", _deep, f"GEMM depth (C/groups)*R*S >= {IM2COL_DEPTH}")
 _DIRECT: _Candidate = ("direct", _always, f"few channels a group (depth < {IM2COL_DEPTH})")
 CONV2D_CANDIDATES: dict[str, tuple[_Candidate, ...]] = {
-    "forward": (_IM2COL, _DIRECT),
-    "input_gradient": (_IM2COL, _DIRECT),
+    "forward": (_WINOGRAD, _IM2COL, _DIRECT),
+    "input_gradient": (_WINOGRAD, _IM2COL, _DIRECT),
     "weight_gradient": (_IM2COL, _DIRECT),
 }
 

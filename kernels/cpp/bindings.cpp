@@ -192,6 +192,8 @@ template <typename T> void bind_conv2d(nb::module_ &m, const std::string &dtype)
     bind_conv2d_algorithm<T>(m, "im2col", dtype, fastcnn::conv2d_im2col<T>,
                              fastcnn::conv2d_im2col_input_gradient<T>,
                              fastcnn::conv2d_im2col_weight_gradient<T>);
+    bind_conv2d_algorithm<T>(m, "winograd", dtype, fastcnn::conv2d_winograd<T>,
+                             fastcnn::conv2d_winograd_input_gradient<T>, nullptr);
     m.def(("conv2d_bias_gradient_" + dtype).c_str(),
           [](Flat<const T> grad_y, Flat<T> grad_bias, const Geometry &geometry, int threads) {
               const auto g = conv_shape(geometry);

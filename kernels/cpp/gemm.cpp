@@ -17,29 +17,12 @@
 namespace fastcnn {
 namespace {
 
-// GCC / Clang vectors of 64 bytes, 16 floats or 8 doubles: one AVX-512 register, two AVX2
-// ones, four SSE ones. The unaligned twins (as immintrin.h's __m512_u) load and store.
-typedef float float_vector __attribute__((vector_size(64)));
-typedef double double_vector __attribute__((vector_size(64)));
-typedef float float_vector_unaligned
-    __attribute__((vector_size(64), aligned(alignof(float)), may_alias));
-typedef double double_vector_unaligned
-    __attribute__((vector_size(64), aligned(alignof(double)), may_alias));
-
-template <typename T> struct Vector;
-template <> struct Vector<float> {
-    using type = float_vector;
-    using unaligned = float_vector_unaligned;
-};
-template <> struct Vector<double> {
-    using type = double_vector;
-    using unaligned = double_vector_unaligned;
-};
+using gemm_kernel::micro_kernel;
+using gemm_kernel::MR;
 
 constexpr index_t KC = 256;  // K per block: a B micro-panel of 256 x 32 floats is 32 KiB
 constexpr index_t MC = 96;   // rows of C per tile (a multiple of MR)
 constexpr index_t NC = 256;  // columns of C per tile (a multiple of NR)
-constexpr int MR = 6;        // rows of the register tile
 
 
 // A thread's packing buffers, kept between calls (no allocation in the steady state).
@@ -50,8 +33,8 @@ template <typename T> T *workspace(int which, std::size_t size) {
     return buffers[which].data();
 }
 
-// pack and micro_kernel are inlined into the FASTCNN_SIMD clone that calls them (else they
-// compile for the baseline target only, as one function called per tile).
+// pack and micro_kernel (gemm.hpp) are inlined into the FASTCNN_SIMD clone that calls them
+// (else they compile for the baseline target only, as one function called per tile).
 //
 // dst = ceil(count / W) panels of kc steps of W lanes: panel p, step k, lane r holds
 // src[(p W + r) lane_stride + k k_stride], 0 past `count` (the edge tiles' padding).
@@ -82,55 +65,6 @@ template <typename T, int W>
                     panel[k * W + r] = r < lanes ? base[r * lane_stride + k * k_stride] : T(0);
         }
     }
-}
-
-// The MR x NR tile (NR = NV vectors) at c: c (+)= a_panel b_panel over kc steps, the
-// accumulators in registers; `rows` x `cols` of it are stored (the rest is padding).
-template <typename T, int NV>
-[[gnu::always_inline]] inline void micro_kernel(index_t kc, const T *a, const T *b, T *c,
-                                                index_t ldc, index_t rows, index_t cols,
-                                                bool accumulate) {
-    using V = typename Vector<T>::type;
-    using U = typename Vector<T>::unaligned;
-    constexpr int L = int(sizeof(V) / sizeof(T)), NR = NV * L;
-    V acc[MR][NV];
-#pragma GCC unroll 16
-    for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 4
-        for (int v = 0; v < NV; ++v)
-            acc[i][v] = V{};
-    for (index_t k = 0; k < kc; ++k) {
-        V bv[NV];
-#pragma GCC unroll 4
-        for (int v = 0; v < NV; ++v)
-            bv[v] = *reinterpret_cast<const U *>(b + k * NR + v * L);
-#pragma GCC unroll 16
-        for (int i = 0; i < MR; ++i) {
-            const V av = a[k * MR + i] - V{};  // a broadcast (x - 0 keeps -0.0 and NaN)
-#pragma GCC unroll 4
-            for (int v = 0; v < NV; ++v)
-                acc[i][v] += av * bv[v];
-        }
-    }
-    if (rows == MR && cols == NR) {
-#pragma GCC unroll 16
-        for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 4
-            for (int v = 0; v < NV; ++v) {
-                U *out = reinterpret_cast<U *>(c + i * ldc + v * L);
-                *out = accumulate ? *out + acc[i][v] : acc[i][v];
-            }
-        return;
-    }
-    T tile[MR][NR];
-#pragma GCC unroll 16
-    for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 4
-        for (int v = 0; v < NV; ++v)
-            *reinterpret_cast<U *>(&tile[i][v * L]) = acc[i][v];
-    for (index_t i = 0; i < rows; ++i)
-        for (index_t j = 0; j < cols; ++j)
-            c[i * ldc + j] = accumulate ? c[i * ldc + j] + tile[i][j] : tile[i][j];
 }
 
 // The tile of C at rows [i0, i0 + rows), columns [j0, j0 + cols): over all of K, then the bias.
