@@ -136,12 +136,7 @@ def _has_kernel(name: str, direction: str) -> bool:
 
 _census.declare(
     "cpp",
-    *(
-        f"conv2d.{a}.{d}"
-        for a in CONV2D_ALGORITHMS
-        for d in CONV2D_DIRECTIONS
-        if _has_kernel(a, d)
-    ),
+    *(f"conv2d.{a}.{d}" for a in CONV2D_ALGORITHMS for d in CONV2D_DIRECTIONS if _has_kernel(a, d)),
     "conv2d.im2col.pointwise",
 )
 
@@ -230,6 +225,8 @@ def _always(g: ConvGeometry) -> bool:
 #: whose predicate holds wins; the last always does. A predicate admits only cases its
 #: algorithm takes.
 _Candidate = tuple[str, Callable[[ConvGeometry], bool], str]
+
+
 def _winograd_pays(g: ConvGeometry) -> bool:
     """Measured (2 threads, float32): MEASURED. Dense only (groups make many small products),
     and at least one whole 4x4 tile per image."""
