@@ -110,3 +110,107 @@ def test_the_thread_count_follows_set_num_threads(monkeypatch):
         # Numba's and BLAS's counts too (monkeypatch restores only fastcnn's): left at 1,
         # later tests would miss the paths that split work over threads.
         fastcnn.set_num_threads(before)
+
+
+# Winograd F(4x4, 3x3): (x shape, weight shape, padding, groups). Partial tiles at the right
+# and bottom, outputs under one tile, blocks of tiles across images and tile rows, output
+# channels not a multiple of the micro-kernel's 6, input channels past the filter
+# transform's step of 64, padding 3 (the input gradient's padding -1: grad_y cropped).
+WINOGRAD_CASES = [
+    ((2, 3, 9, 9), (4, 3, 3, 3), 1, 1),
+    ((3, 5, 13, 7), (7, 5, 3, 3), 0, 1),
+    ((1, 2, 3, 3), (5, 2, 3, 3), 0, 1),
+    ((2, 4, 5, 6), (3, 4, 3, 3), 2, 1),
+    ((2, 4, 8, 8), (4, 4, 3, 3), (0, 3), 1),
+    ((1, 70, 11, 10), (13, 70, 3, 3), 1, 1),
+    ((5, 6, 21, 19), (8, 6, 3, 3), 1, 1),
+    ((2, 6, 7, 7), (9, 2, 3, 3), 0, 3),
+    ((2, 8, 9, 10), (8, 1, 3, 3), 1, 8),
+]
+
+
+def _winograd_gradient(grad_y, w, grad_x, padding, groups):
+    """grad_x of the cpp Winograd kernel, written into the given (poisoned) array."""
+    from fastcnn._shapes import conv2d_geometry
+    from fastcnn.backends import cpp
+
+    x_shape = grad_x.shape
+    g = conv2d_geometry(x_shape, w.shape, None, 1, padding, 1, groups)
+    cpp._ALGORITHMS["winograd"][1](grad_y, w, grad_x, g)
+    return grad_x
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(("x_shape", "w_shape", "padding", "groups"), WINOGRAD_CASES)
+def test_winograd_matches_the_float64_reference_writing_every_output(
+    x_shape, w_shape, padding, groups, dtype
+):
+    F = fastcnn.functional
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal(x_shape).astype(dtype)
+    w = rng.standard_normal(w_shape).astype(dtype)
+    b = rng.standard_normal(w_shape[0]).astype(dtype)
+    args = {"padding": padding, "groups": groups}
+    wide = (x.astype(np.float64), w.astype(np.float64))
+    expected = F.conv2d(*wide, b.astype(np.float64), **args, backend="reference")
+    out = np.full(expected.shape, np.nan, dtype)  # poisoned: every element must be written
+    y = F.conv2d(x, w, b, **args, algo="winograd", backend="cpp", out=out)
+    tolerance = 1e-4 if dtype == np.float32 else 1e-10
+    scale = float(np.abs(expected).max())
+    np.testing.assert_allclose(y, expected, rtol=0, atol=tolerance * scale)
+    grad_y = rng.standard_normal(expected.shape).astype(dtype)
+    (grad_x_expected, _, _) = F.conv2d_backward(
+        grad_y.astype(np.float64), *wide, **args, backend="reference"
+    )
+    grad_x = _winograd_gradient(grad_y, w, np.full(x_shape, np.nan, dtype), padding, groups)
+    scale = float(np.abs(grad_x_expected).max())
+    np.testing.assert_allclose(grad_x, grad_x_expected, rtol=0, atol=tolerance * scale)
+
+
+def test_winograd_is_bitwise_the_same_on_any_thread_count():
+    F = fastcnn.functional
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((3, 16, 30, 26)).astype(np.float32)
+    w = rng.standard_normal((20, 16, 3, 3)).astype(np.float32)
+    grad_y = rng.standard_normal((3, 20, 30, 26)).astype(np.float32)
+    before = _config.num_threads()
+    results = []
+    try:
+        for threads in (1, 2, 3):
+            fastcnn.set_num_threads(threads)
+            y = F.conv2d(x, w, padding=1, algo="winograd", backend="cpp")
+            grad_x = _winograd_gradient(grad_y, w, np.empty_like(x), 1, 1)
+            results.append((y, grad_x))
+    finally:
+        fastcnn.set_num_threads(before)
+    for y, grad_x in results[1:]:
+        np.testing.assert_array_equal(y, results[0][0])
+        np.testing.assert_array_equal(grad_x, results[0][1])
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_winograd_puts_nan_and_inf_where_the_reference_does():
+    F = fastcnn.functional
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 8, 13, 13)).astype(np.float32)
+    w = rng.standard_normal((5, 8, 3, 3)).astype(np.float32)
+    x[0, 3, 5, 5], x[1, 2, 0, 12], x[1, 1, 7, 7] = np.nan, np.inf, -np.inf
+    expected = F.conv2d(x.astype(np.float64), w.astype(np.float64), padding=1, backend="reference")
+    y = F.conv2d(x, w, padding=1, algo="winograd", backend="cpp")
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(expected))
+    np.testing.assert_array_equal(np.isposinf(y), np.isposinf(expected))
+    np.testing.assert_array_equal(np.isneginf(y), np.isneginf(expected))
+    finite = np.isfinite(expected)
+    scale = float(np.abs(expected[finite]).max())
+    np.testing.assert_allclose(y[finite], expected[finite], rtol=0, atol=1e-4 * scale)
+
+
+def test_auto_runs_winograd_on_a_dense_3x3_layer_and_not_on_groups():
+    report = fastcnn.explain_conv2d((8, 64, 56, 56), (64, 64, 3, 3), padding=1, backend="cpp")
+    assert report["forward"]["algorithm"] == "winograd"
+    assert report["input_gradient"]["algorithm"] == "winograd"
+    assert report["weight_gradient"]["algorithm"] != "winograd"
+    report = fastcnn.explain_conv2d(
+        (8, 64, 56, 56), (64, 32, 3, 3), padding=1, groups=2, backend="cpp"
+    )
+    assert report["forward"]["algorithm"] != "winograd"

@@ -149,42 +149,85 @@ FASTCNN_SIMD void filter_panel(const Filter<T> &f, T *U, index_t Kg, index_t Cg,
 // out[e step + j] = (B^T a)[e] for the six rows a[i in_step + j], j < NT.
 // B^T = [[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
 //        [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]].
+// Six restrict pointers, not one with a step: with a step known only at run time GCC cannot
+// tell the rows apart and leaves the loop scalar (the input transform was 3x slower).
 template <typename T, index_t NT>
-[[gnu::always_inline]] inline void input_pass(const T *in, index_t in_step, T *out,
-                                              index_t out_step) {
+[[gnu::always_inline]] inline void input_rows(const T *__restrict in, index_t in_step,
+                                              T *__restrict o0, T *__restrict o1,
+                                              T *__restrict o2, T *__restrict o3,
+                                              T *__restrict o4, T *__restrict o5) {
     const T two = T(2), four = T(4), five = T(5);
     for (index_t j = 0; j < NT; ++j) {
         const T a0 = in[j], a1 = in[in_step + j], a2 = in[2 * in_step + j];
         const T a3 = in[3 * in_step + j], a4 = in[4 * in_step + j], a5 = in[5 * in_step + j];
-        out[j] = four * a0 - five * a2 + a4;
-        out[out_step + j] = a3 + a4 - four * (a1 + a2);
-        out[2 * out_step + j] = a4 - a3 + four * (a1 - a2);
-        out[3 * out_step + j] = a4 - a2 + two * (a3 - a1);
-        out[4 * out_step + j] = a4 - a2 - two * (a3 - a1);
-        out[5 * out_step + j] = four * a1 - five * a3 + a5;
+        o0[j] = four * a0 - five * a2 + a4;
+        o1[j] = a3 + a4 - four * (a1 + a2);
+        o2[j] = a4 - a3 + four * (a1 - a2);
+        o3[j] = a4 - a2 + two * (a3 - a1);
+        o4[j] = a4 - a2 - two * (a3 - a1);
+        o5[j] = four * a1 - five * a3 + a5;
     }
+}
+
+template <typename T, index_t NT>
+[[gnu::always_inline]] inline void input_pass(const T *in, index_t in_step, T *out,
+                                              index_t out_step) {
+    input_rows<T, NT>(in, in_step, out, out + out_step, out + 2 * out_step, out + 3 * out_step,
+                      out + 4 * out_step, out + 5 * out_step);
 }
 
 // out[a step + j] = (A^T m)[a] (+ bias) for the six rows m[i in_step + j], j < NT.
 // A^T = [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]].
 template <typename T, index_t NT>
-[[gnu::always_inline]] inline void output_pass(const T *in, index_t in_step, T *out,
-                                               index_t out_step, T bias) {
+[[gnu::always_inline]] inline void output_rows(const T *__restrict in, index_t in_step,
+                                               T *__restrict o0, T *__restrict o1,
+                                               T *__restrict o2, T *__restrict o3, T bias) {
     const T two = T(2), four = T(4), eight = T(8);
     for (index_t j = 0; j < NT; ++j) {
         const T m0 = in[j], m1 = in[in_step + j], m2 = in[2 * in_step + j];
         const T m3 = in[3 * in_step + j], m4 = in[4 * in_step + j], m5 = in[5 * in_step + j];
-        out[j] = bias + m0 + m1 + m2 + m3 + m4;
-        out[out_step + j] = bias + m1 - m2 + two * (m3 - m4);
-        out[2 * out_step + j] = bias + m1 + m2 + four * (m3 + m4);
-        out[3 * out_step + j] = bias + m1 - m2 + eight * (m3 - m4) + m5;
+        o0[j] = bias + m0 + m1 + m2 + m3 + m4;
+        o1[j] = bias + m1 - m2 + two * (m3 - m4);
+        o2[j] = bias + m1 + m2 + four * (m3 + m4);
+        o3[j] = bias + m1 - m2 + eight * (m3 - m4) + m5;
     }
+}
+
+template <typename T, index_t NT>
+[[gnu::always_inline]] inline void output_pass(const T *in, index_t in_step, T *out,
+                                               index_t out_step, T bias) {
+    output_rows<T, NT>(in, in_step, out, out + out_step, out + 2 * out_step, out + 3 * out_step,
+                       bias);
+}
+
+// o_s[t] = row[4 t + s] for s < 6, t < count: the six columns of `count` patches in a row.
+// Columns 4 and 5 are columns 0 and 1 of the next patch: one 4-way deinterleave (which GCC
+// turns into vector permutes) and two shifted copies, not six stride-4 gathers.
+template <typename T>
+[[gnu::always_inline]] inline void deinterleave(const T *__restrict row, index_t count,
+                                                T *__restrict o0, T *__restrict o1,
+                                                T *__restrict o2, T *__restrict o3,
+                                                T *__restrict o4, T *__restrict o5) {
+    for (index_t t = 0; t < count; ++t) {
+        o0[t] = row[4 * t];
+        o1[t] = row[4 * t + 1];
+        o2[t] = row[4 * t + 2];
+        o3[t] = row[4 * t + 3];
+    }
+    for (index_t t = 0; t + 1 < count; ++t) {
+        o4[t] = o0[t + 1];
+        o5[t] = o1[t + 1];
+    }
+    o4[count - 1] = row[4 * count];
+    o5[count - 1] = row[4 * count + 1];
 }
 
 // V[xi][c][j] = (B^T d B)[xi] for the block's patches d of input channel c (lanes past the
 // block's tiles zero). patches[(r 6 + s) NT + j] = padded input (4 ti + r, 4 tj + s) of lane j's
-// tile: each run's six padded rows are copied into `line` (zeros outside x), then read at a
-// stride of 4 per tile.
+// tile, read from x at a stride of 4 per tile; a run that reaches into the padding reads a
+// copy of its rows with the zeros in place (`line`). The rows of channel c + 2 are prefetched:
+// each run reads a few hundred bytes of a plane and the next plane is H W elements away,
+// which the hardware prefetchers do not follow (the loads of x were a fifth of the time).
 template <typename T, index_t NT>
 [[gnu::always_inline]] inline void transform_input(const T *x, const ConvShape &g,
                                                    index_t channel, const Run *runs,
@@ -198,6 +241,7 @@ template <typename T, index_t NT>
         // line[i] = x column first + i where it lies in [0, W)
         const index_t lo = std::min(width, std::max<index_t>(0, -first));
         const index_t hi = std::max(lo, std::min(width, g.W - first));
+        const bool ahead = channel + 2 < (channel / Cg + 1) * Cg;
         for (int r = 0; r < 6; ++r) {
             const index_t h = 4 * run.ti + r - g.ph;
             T *target = patches + r * 6 * NT + run.lane;
@@ -208,15 +252,20 @@ template <typename T, index_t NT>
                 continue;
             }
             const T *row = plane + h * g.W + first;
-            for (index_t c = 0; c < lo; ++c)
-                line[c] = T(0);
-            for (index_t c = lo; c < hi; ++c)
-                line[c] = row[c];
-            for (index_t c = hi; c < width; ++c)
-                line[c] = T(0);
-            for (int s = 0; s < 6; ++s)
-                for (index_t t = 0; t < run.count; ++t)
-                    target[s * NT + t] = line[4 * t + s];
+            if (ahead)
+                for (index_t c = lo; c < hi; c += 64 / index_t(sizeof(T)))
+                    __builtin_prefetch(row + 2 * g.H * g.W + c);
+            if (lo > 0 || hi < width) {
+                for (index_t c = 0; c < lo; ++c)
+                    line[c] = T(0);
+                for (index_t c = lo; c < hi; ++c)
+                    line[c] = row[c];
+                for (index_t c = hi; c < width; ++c)
+                    line[c] = T(0);
+                row = line;
+            }
+            deinterleave(row, run.count, target, target + NT, target + 2 * NT, target + 3 * NT,
+                         target + 4 * NT, target + 5 * NT);
         }
     }
     for (int s = 0; s < 6; ++s)  // rows[e 6 + s] = (B^T d)[e, s]
