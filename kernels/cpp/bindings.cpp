@@ -505,6 +505,7 @@ NB_MODULE(_cpp, m) {
     bind_activation<double>(m, "float64");
     bind_conv2d<float>(m, "float32");
     bind_conv2d<double>(m, "float64");
+    m.attr("WINOGRAD_FEW_TILES") = fastcnn::WINOGRAD_FEW_TILES;
     m.attr("POOL_CHUNK") = fastcnn::POOL_CHUNK;
     bind_pool2d<float>(m, "float32");
     bind_pool2d<double>(m, "float64");

@@ -46,6 +46,9 @@ template <typename T>
 void conv2d_im2col_weight_gradient(const T *grad_y, const T *x, T *grad_w, const ConvShape &g,
                                    int threads);
 // winograd.cpp: 3x3, stride 1, dilation 1 only (cpp.py's CONV2D_TAKES); no weight gradient.
+// Up to WINOGRAD_FEW_TILES 4x4 output tiles (N ceil(P / 4) ceil(Q / 4)), each task transforms
+// the part of the filter it uses instead of reading one transform stored for the call.
+constexpr index_t WINOGRAD_FEW_TILES = 64;
 template <typename T>
 void conv2d_winograd(const T *x, const T *w, const T *bias, T *y, const ConvShape &g,
                      int threads);

@@ -205,77 +205,133 @@ template <typename T, index_t NT>
                        bias);
 }
 
-// o_s[t] = row[4 t + s] for s < 6, t < count: the six columns of `count` patches in a row.
-// Columns 4 and 5 are columns 0 and 1 of the next patch: one 4-way deinterleave (which GCC
-// turns into vector permutes) and two shifted copies, not six stride-4 gathers.
-template <typename T>
-[[gnu::always_inline]] inline void deinterleave(const T *__restrict row, index_t count,
-                                                T *__restrict o0, T *__restrict o1,
-                                                T *__restrict o2, T *__restrict o3,
-                                                T *__restrict o4, T *__restrict o5) {
-    for (index_t t = 0; t < count; ++t) {
-        o0[t] = row[4 * t];
-        o1[t] = row[4 * t + 1];
-        o2[t] = row[4 * t + 2];
-        o3[t] = row[4 * t + 3];
-    }
-    for (index_t t = 0; t + 1 < count; ++t) {
-        o4[t] = o0[t + 1];
-        o5[t] = o1[t + 1];
-    }
-    o4[count - 1] = row[4 * count];
-    o5[count - 1] = row[4 * count + 1];
+// Lanes of one vector (16 floats, 8 doubles): the patch rows are filled in whole chunks of
+// this many tiles. A tile row of a 56 x 56 image is 14 tiles: loops to the run's length ran
+// entirely in the scalar remainder (the input transform was 40% of the time).
+template <typename T> constexpr index_t chunk() {
+    return index_t(64 / sizeof(T));
 }
 
-// V[xi][c][j] = (B^T d B)[xi] for the block's patches d of input channel c (lanes past the
-// block's tiles zero). patches[(r 6 + s) NT + j] = padded input (4 ti + r, 4 tj + s) of lane j's
-// tile, read from x at a stride of 4 per tile; a run that reaches into the padding reads a
-// copy of its rows with the zeros in place (`line`). The rows of channel c + 2 are prefetched:
-// each run reads a few hundred bytes of a plane and the next plane is H W elements away,
-// which the hardware prefetchers do not follow (the loads of x were a fifth of the time).
+// A patch row's length: the block's NT tiles and a chunk of slack (a run's last chunk).
+template <typename T, index_t NT> constexpr index_t patch_stride() {
+    return NT + chunk<T>();
+}
+
+// Integer vectors of as many lanes as Vector<T>, the masks of __builtin_shuffle.
+typedef int int_vector __attribute__((vector_size(64)));
+typedef long long long_vector __attribute__((vector_size(64)));
+template <typename T> struct Lanes;
+template <> struct Lanes<float> {
+    using type = int_vector;
+};
+template <> struct Lanes<double> {
+    using type = long_vector;
+};
+
+// o_s[t] = row[4 t + s] for s < 6, t < one chunk: the six columns of a chunk of patches in a
+// row, as vector shuffles: phases 0-3 of 4 L elements from row, phases 0 and 1 of 4 L from
+// row + 4 (columns 4 and 5 are columns 0 and 1 of the next patch). GCC vectorised the plain
+// stride-4 loops element by element (an insert per element).
+template <typename T>
+[[gnu::always_inline]] inline void deinterleave(const T *row, T *o0, T *o1, T *o2, T *o3, T *o4,
+                                                T *o5) {
+    using V = typename gemm_kernel::Vector<T>::type;
+    using U = typename gemm_kernel::Vector<T>::unaligned;
+    // Of two vectors, phases 0 and 1 (pick0) or 2 and 3 (pick2) of their 2 L elements in 4;
+    // of two such, both low halves (low) or both high halves (high).
+    constexpr int L = int(chunk<T>()), H = L / 2;
+    typename Lanes<T>::type pick0, pick2, low, high;
+    for (int i = 0; i < L; ++i) {
+        pick0[i] = i < H ? 4 * i : 4 * (i - H) + 1;
+        pick2[i] = pick0[i] + 2;
+        low[i] = i < H ? i : L + i - H;
+        high[i] = low[i] + H;
+    }
+    const U *in = reinterpret_cast<const U *>(row);
+    const V v0 = in[0], v1 = in[1], v2 = in[2], v3 = in[3];
+    const V a01 = __builtin_shuffle(v0, v1, pick0), a23 = __builtin_shuffle(v2, v3, pick0);
+    const V b01 = __builtin_shuffle(v0, v1, pick2), b23 = __builtin_shuffle(v2, v3, pick2);
+    *reinterpret_cast<U *>(o0) = __builtin_shuffle(a01, a23, low);
+    *reinterpret_cast<U *>(o1) = __builtin_shuffle(a01, a23, high);
+    *reinterpret_cast<U *>(o2) = __builtin_shuffle(b01, b23, low);
+    *reinterpret_cast<U *>(o3) = __builtin_shuffle(b01, b23, high);
+    const U *next = reinterpret_cast<const U *>(row + 4);
+    const V w0 = next[0], w1 = next[1], w2 = next[2], w3 = next[3];
+    const V c01 = __builtin_shuffle(w0, w1, pick0), c23 = __builtin_shuffle(w2, w3, pick0);
+    *reinterpret_cast<U *>(o4) = __builtin_shuffle(c01, c23, low);
+    *reinterpret_cast<U *>(o5) = __builtin_shuffle(c01, c23, high);
+}
+
+// Elements of one padded row of a run in `lines`: 4 NT + 4 columns and slack.
+template <typename T, index_t NT> constexpr index_t line_stride() {
+    return 4 * NT + chunk<T>();
+}
+
+// Where a run's padded rows come from: row r of run i is lines[(i 6 + r) LS + c] = x[n, channel,
+// 4 ti + r - pad_h, 4 tj - pad_w + c] for c in [lo, hi) (offset: that element's index counted
+// from channel 0 of the group), 0 elsewhere; rows wholly in the padding have lo = hi.
+struct RowSpan {
+    index_t offset, lo, hi;
+};
+
+// lines = the padded rows of one input channel (x at its channel; the zeros are written once a
+// task: only [lo, hi) changes from channel to channel). Copied a channel ahead of the rows the
+// transform reads, so no load waits on the copy's stores (deinterleaving straight after
+// copying, the loads spanning two stores stalled on store forwarding: half of the input
+// transform). With `ahead`, the rows of the channel after are prefetched: each run reads a few
+// hundred bytes of a plane and the next plane is H W elements away, which the hardware
+// prefetchers do not follow.
 template <typename T, index_t NT>
-[[gnu::always_inline]] inline void transform_input(const T *x, const ConvShape &g,
-                                                   index_t channel, const Run *runs,
-                                                   index_t run_count, index_t Cg, T *V,
-                                                   T *patches, T *line) {
+[[gnu::always_inline]] inline void copy_rows(const T *x, index_t plane, const RowSpan *spans,
+                                             index_t count, bool ahead, T *lines) {
+    using V = typename gemm_kernel::Vector<T>::type;
+    using U = typename gemm_kernel::Vector<T>::unaligned;
+    constexpr index_t L = chunk<T>(), LS = line_stride<T, NT>();
+    for (index_t i = 0; i < count; ++i) {
+        const RowSpan &span = spans[i];
+        const T *row = x + span.offset;
+        T *line = lines + i * LS;
+        if (ahead)
+            for (index_t c = span.lo; c < span.hi; c += L)
+                __builtin_prefetch(row + plane + c);
+        // Whole vectors, the last one overlapping the one before (no call to memcpy for a few
+        // dozen elements); rows shorter than a vector element by element.
+        if (span.hi - span.lo >= L) {
+            for (index_t c = span.lo; c + L < span.hi; c += L)
+                *reinterpret_cast<U *>(line + c) = V(*reinterpret_cast<const U *>(row + c));
+            *reinterpret_cast<U *>(line + span.hi - L) =
+                V(*reinterpret_cast<const U *>(row + span.hi - L));
+        } else {
+            for (index_t c = span.lo; c < span.hi; ++c)
+                line[c] = row[c];
+        }
+    }
+}
+
+// V[xi][c][j] = (B^T d B)[xi] for the block's patches d of input channel c, from its padded
+// rows (copy_rows). patches[(r 6 + s) PS + j] = padded input (4 ti + r, 4 tj + s) of lane j's
+// tile (PS = patch_stride), filled a chunk of tiles at a time: a run's last chunk writes lanes
+// past it (the next run's, written after, or the block's unused lanes, whose outputs are not
+// stored).
+template <typename T, index_t NT>
+[[gnu::always_inline]] inline void transform_input(const T *lines, const Run *runs,
+                                                   index_t run_count, index_t c, index_t Cg,
+                                                   T *V, T *patches) {
+    constexpr index_t L = chunk<T>(), PS = patch_stride<T, NT>(), LS = line_stride<T, NT>();
     alignas(64) T rows[36 * NT];
     for (index_t i = 0; i < run_count; ++i) {
         const Run &run = runs[i];
-        const T *plane = x + (run.n * g.C + channel) * g.H * g.W;
-        const index_t first = 4 * run.tj - g.pw, width = 4 * run.count + 2;
-        // line[i] = x column first + i where it lies in [0, W)
-        const index_t lo = std::min(width, std::max<index_t>(0, -first));
-        const index_t hi = std::max(lo, std::min(width, g.W - first));
-        const bool ahead = channel + 2 < (channel / Cg + 1) * Cg;
         for (int r = 0; r < 6; ++r) {
-            const index_t h = 4 * run.ti + r - g.ph;
-            T *target = patches + r * 6 * NT + run.lane;
-            if (h < 0 || h >= g.H) {
-                for (int s = 0; s < 6; ++s)
-                    for (index_t t = 0; t < run.count; ++t)
-                        target[s * NT + t] = T(0);
-                continue;
-            }
-            const T *row = plane + h * g.W + first;
-            if (ahead)
-                for (index_t c = lo; c < hi; c += 64 / index_t(sizeof(T)))
-                    __builtin_prefetch(row + 2 * g.H * g.W + c);
-            if (lo > 0 || hi < width) {
-                for (index_t c = 0; c < lo; ++c)
-                    line[c] = T(0);
-                for (index_t c = lo; c < hi; ++c)
-                    line[c] = row[c];
-                for (index_t c = hi; c < width; ++c)
-                    line[c] = T(0);
-                row = line;
-            }
-            deinterleave(row, run.count, target, target + NT, target + 2 * NT, target + 3 * NT,
-                         target + 4 * NT, target + 5 * NT);
+            const T *line = lines + (i * 6 + r) * LS;
+            T *target = patches + r * 6 * PS + run.lane;
+            for (index_t t = 0; t < run.count; t += L)
+                deinterleave(line + 4 * t, target + t, target + PS + t, target + 2 * PS + t,
+                             target + 3 * PS + t, target + 4 * PS + t, target + 5 * PS + t);
         }
     }
     for (int s = 0; s < 6; ++s)  // rows[e 6 + s] = (B^T d)[e, s]
-        input_pass<T, NT>(patches + s * NT, 6 * NT, rows + s * NT, 6 * NT);
-    T *out = V + channel % Cg * NT;
+        input_pass<T, NT>(patches + s * PS, 6 * PS, rows + s * NT, 6 * NT);
+    T *out = V + c * NT;
     for (int e = 0; e < 6; ++e)  // V[e 6 + e2] = (B^T d B)[e, e2]
         input_pass<T, NT>(rows + e * 6 * NT, NT, out + e * 6 * Cg * NT, Cg * NT);
 }
@@ -314,9 +370,13 @@ template <typename T, int NV> constexpr index_t lanes() {
     return NV * index_t(64 / sizeof(T));
 }
 
-template <typename T, int NV> std::size_t task_size(index_t Cg, index_t kc) {
+// V, M, the patches, two sets of padded rows (NT runs at most) and, with the filter
+// transformed by the task, its 9 taps, 3 rows of G w and one U[xi] (kc Cg elements each).
+template <typename T, int NV> std::size_t task_size(index_t Cg, index_t kc, bool own_filter) {
     constexpr index_t NT = lanes<T, NV>();
-    return std::size_t(36 * Cg * NT + 36 * kc * NT + 36 * NT + 4 * NT + 8);
+    constexpr index_t PS = patch_stride<T, NT>(), LS = line_stride<T, NT>();
+    return std::size_t(36 * Cg * NT + 36 * kc * NT + 36 * PS + 2 * 6 * NT * LS +
+                       (own_filter ? 13 * kc * Cg : 0));
 }
 
 // What a task computes: the tiles [first, end) (one block) of output channels [k0, k0 + kc)
@@ -325,31 +385,97 @@ struct Task {
     index_t group, first, end, k0, kc;
 };
 
+// M[xi] = U[xi] V[xi] with U made here, one xi at a time, for the task's output channels
+// only (as the Numba backend's winograd): taps[t] = w[k, c, t] in the A panels' layout
+// ((panel, c, kk) for channel k0 + panel MR + kk), lines[s] = (G w)[e1, s] and u = U[xi] as
+// flat arrays of kc Cg elements, so each step is one vector loop. For FEW_TILES or fewer
+// tiles: a stored U would be read by one or two blocks only, and at 512 x 512 channels it is
+// 38 MB (float32) written and read back from memory, most of the time of the 7x7 layer.
+template <typename T, int NV>
+[[gnu::always_inline]] inline void task_filter(const Filter<T> &f, const Task &task, index_t Kg,
+                                               index_t Cg, T *taps, const T *V, T *M) {
+    constexpr index_t NT = lanes<T, NV>();
+    const index_t size = task.kc * Cg;
+    T *lines = taps + 9 * size, *u = lines + 3 * size;
+    // The MR channels of a panel together: each step writes MR neighbours of every tap row
+    // (one channel at a time, the 9 rows of 6 channels x 512 came back from L3 MR times).
+    for (index_t panel = 0; panel < task.kc / MR; ++panel)
+        for (index_t c = 0; c < Cg; ++c) {
+            T *out = taps + (panel * Cg + c) * MR;
+            for (int kk = 0; kk < MR; ++kk) {
+                const index_t k = task.k0 + panel * MR + kk;
+                for (int t = 0; t < 9; ++t)
+                    out[t * size + kk] = k < Kg ? f.tap(task.group, k, c, t) : T(0);
+            }
+        }
+    for (int e1 = 0; e1 < 6; ++e1) {
+        for (int s = 0; s < 3; ++s)
+            filter_row(e1, taps + s * size, taps + (3 + s) * size, taps + (6 + s) * size,
+                       lines + s * size, size);
+        for (int e2 = 0; e2 < 6; ++e2) {
+            filter_row(e2, lines, lines + size, lines + 2 * size, u, size);
+            const index_t xi = e1 * 6 + e2;
+            for (index_t kk = 0; kk < task.kc; kk += MR)
+                micro_kernel<T, NV>(Cg, u + kk * Cg, V + xi * Cg * NT,
+                                    M + (xi * task.kc + kk) * NT, NT, MR, NT, false);
+        }
+    }
+}
+
 template <typename T, int NV>
 FASTCNN_SIMD void winograd_task(const T *x, const Filter<T> &f, const T *U, const T *bias, T *y,
                                 const ConvShape &g, const Task &task) {
-    constexpr index_t NT = lanes<T, NV>();
+    constexpr index_t NT = lanes<T, NV>(), PS = patch_stride<T, NT>(), L = chunk<T>();
     const index_t Cg = g.C / g.G, Kg = g.K / g.G, panels = (Kg + MR - 1) / MR;
     const index_t tiles_h = (g.P + 3) / 4, tiles_w = (g.Q + 3) / 4;
-    T *V = task_buffer<T>(task_size<T, NV>(Cg, task.kc));
+    constexpr index_t LS = line_stride<T, NT>();
+    T *V = task_buffer<T>(task_size<T, NV>(Cg, task.kc, U == nullptr));
     T *M = V + 36 * Cg * NT;
     T *patches = M + 36 * task.kc * NT;
-    T *line = patches + 36 * NT;
+    T *lines = patches + 36 * PS;       // two sets of 6 rows a run
+    T *taps = lines + 2 * 6 * NT * LS;  // with U == nullptr only
     Run runs[NT];
     const index_t run_count = block_runs(task.first, task.end, tiles_h, tiles_w, runs);
     const index_t used = task.end - task.first;
     for (index_t i = 0; i < 36; ++i)  // lanes past the last tile: zero patches
         for (index_t j = used; j < NT; ++j)
-            patches[i * NT + j] = T(0);
-    for (index_t c = 0; c < Cg; ++c)
-        transform_input<T, NT>(x, g, task.group * Cg + c, runs, run_count, Cg, V, patches, line);
-    // M[xi][kk][j] = sum_c U[xi][k0 + kk][c] V[xi][c][j]
-    for (index_t xi = 0; xi < 36; ++xi)
-        for (index_t kk = 0; kk < task.kc; kk += MR) {
-            const T *a = U + ((task.group * 36 + xi) * panels + (task.k0 + kk) / MR) * Cg * MR;
-            micro_kernel<T, NV>(Cg, a, V + xi * Cg * NT, M + (xi * task.kc + kk) * NT, NT, MR, NT,
-                                false);
+            patches[i * PS + j] = T(0);
+    // The padded rows of each run, in whole chunks of tiles: zeros once, then [lo, hi) of
+    // each channel.
+    RowSpan spans[6 * NT];
+    for (index_t i = 0; i < run_count; ++i) {
+        const Run &run = runs[i];
+        const index_t first = 4 * run.tj - g.pw, width = 4 * ((run.count + L - 1) / L * L) + 4;
+        const index_t lo = std::min(width, std::max<index_t>(0, -first));
+        const index_t hi = std::max(lo, std::min(width, g.W - first));
+        for (int r = 0; r < 6; ++r) {
+            const index_t h = 4 * run.ti + r - g.ph;
+            const bool inside = h >= 0 && h < g.H;
+            const index_t base = (run.n * g.C + task.group * Cg) * g.H * g.W;
+            spans[i * 6 + r] = {inside ? base + h * g.W + first : 0, lo, inside ? hi : lo};
         }
+    }
+    const index_t line_count = 6 * run_count, plane = g.H * g.W;
+    std::memset(lines, 0, std::size_t(2 * line_count * LS) * sizeof(T));
+    copy_rows<T, NT>(x, plane, spans, line_count, Cg > 1, lines);
+    for (index_t c = 0; c < Cg; ++c) {
+        if (c + 1 < Cg)
+            copy_rows<T, NT>(x + (c + 1) * plane, plane, spans, line_count, c + 2 < Cg,
+                             lines + (c + 1) % 2 * line_count * LS);
+        transform_input<T, NT>(lines + c % 2 * line_count * LS, runs, run_count, c, Cg, V,
+                               patches);
+    }
+    // M[xi][kk][j] = sum_c U[xi][k0 + kk][c] V[xi][c][j]
+    if (U) {
+        for (index_t xi = 0; xi < 36; ++xi)
+            for (index_t kk = 0; kk < task.kc; kk += MR) {
+                const T *a = U + ((task.group * 36 + xi) * panels + (task.k0 + kk) / MR) * Cg * MR;
+                micro_kernel<T, NV>(Cg, a, V + xi * Cg * NT, M + (xi * task.kc + kk) * NT, NT, MR,
+                                    NT, false);
+            }
+    } else {
+        task_filter<T, NV>(f, task, Kg, Cg, taps, V, M);
+    }
     alignas(64) T half[24 * NT], out[16 * NT], interleaved[4 * 4 * NT], bad[NT];
     const index_t channels = std::min(task.kc, Kg - task.k0);
     for (index_t kk = 0; kk < channels; ++kk) {
@@ -403,16 +529,20 @@ void winograd(const T *x, const Filter<T> &f, const T *bias, T *y, const ConvSha
     const index_t tiles = g.N * ((g.P + 3) / 4) * ((g.Q + 3) / 4);
     if (tiles == 0)
         return;
-    // The filter transform, kept between calls on the calling thread (no page faults).
-    thread_local std::vector<T> transformed;
-    const std::size_t size = std::size_t(g.G * 36 * panels * Cg * MR);
-    if (transformed.size() < size)
-        transformed.resize(size);
-    T *U = transformed.data();
-    parallel_for(g.G * panels, 1, threads, [&](index_t begin, index_t end) {
-        for (index_t i = begin; i < end; ++i)
-            filter_panel(f, U, Kg, Cg, i / panels, i % panels);
-    });
+    // The filter transform, kept between calls on the calling thread (no page faults); with
+    // few tiles, each task makes its part (task_filter).
+    T *U = nullptr;
+    if (tiles > WINOGRAD_FEW_TILES) {
+        thread_local std::vector<T> transformed;
+        const std::size_t size = std::size_t(g.G * 36 * panels * Cg * MR);
+        if (transformed.size() < size)
+            transformed.resize(size);
+        U = transformed.data();
+        parallel_for(g.G * panels, 1, threads, [&](index_t begin, index_t end) {
+            for (index_t i = begin; i < end; ++i)
+                filter_panel(f, U, Kg, Cg, i / panels, i % panels);
+        });
+    }
     const index_t blocks = (tiles + NT - 1) / NT;
     const index_t wanted = threads > 1 ? TASKS_PER_THREAD * threads : 1;
     const index_t parts = std::min(panels, std::max<index_t>(1, (wanted + g.G * blocks - 1) /
