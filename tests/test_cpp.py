@@ -115,7 +115,8 @@ def test_the_thread_count_follows_set_num_threads(monkeypatch):
 # Winograd F(4x4, 3x3): (x shape, weight shape, padding, groups). Partial tiles at the right
 # and bottom, outputs under one tile, blocks of tiles across images and tile rows, output
 # channels not a multiple of the micro-kernel's 6, input channels past the filter
-# transform's step of 64, padding 3 (the input gradient's padding -1: grad_y cropped).
+# transform's step of 32, padding 3 (the input gradient's padding -1: grad_y cropped); up to
+# WINOGRAD_FEW_TILES tiles (the filter transformed per task) and more (stored).
 WINOGRAD_CASES = [
     ((2, 3, 9, 9), (4, 3, 3, 3), 1, 1),
     ((3, 5, 13, 7), (7, 5, 3, 3), 0, 1),
@@ -124,6 +125,7 @@ WINOGRAD_CASES = [
     ((2, 4, 8, 8), (4, 4, 3, 3), (0, 3), 1),
     ((1, 70, 11, 10), (13, 70, 3, 3), 1, 1),
     ((5, 6, 21, 19), (8, 6, 3, 3), 1, 1),
+    ((3, 40, 24, 20), (14, 40, 3, 3), 1, 1),
     ((2, 6, 7, 7), (9, 2, 3, 3), 0, 3),
     ((2, 8, 9, 10), (8, 1, 3, 3), 1, 8),
 ]

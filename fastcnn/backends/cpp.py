@@ -138,6 +138,8 @@ _census.declare(
     "cpp",
     *(f"conv2d.{a}.{d}" for a in CONV2D_ALGORITHMS for d in CONV2D_DIRECTIONS if _has_kernel(a, d)),
     "conv2d.im2col.pointwise",
+    "conv2d.winograd.few_tiles",
+    "conv2d.winograd.stored_filter",
 )
 
 
@@ -147,6 +149,12 @@ def _geometry(g: ConvGeometry) -> tuple[int, ...]:
         g.N, g.C, g.H, g.W, g.K, g.R, g.S, g.P, g.Q, g.stride_h, g.stride_w, g.pad_h,
         g.pad_w, g.dilation_h, g.dilation_w, g.groups,
     )  # fmt: skip
+
+
+def _winograd_tiles(g: ConvGeometry, direction: str) -> int:
+    """The 4x4 output tiles of the Winograd kernel: of y, or of grad_x (H x W)."""
+    height, width = (g.P, g.Q) if direction == "forward" else (g.H, g.W)
+    return g.N * -(-height // 4) * -(-width // 4)
 
 
 def _pointwise(g: ConvGeometry) -> bool:
@@ -171,6 +179,9 @@ def _conv2d_algorithm(name: str):
         _census.record("cpp", f"conv2d.{name}.{direction}")
         if name == "im2col" and _pointwise(g):
             _census.record("cpp", "conv2d.im2col.pointwise")
+        if name == "winograd":  # kernels/cpp/winograd.cpp's choice
+            few = _winograd_tiles(g, direction) <= _cpp.WINOGRAD_FEW_TILES
+            _census.record("cpp", f"conv2d.winograd.{'few_tiles' if few else 'stored_filter'}")
 
     def forward(x, weight, bias, y, g: ConvGeometry) -> None:
         record("forward", g)
