@@ -207,12 +207,17 @@ def test_winograd_puts_nan_and_inf_where_the_reference_does():
     np.testing.assert_allclose(y[finite], expected[finite], rtol=0, atol=1e-4 * scale)
 
 
-def test_auto_runs_winograd_on_a_dense_3x3_layer_and_not_on_groups():
+def test_auto_runs_winograd_where_it_pays():
     report = fastcnn.explain_conv2d((8, 64, 56, 56), (64, 64, 3, 3), padding=1, backend="cpp")
     assert report["forward"]["algorithm"] == "winograd"
     assert report["input_gradient"]["algorithm"] == "winograd"
     assert report["weight_gradient"]["algorithm"] != "winograd"
-    report = fastcnn.explain_conv2d(
-        (8, 64, 56, 56), (64, 32, 3, 3), padding=1, groups=2, backend="cpp"
-    )
-    assert report["forward"]["algorithm"] != "winograd"
+    for x, w, groups in (
+        ((8, 64, 56, 56), (64, 32, 3, 3), 2),  # groups
+        ((1, 512, 7, 7), (512, 512, 3, 3), 1),  # 4 tiles: under one block
+        ((8, 64, 8, 8), (64, 64, 3, 3), 1),  # 4 tiles an image at 64 channels
+    ):
+        report = fastcnn.explain_conv2d(x, w, padding=1, groups=groups, backend="cpp")
+        assert report["forward"]["algorithm"] != "winograd", (x, w)
+    report = fastcnn.explain_conv2d((8, 512, 7, 7), (512, 512, 3, 3), padding=1, backend="cpp")
+    assert report["forward"]["algorithm"] == "winograd"
