@@ -1,4 +1,4 @@
-// 2-D convolution, 3x3 kernels, stride 1, dilation 1 (any padding, groups): forward, input gradient.
+// 2-D convolution, 3x3 kernels, stride 1, dilation 1 (any padding, groups): forward, grad_x.
 // Algorithm: Winograd F(4x4, 3x3) (Lavin & Gray 2016), the tile transforms vectorised across
 // tiles, the 36 products on the blocked GEMM's micro-kernel (gemm.hpp).
 //
@@ -9,14 +9,16 @@
 //
 // 1. The filter transform U = G w G^T, once a call, into MR-row panels of the micro-kernel's A
 //    layout, U[group][xi][panel][c][MR] for the 36 transform points xi (36 K C elements: 4x
-//    the weights; 590 KB at 64 x 64 channels in float32).
+//    the weights; 590 KB at 64 x 64 channels in float32). With WINOGRAD_FEW_TILES tiles or
+//    fewer (one or two blocks would read it), each task makes the part it uses instead, one xi
+//    at a time (task_filter).
 // 2. A task per (group, block, run of output-channel panels): the input transform of the
 //    block's tiles, V[xi][c][tile] = (B^T d B)[xi] (36 C NT elements, in L2 at up to 128
-//    channels), element (r, s) of the NT patches gathered into one row so the transform is
-//    vector arithmetic across tiles; the products M[xi] (channels x NT) = U[xi] V[xi], xi
-//    outer so that V[xi] stays in L1 across the output-channel panels while U streams; then the
-//    output transform of M into y, across tiles as well, storing only the outputs inside y.
-//    A task needs 36 (C + Kc) NT elements of its thread's scratch.
+//    channels): each run's six padded rows copied a channel ahead, then deinterleaved so that
+//    element (r, s) of the NT patches is one row and the transform is vector arithmetic across
+//    tiles; the products M[xi] (channels x NT) = U[xi] V[xi], xi outer so that V[xi] stays in
+//    L1 across the output-channel panels while U streams; then the output transform of M into
+//    y, across tiles as well, storing only the outputs inside y.
 // 3. Tiles with a non-finite output are recomputed directly: a NaN or infinity in a patch
 //    spreads over the whole tile through the transforms, so NaN lands where a direct sum puts
 //    it.
@@ -388,9 +390,10 @@ struct Task {
 // M[xi] = U[xi] V[xi] with U made here, one xi at a time, for the task's output channels
 // only (as the Numba backend's winograd): taps[t] = w[k, c, t] in the A panels' layout
 // ((panel, c, kk) for channel k0 + panel MR + kk), lines[s] = (G w)[e1, s] and u = U[xi] as
-// flat arrays of kc Cg elements, so each step is one vector loop. For FEW_TILES or fewer
-// tiles: a stored U would be read by one or two blocks only, and at 512 x 512 channels it is
-// 38 MB (float32) written and read back from memory, most of the time of the 7x7 layer.
+// flat arrays of kc Cg elements, so each step is one vector loop. For WINOGRAD_FEW_TILES
+// or fewer tiles: a stored U would be read by one or two blocks only, and at 512 x 512
+// channels it is 38 MB (float32) written and read back from memory, most of the time of the
+// 7x7 layer.
 template <typename T, int NV>
 [[gnu::always_inline]] inline void task_filter(const Filter<T> &f, const Task &task, index_t Kg,
                                                index_t Cg, T *taps, const T *V, T *M) {
@@ -503,7 +506,8 @@ FASTCNN_SIMD void winograd_task(const T *x, const Filter<T> &f, const T *U, cons
             T *plane = y + (run.n * g.K + k) * g.P * g.Q;
             for (index_t a = 0; a < rows; ++a)
                 std::memcpy(plane + (4 * run.ti + a) * g.Q + 4 * run.tj,
-                            interleaved + a * 4 * NT + 4 * run.lane, std::size_t(columns) * sizeof(T));
+                            interleaved + a * 4 * NT + 4 * run.lane,
+                            std::size_t(columns) * sizeof(T));
             for (index_t t = 0; t < run.count; ++t) {
                 if (bad[run.lane + t] == T(0))
                     continue;
