@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import fastcnn
+import fastcnn.functional as F
 from fastcnn import _config
 from fastcnn.backends import has_op
 from fastcnn.testing.harness import truth
@@ -110,3 +111,44 @@ def test_the_thread_count_follows_set_num_threads(monkeypatch):
         # Numba's and BLAS's counts too (monkeypatch restores only fastcnn's): left at 1,
         # later tests would miss the paths that split work over threads.
         fastcnn.set_num_threads(before)
+
+
+@pytest.mark.parametrize("algo", ["small_channels", "im2col", "direct"])
+@pytest.mark.parametrize(
+    ("x_shape", "w_shape", "params"),
+    [
+        ((5, 3, 17, 19), (8, 3, 3, 3), {"padding": 1}),  # staged: padding
+        ((4, 2, 20, 9), (7, 2, 5, 3), {}),  # in place: the last block is staged
+        ((3, 4, 15, 16), (4, 1, 3, 3), {"stride": 2, "padding": 1, "groups": 4}),
+    ],
+)
+def test_convolutions_are_bitwise_the_same_on_any_thread_count(algo, x_shape, w_shape, params):
+    """conv2d.cpp and small_channels.cpp sum every element in a fixed order: the thread
+    count changes which thread computes it, not how (the weight gradient of im2col splits
+    images over threads, so it is held only to the reference)."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    w = rng.standard_normal(w_shape).astype(np.float32)
+    y = F.conv2d(x, w, **params, backend="reference")
+    grad_y = rng.standard_normal(y.shape).astype(np.float32)
+    expected = F.conv2d_backward(grad_y, x, w, **params, backend="reference")
+    input_algo = algo if params.get("stride", 1) == 1 or algo != "small_channels" else "im2col"
+    before = _config.num_threads()
+    results = []
+    try:
+        for threads in (1, 2, 3):
+            fastcnn.set_num_threads(threads)
+            forward = F.conv2d(x, w, **params, algo=algo, backend="cpp")
+            grads = F.conv2d_backward(
+                grad_y, x, w, **params, algo=(input_algo, algo), backend="cpp"
+            )
+            results.append((forward, *grads))
+    finally:
+        fastcnn.set_num_threads(before)
+    for actual, reference in zip(results[0], (y, *expected), strict=True):
+        np.testing.assert_allclose(actual, reference, atol=1e-4 * np.abs(reference).max())
+    for other in results[1:]:
+        for index, (first, second) in enumerate(zip(results[0], other, strict=True)):
+            if algo == "im2col" and index == 2:
+                continue
+            np.testing.assert_array_equal(first, second)

@@ -112,12 +112,14 @@ def _by_forward(g: ConvGeometry, direction: str) -> bool:
 CONV2D_TAKES: dict[str, Callable[[ConvGeometry, str], bool]] = {
     "direct": _every_case,
     "im2col": _every_case,
+    "small_channels": _by_forward,
 }
 CONV2D_ALGORITHMS = tuple(CONV2D_TAKES)
 _census.declare(
     "cpp",
     *(f"conv2d.{a}.{d}" for a in CONV2D_ALGORITHMS for d in CONV2D_DIRECTIONS),
     "conv2d.im2col.pointwise",
+    "conv2d.small_channels.weight_gradient.nonfinite_retry",
 )
 
 
@@ -174,6 +176,25 @@ def _conv2d_algorithm(name: str):
 
 
 _ALGORITHMS = {name: _conv2d_algorithm(name) for name in CONV2D_ALGORITHMS}
+
+
+def _redo_if_nan(name: str):
+    """``name``'s weight gradient, for one that sums over the dropped columns of its rows
+    too (grad_y zero there, x whatever the row holds): 0 x inf is NaN where the true sum
+    may be finite. A NaN in the result is recomputed by ``direct``, which reads only the
+    real positions (and gives NaN again where x really makes one)."""
+    forward, input_gradient, weight_gradient = _ALGORITHMS[name]
+
+    def checked(grad_y, x, grad_weight, g: ConvGeometry) -> None:
+        weight_gradient(grad_y, x, grad_weight, g)
+        if np.isnan(grad_weight).any():
+            _census.record("cpp", f"conv2d.{name}.weight_gradient.nonfinite_retry")
+            _ALGORITHMS["direct"][2](grad_y, x, grad_weight, g)
+
+    return forward, input_gradient, checked
+
+
+_ALGORITHMS["small_channels"] = _redo_if_nan("small_channels")
 _conv2d_bias_gradient = _by_dtype("conv2d_bias_gradient")
 
 #: What autotuning times: one direction of one algorithm, on arrays it made.
@@ -207,10 +228,30 @@ def _always(g: ConvGeometry) -> bool:
 _Candidate = tuple[str, Callable[[ConvGeometry], bool], str]
 _IM2COL: _Candidate = ("im2col", _deep, f"GEMM depth (C/groups)*R*S >= {IM2COL_DEPTH}")
 _DIRECT: _Candidate = ("direct", _always, f"few channels a group (depth < {IM2COL_DEPTH})")
+#: small_channels pays up to this many input channels per group and taps per output.
+SMALL_CHANNELS = 8
+SMALL_CHANNELS_TAPS = 256
+
+
+def _few_channels(g: ConvGeometry) -> bool:
+    Cg = g.C // g.groups
+    return Cg <= SMALL_CHANNELS and Cg * g.R * g.S <= SMALL_CHANNELS_TAPS
+
+
+_SMALL: _Candidate = (
+    "small_channels",
+    _few_channels,
+    f"<= {SMALL_CHANNELS} channels per group, <= {SMALL_CHANNELS_TAPS} taps",
+)
+_SMALL_STRIDE_1: _Candidate = (
+    "small_channels",
+    lambda g: _few_channels(g) and _unit_stride(g),
+    f"stride 1, <= {SMALL_CHANNELS} channels per group, <= {SMALL_CHANNELS_TAPS} taps",
+)
 CONV2D_CANDIDATES: dict[str, tuple[_Candidate, ...]] = {
-    "forward": (_IM2COL, _DIRECT),
-    "input_gradient": (_IM2COL, _DIRECT),
-    "weight_gradient": (_IM2COL, _DIRECT),
+    "forward": (_SMALL, _IM2COL, _DIRECT),
+    "input_gradient": (_SMALL_STRIDE_1, _IM2COL, _DIRECT),
+    "weight_gradient": (_SMALL, _IM2COL, _DIRECT),
 }
 
 

@@ -192,6 +192,9 @@ template <typename T> void bind_conv2d(nb::module_ &m, const std::string &dtype)
     bind_conv2d_algorithm<T>(m, "im2col", dtype, fastcnn::conv2d_im2col<T>,
                              fastcnn::conv2d_im2col_input_gradient<T>,
                              fastcnn::conv2d_im2col_weight_gradient<T>);
+    bind_conv2d_algorithm<T>(m, "small_channels", dtype, fastcnn::conv2d_small_channels<T>,
+                             fastcnn::conv2d_small_channels_input_gradient<T>,
+                             fastcnn::conv2d_small_channels_weight_gradient<T>);
     m.def(("conv2d_bias_gradient_" + dtype).c_str(),
           [](Flat<const T> grad_y, Flat<T> grad_bias, const Geometry &geometry, int threads) {
               const auto g = conv_shape(geometry);

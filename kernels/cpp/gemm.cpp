@@ -9,32 +9,13 @@
 // micro-panel (KC x NR) stays in L1 while A micro-panels stream from the A block (MC x KC,
 // in L2); the B block (KC x NC) is in L2 as well.
 #include "gemm.hpp"
+#include "vector.hpp"
 
 #include <algorithm>
-#include <cstring>
 #include <vector>
 
 namespace fastcnn {
 namespace {
-
-// GCC / Clang vectors of 64 bytes, 16 floats or 8 doubles: one AVX-512 register, two AVX2
-// ones, four SSE ones. The unaligned twins (as immintrin.h's __m512_u) load and store.
-typedef float float_vector __attribute__((vector_size(64)));
-typedef double double_vector __attribute__((vector_size(64)));
-typedef float float_vector_unaligned
-    __attribute__((vector_size(64), aligned(alignof(float)), may_alias));
-typedef double double_vector_unaligned
-    __attribute__((vector_size(64), aligned(alignof(double)), may_alias));
-
-template <typename T> struct Vector;
-template <> struct Vector<float> {
-    using type = float_vector;
-    using unaligned = float_vector_unaligned;
-};
-template <> struct Vector<double> {
-    using type = double_vector;
-    using unaligned = double_vector_unaligned;
-};
 
 constexpr index_t KC = 256;  // K per block: a B micro-panel of 256 x 32 floats is 32 KiB
 constexpr index_t MC = 96;   // rows of C per tile (a multiple of MR)
@@ -189,8 +170,7 @@ template <typename T, int NV> void gemm_tiles(const Product<T> &p, int threads) 
 template <typename T> void gemm(const Product<T> &p, int threads) {
     if (p.M == 0 || p.N == 0)
         return;
-    static const bool wide = std::strcmp(simd_path(), "avx512") == 0;
-    if (wide)
+    if (wide_registers())
         gemm_tiles<T, 2>(p, threads);
     else
         gemm_tiles<T, 1>(p, threads);

@@ -45,6 +45,16 @@ void conv2d_im2col_input_gradient(const T *grad_y, const T *w, T *grad_x, const 
 template <typename T>
 void conv2d_im2col_weight_gradient(const T *grad_y, const T *x, T *grad_w, const ConvShape &g,
                                    int threads);
+// small_channels.cpp: few channels per group; the input gradient of stride 1 only.
+template <typename T>
+void conv2d_small_channels(const T *x, const T *w, const T *bias, T *y, const ConvShape &g,
+                           int threads);
+template <typename T>
+void conv2d_small_channels_input_gradient(const T *grad_y, const T *w, T *grad_x,
+                                          const ConvShape &g, int threads);
+template <typename T>
+void conv2d_small_channels_weight_gradient(const T *grad_y, const T *x, T *grad_w,
+                                           const ConvShape &g, int threads);
 template <typename T>
 void conv2d_bias_gradient(const T *grad_y, T *grad_bias, const ConvShape &g, int threads);
 // pool2d.cpp (T = float or double; NCHW planes, y of P x Q per plane; indices: int64 flat

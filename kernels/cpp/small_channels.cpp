@@ -1,0 +1,396 @@
+// Convolution with few input channels per group (LeNet c1, CIFAR stems, depthwise), as
+// the Numba backend's small_channels.py: forward, input gradient (stride 1: the forward
+// pass over grad_y with the flipped, transposed weight) and weight gradient.
+//
+// Per task (one image, one group, one block of output rows) the input rows the block needs
+// are copied into a small buffer (the stage), zero-padded and split into stride phases, so
+// that every tap t = (c, r, s) reads one contiguous run: output position j = i * width + q
+// of the block reads stage[offsets[t] + j]. No padded copy of x is made and no tap tests
+// bounds; the columns q >= Q of each row ((S - 1) * dilation / stride of them) are computed
+// and dropped. Without padding and with stride 1 the stage would be x's own rows, and the
+// taps read x in place.
+//
+// Forward: per NR positions of the block and up to MR output channels, every tap
+// accumulates in registers (per tap NV vector loads for MR x NV FMAs), then the tile goes to
+// y: x is read about once, y written once. Weight gradient: grad_w[k, t] is the dot product
+// of grad_y's rows (staged to the same width, zero in the dropped columns) with tap t's run,
+// 4 channels x 4 taps per sweep (1 x 8 with one output channel a group). Its sums go by
+// fixed runs of tasks (in the vector's lanes, then in double), then the runs in order: the
+// same result on every run and thread count.
+#include <vector>
+
+#include "kernels.hpp"
+#include "vector.hpp"
+
+namespace fastcnn {
+namespace {
+
+constexpr index_t BLOCK = 1536;  // output positions per block: stage and tile stay in L1
+constexpr int MR = 6;            // output channels per register tile
+constexpr index_t RUNS = 16;     // runs of tasks the weight gradient sums separately
+
+// The staged layout of one geometry.
+struct Plan {
+    index_t width, rows, height, stage, taps;
+    std::vector<index_t> offsets;    // tap t's run in the stage
+    std::vector<index_t> x_offsets;  // and in x, when the taps read x in place
+    index_t reach;                   // the largest x offset (0 without taps)
+    bool in_place;
+
+    explicit Plan(const ConvShape &g) {
+        const index_t Cg = g.C / g.G;
+        width = g.Q + (g.S - 1) * g.dw / g.sw;
+        rows = std::max<index_t>(1, std::min(g.P, BLOCK / std::max<index_t>(1, width)));
+        height = rows + (g.R - 1) * g.dh / g.sh;
+        stage = Cg * g.sh * g.sw * height * width;
+        taps = Cg * g.R * g.S;
+        offsets.reserve(std::size_t(taps));
+        x_offsets.reserve(std::size_t(taps));
+        for (index_t c = 0; c < Cg; ++c)
+            for (index_t r = 0; r < g.R; ++r)
+                for (index_t s = 0; s < g.S; ++s) {
+                    const index_t rr = r * g.dh, ss = s * g.dw;
+                    offsets.push_back((((c * g.sh + rr % g.sh) * g.sw + ss % g.sw) * height +
+                                       rr / g.sh) * width +
+                                      ss / g.sw);
+                    x_offsets.push_back((c * g.H + rr) * g.W + ss);
+                }
+        reach = taps > 0 ? x_offsets.back() : 0;
+        // Every side counts: "same" with an even kernel pads only the bottom / right, and in
+        // place the last rows would read the next plane instead of zeros.
+        in_place = g.sh == 1 && g.sw == 1 && g.ph == 0 && g.pw == 0 &&
+                   g.P + (g.R - 1) * g.dh == g.H && g.Q + (g.S - 1) * g.dw == g.W;
+    }
+
+    index_t blocks(const ConvShape &g) const { return (g.P + rows - 1) / rows; }
+};
+
+// This thread's buffer `which`, at least `size` elements, kept between calls.
+template <typename T> T *scratch(int which, std::size_t size) {
+    thread_local std::vector<T> buffers[3];
+    if (buffers[which].size() < size)
+        buffers[which].resize(size);
+    return buffers[which].data();
+}
+
+// stage[((c sh + a) sw + b) height width + i width + j] =
+// input[c, (p0 + i) sh + a - ph, j sw + b - pw], 0 outside; input is the group's first plane.
+template <typename T>
+FASTCNN_SIMD void stage_rows(const T *input, const ConvShape &g, const Plan &p,
+                                              index_t p0, T *stage) {
+    const index_t Cg = g.C / g.G, plane = p.height * p.width, width = p.width;
+    for (index_t c = 0; c < Cg; ++c)
+        for (index_t a = 0; a < g.sh; ++a)
+            for (index_t i = 0; i < p.height; ++i) {
+                const index_t h = (p0 + i) * g.sh + a - g.ph;
+                for (index_t b = 0; b < g.sw; ++b) {
+                    T *out = stage + ((c * g.sh + a) * g.sw + b) * plane + i * width;
+                    if (h < 0 || h >= g.H) {
+                        for (index_t j = 0; j < width; ++j)
+                            out[j] = T(0);
+                        continue;
+                    }
+                    // out[j] = row[j sw + shift] where 0 <= j sw + shift < W
+                    const T *row = input + (c * g.H + h) * g.W;
+                    const index_t shift = b - g.pw;
+                    const index_t lo = std::min(shift >= 0 ? 0 : (-shift + g.sw - 1) / g.sw, width);
+                    const index_t last = g.W - 1 - shift;
+                    const index_t hi = std::clamp(last < 0 ? 0 : last / g.sw + 1, lo, width);
+                    for (index_t j = 0; j < lo; ++j)
+                        out[j] = T(0);
+                    if (g.sw == 1) {
+                        const T *in = row + shift;
+                        for (index_t j = lo; j < hi; ++j)
+                            out[j] = in[j];
+                    } else {
+                        for (index_t j = lo; j < hi; ++j)
+                            out[j] = row[j * g.sw + shift];
+                    }
+                    for (index_t j = hi; j < width; ++j)
+                        out[j] = T(0);
+                }
+            }
+}
+
+// tile[i][0 .. NR) = sum over t of a[t M + i] * data[offsets[t] + j0 ..] (+ bias[i]), i < M.
+template <typename T, int M, int NV>
+[[gnu::always_inline]] inline void tap_tile(const T *a, const T *data, const index_t *offsets,
+                                            index_t taps, index_t j0, const T *bias, T *tile) {
+    using V = typename Vector<T>::type;
+    using U = typename Vector<T>::unaligned;
+    constexpr int L = int(sizeof(V) / sizeof(T));
+    V acc[M][NV] = {};
+    const T *base = data + j0;
+    for (index_t t = 0; t < taps; ++t) {
+        const T *b = base + offsets[t];
+        V bv[NV];
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v)
+            bv[v] = *reinterpret_cast<const U *>(b + v * L);
+#pragma GCC unroll 8
+        for (int i = 0; i < M; ++i) {
+            const V av = a[t * M + i] - V{};  // a broadcast (x - 0 keeps -0.0 and NaN)
+#pragma GCC unroll 4
+            for (int v = 0; v < NV; ++v)
+                acc[i][v] += av * bv[v];
+        }
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < M; ++i) {
+        const T start = bias ? bias[i] : T(0);  // (no + 0 without a bias: it would turn -0 to 0)
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v)
+            *reinterpret_cast<U *>(tile + (i * NV + v) * L) = bias ? acc[i][v] + start : acc[i][v];
+    }
+}
+
+// Output channels k .. k + M of one block: NR positions at a time, every tap into the
+// register tile, then the tile's real columns to y (out: channel k's first row of the block).
+// One function per M and clone: inlined together into one loop, GCC kept half of the
+// accumulators on the stack.
+template <typename T, int M, int NV>
+__attribute__((noinline)) FASTCNN_SIMD void panel_block(const T *a, const T *data,
+                                                        const index_t *offsets, index_t taps,
+                                                        index_t used, const T *bias, T *out,
+                                                        index_t PQ, index_t Q, index_t width) {
+    constexpr index_t NR = NV * index_t(64 / sizeof(T));
+    alignas(64) T tile[M * NR];
+    for (index_t j0 = 0; j0 < used; j0 += NR) {
+        tap_tile<T, M, NV>(a, data, offsets, taps, j0, bias, tile);
+        const index_t count = std::min(NR, used - j0);
+        for (index_t i = j0 / width; i <= (j0 + count - 1) / width; ++i) {
+            const index_t q_lo = std::max<index_t>(0, j0 - i * width);
+            const index_t q_hi = std::min(Q, j0 + count - i * width);
+            for (index_t kk = 0; kk < M; ++kk) {
+                T *row = out + kk * PQ + i * Q;
+                const T *in = tile + kk * NR + i * width - j0;
+                for (index_t q = q_lo; q < q_hi; ++q)
+                    row[q] = in[q];
+            }
+        }
+    }
+}
+
+// One task of the forward pass: image n, group `group`, output rows [p0, p0 + rows).
+// panels: per group, Kg channels in panels of MR (the last narrower), each taps x m.
+template <typename T, int NV>
+void forward_task(const T *x, index_t x_size, const T *panels, const T *bias, T *y,
+                  const ConvShape &g, const Plan &p, index_t task) {
+    constexpr index_t NR = NV * index_t(64 / sizeof(T));
+    const index_t Cg = g.C / g.G, Kg = g.K / g.G, blocks = p.blocks(g);
+    const index_t n = task / (g.G * blocks), group = task / blocks % g.G;
+    const index_t p0 = task % blocks * p.rows, rows = std::min(p.rows, g.P - p0);
+    const index_t used = (rows - 1) * p.width + g.Q;
+    const T *input = x + (n * g.C + group * Cg) * g.H * g.W;
+    // The last tile reads NR positions from its start: past x's end only near it.
+    const T *data = input + p0 * g.W;
+    const index_t *offsets = p.x_offsets.data();
+    const index_t end = (data - x) + (used + NR - 1) / NR * NR + p.reach;
+    if (!p.in_place || end > x_size) {
+        T *stage = scratch<T>(0, std::size_t(p.stage + NR));
+        for (index_t j = p.stage; j < p.stage + NR; ++j)
+            stage[j] = T(0);
+        stage_rows(input, g, p, p0, stage);
+        data = stage;
+        offsets = p.offsets.data();
+    }
+    for (index_t k0 = 0; k0 < Kg; k0 += MR) {
+        const index_t m = std::min<index_t>(MR, Kg - k0), k = group * Kg + k0;
+        const T *a = panels + k * p.taps, *b = bias ? bias + k : nullptr;
+        T *out = y + ((n * g.K + k) * g.P + p0) * g.Q;
+        using Kernel = decltype(&panel_block<T, 1, NV>);
+        static constexpr Kernel kernels[MR] = {
+            panel_block<T, 1, NV>, panel_block<T, 2, NV>, panel_block<T, 3, NV>,
+            panel_block<T, 4, NV>, panel_block<T, 5, NV>, panel_block<T, 6, NV>};
+        kernels[m - 1](a, data, offsets, p.taps, used, b, out, g.P * g.Q, g.Q, p.width);
+    }
+}
+
+// panels[k0 taps + t m + i] = weight(k0 + i, t) for each panel of channels k0 .. k0 + m:
+// MR channels, fewer in the last panel of a group.
+template <typename T, typename Weight>
+void pack_panels(index_t K, index_t Kg, index_t taps, Weight weight, T *panels) {
+    index_t m = 0;
+    for (index_t k0 = 0; k0 < K; k0 += m) {
+        m = std::min<index_t>(MR, (k0 / Kg + 1) * Kg - k0);
+        T *panel = panels + k0 * taps;
+        for (index_t t = 0; t < taps; ++t)
+            for (index_t i = 0; i < m; ++i)
+                panel[t * m + i] = weight(k0 + i, t);
+    }
+}
+
+template <typename T>
+void forward_tasks(const T *x, const T *panels, const T *bias, T *y, const ConvShape &g,
+                   int threads) {
+    const Plan p(g);
+    const index_t tasks = g.N * g.G * p.blocks(g), x_size = g.N * g.C * g.H * g.W;
+    if (g.P == 0 || g.Q == 0)
+        return;
+    const bool wide = wide_registers();
+    parallel_for(tasks, 1, threads, [&](index_t begin, index_t end) {
+        for (index_t task = begin; task < end; ++task) {
+            if (wide)
+                forward_task<T, 2>(x, x_size, panels, bias, y, g, p, task);
+            else
+                forward_task<T, 1>(x, x_size, panels, bias, y, g, p, task);
+        }
+    });
+}
+
+// lanes[a][b] += the lane-wise sums over j < count of grads[a][j] data[offsets[b] + j], for
+// the A rows of grads and B taps (count a multiple of the vector length, `live` x `taps` of
+// the tile stored). The lanes are summed once per run: per task they would cost as much as
+// the products when the block is small (LeNet c2: 136 positions).
+template <typename T, int A, int B>
+[[gnu::always_inline]] inline void dots(const T *const *grads, const T *data,
+                                        const index_t *offsets, index_t count, T *lanes,
+                                        index_t lane_row, index_t live, index_t taps) {
+    using V = typename Vector<T>::type;
+    using U = typename Vector<T>::unaligned;
+    constexpr int L = int(sizeof(V) / sizeof(T));
+    V acc[A][B] = {};
+    for (index_t j = 0; j < count; j += L) {
+        V gv[A], sv[B];
+#pragma GCC unroll 8
+        for (int a = 0; a < A; ++a)
+            gv[a] = *reinterpret_cast<const U *>(grads[a] + j);
+#pragma GCC unroll 8
+        for (int b = 0; b < B; ++b)
+            sv[b] = *reinterpret_cast<const U *>(data + offsets[b] + j);
+#pragma GCC unroll 8
+        for (int a = 0; a < A; ++a)
+#pragma GCC unroll 8
+            for (int b = 0; b < B; ++b)
+                acc[a][b] += gv[a] * sv[b];
+    }
+    for (index_t a = 0; a < live; ++a)
+        for (index_t b = 0; b < taps; ++b)
+            *reinterpret_cast<U *>(lanes + a * lane_row + b * L) += acc[a][b];
+}
+
+// One task of the weight gradient, added into lanes ((K x taps) x the vector length).
+template <typename T, int A, int B>
+FASTCNN_SIMD void weight_gradient_task(const T *grad_y, const T *x, index_t x_size,
+                                       const ConvShape &g, const Plan &p, index_t task,
+                                       T *lanes) {
+    constexpr index_t L = 64 / sizeof(T);
+    const index_t Cg = g.C / g.G, Kg = g.K / g.G, blocks = p.blocks(g);
+    const index_t n = task / (g.G * blocks), group = task / blocks % g.G;
+    const index_t p0 = task % blocks * p.rows, rows = std::min(p.rows, g.P - p0);
+    const index_t used = (rows - 1) * p.width + g.Q, count = (used + L - 1) / L * L;
+    const T *input = x + (n * g.C + group * Cg) * g.H * g.W;
+    const T *data = input + p0 * g.W;
+    const index_t *offsets = p.x_offsets.data();
+    if (!p.in_place || (data - x) + count + p.reach > x_size) {
+        T *stage = scratch<T>(0, std::size_t(p.stage + L));
+        for (index_t j = p.stage; j < p.stage + L; ++j)
+            stage[j] = T(0);
+        stage_rows(input, g, p, p0, stage);
+        data = stage;
+        offsets = p.offsets.data();
+    }
+    // grad_y's rows at the block's width, zero in the dropped columns and past `used`.
+    T *grads = scratch<T>(1, std::size_t(Kg * count));
+    for (index_t kk = 0; kk < Kg; ++kk) {
+        T *row = grads + kk * count;
+        const T *in = grad_y + ((n * g.K + group * Kg + kk) * g.P + p0) * g.Q;
+        for (index_t j = 0; j < count; ++j)
+            row[j] = T(0);
+        for (index_t i = 0; i < rows; ++i)
+            for (index_t q = 0; q < g.Q; ++q)
+                row[i * p.width + q] = in[i * g.Q + q];
+    }
+    // Edge tiles repeat the last channel or tap; the repeats are not stored.
+    for (index_t k0 = 0; k0 < Kg; k0 += A) {
+        const T *rows_of[A];
+        for (int a = 0; a < A; ++a)
+            rows_of[a] = grads + std::min<index_t>(k0 + a, Kg - 1) * count;
+        for (index_t t0 = 0; t0 < p.taps; t0 += B) {
+            index_t taps[B];
+            for (int b = 0; b < B; ++b)
+                taps[b] = offsets[std::min<index_t>(t0 + b, p.taps - 1)];
+            T *out = lanes + ((group * Kg + k0) * p.taps + t0) * L;
+            dots<T, A, B>(rows_of, data, taps, count, out, p.taps * L,
+                          std::min<index_t>(A, Kg - k0), std::min<index_t>(B, p.taps - t0));
+        }
+    }
+}
+
+}  // namespace
+
+template <typename T>
+void conv2d_small_channels(const T *x, const T *w, const T *bias, T *y, const ConvShape &g,
+                           int threads) {
+    const index_t taps = (g.C / g.G) * g.R * g.S;
+    std::vector<T> panels(std::size_t(g.K * taps));
+    pack_panels<T>(g.K, g.K / g.G, taps, [&](index_t k, index_t t) { return w[k * taps + t]; },
+                   panels.data());
+    forward_tasks(x, panels.data(), bias, y, g, threads);
+}
+
+template <typename T>
+void conv2d_small_channels_input_gradient(const T *grad_y, const T *w, T *grad_x,
+                                          const ConvShape &g, int threads) {
+    // grad_x = conv2d(grad_y, w') with w'[c, k, r, s] = w[k, c, R-1-r, S-1-s] per group,
+    // stride 1, padding (R - 1) dilation - pad (negative: a crop), output H x W.
+    const ConvShape t{g.N, g.K, g.P, g.Q, g.C, g.R, g.S, g.H, g.W, 1, 1,
+                      (g.R - 1) * g.dh - g.ph, (g.S - 1) * g.dw - g.pw, g.dh, g.dw, g.G};
+    const index_t Cg = g.C / g.G, Kg = g.K / g.G, RS = g.R * g.S, taps = Kg * RS;
+    std::vector<T> panels(std::size_t(g.C * taps));
+    auto flipped = [&](index_t c, index_t tap) {
+        const index_t group = c / Cg, k = group * Kg + tap / RS, rs = tap % RS;
+        return w[(k * Cg + c % Cg) * RS + RS - 1 - rs];
+    };
+    pack_panels<T>(g.C, Cg, taps, flipped, panels.data());
+    forward_tasks(grad_y, panels.data(), static_cast<const T *>(nullptr), grad_x, t, threads);
+}
+
+template <typename T>
+void conv2d_small_channels_weight_gradient(const T *grad_y, const T *x, T *grad_w,
+                                           const ConvShape &g, int threads) {
+    const Plan p(g);
+    const index_t size = g.K * p.taps, tasks = g.N * g.G * p.blocks(g);
+    const index_t runs = std::min(RUNS, tasks), x_size = g.N * g.C * g.H * g.W;
+    constexpr index_t L = 64 / sizeof(T);
+    std::vector<double> sums(std::size_t(std::max<index_t>(runs, 1) * size), 0.0);
+    const bool wide = wide_registers();
+    if (g.P > 0 && g.Q > 0)
+        parallel_for(runs, 1, threads, [&](index_t begin, index_t end) {
+            T *lanes = scratch<T>(2, std::size_t(size * L));
+            for (index_t run = begin; run < end; ++run) {
+                for (index_t i = 0; i < size * L; ++i)
+                    lanes[i] = T(0);
+                for (index_t task = run * tasks / runs; task < (run + 1) * tasks / runs; ++task) {
+                    if (g.K == g.G)  // one output channel a group (depthwise): taps wide
+                        weight_gradient_task<T, 1, 8>(grad_y, x, x_size, g, p, task, lanes);
+                    else if (wide)
+                        weight_gradient_task<T, 4, 4>(grad_y, x, x_size, g, p, task, lanes);
+                    else
+                        weight_gradient_task<T, 2, 2>(grad_y, x, x_size, g, p, task, lanes);
+                }
+                double *out = sums.data() + run * size;
+                for (index_t i = 0; i < size; ++i)
+                    for (index_t l = 0; l < L; ++l)
+                        out[i] += double(lanes[i * L + l]);
+            }
+        });
+    for (index_t i = 0; i < size; ++i) {
+        double total = 0.0;
+        for (index_t run = 0; run < runs; ++run)
+            total += sums[std::size_t(run * size + i)];
+        grad_w[i] = T(total);
+    }
+}
+
+#define FASTCNN_SMALL_CHANNELS(T)                                                               \
+    template void conv2d_small_channels<T>(const T *, const T *, const T *, T *,               \
+                                           const ConvShape &, int);                            \
+    template void conv2d_small_channels_input_gradient<T>(const T *, const T *, T *,           \
+                                                          const ConvShape &, int);             \
+    template void conv2d_small_channels_weight_gradient<T>(const T *, const T *, T *,          \
+                                                           const ConvShape &, int);
+FASTCNN_SMALL_CHANNELS(float)
+FASTCNN_SMALL_CHANNELS(double)
+
+}  // namespace fastcnn
