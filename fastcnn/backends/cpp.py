@@ -306,6 +306,7 @@ _census.declare(
     "cpp",
     "max_pool2d.2x2",
     "max_pool2d.2x2_indices",
+    "max_pool2d.2x2_indices_short_rows",
     "max_pool2d.separable",
     "max_pool2d.taps_indices",
     "max_pool2d_backward.2x2",
@@ -365,6 +366,8 @@ def max_pool2d(x, y, indices, g: PoolGeometry) -> None:
         _max_pool[kernel][x.dtype](x.reshape(-1), y.reshape(-1), _pool_ints(g), _pool_threads(g))
     else:
         path, kernel = ("2x2_indices", "2x2_indices") if window else ("taps_indices", "indices")
+        if window and g.Q < _cpp.POOL_SHORT_ROW:  # rows shorter than a chunk: across rows
+            path = "2x2_indices_short_rows"
         _census.record("cpp", f"max_pool2d.{path}")
         _max_pool[kernel][x.dtype](
             x.reshape(-1), y.reshape(-1), indices.reshape(-1), _pool_ints(g), _pool_threads(g)

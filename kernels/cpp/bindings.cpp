@@ -507,6 +507,7 @@ NB_MODULE(_cpp, m) {
     bind_conv2d<float>(m, "float32");
     bind_conv2d<double>(m, "float64");
     m.attr("POOL_CHUNK") = fastcnn::POOL_CHUNK;
+    m.attr("POOL_SHORT_ROW") = fastcnn::POOL_SHORT_ROW;
     bind_pool2d<float>(m, "float32");
     bind_pool2d<double>(m, "float64");
     m.attr("SOFTMAX_BLOCK") = fastcnn::SOFTMAX_BLOCK;

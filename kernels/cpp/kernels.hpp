@@ -61,6 +61,8 @@ void conv2d_bias_gradient(const T *grad_y, T *grad_bias, const ConvShape &g, int
 // positions in the H x W plane, -1 for a window wholly in the padding). Pieces of about
 // POOL_CHUNK input elements (whole planes) run on one thread: small inputs start no pool.
 constexpr index_t POOL_CHUNK = index_t(1) << 15;
+// The 2x2 pools with indices take rows of fewer outputs than this a chunk across rows.
+constexpr index_t POOL_SHORT_ROW = 16;
 struct PoolGeometry {
     index_t planes, H, W, P, Q, R, S, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w;
 };
