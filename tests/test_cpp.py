@@ -3,6 +3,7 @@ strict about its arrays, and open about the SIMD code it runs."""
 
 from __future__ import annotations
 
+import itertools
 import threading
 
 import numpy as np
@@ -152,3 +153,33 @@ def test_convolutions_are_bitwise_the_same_on_any_thread_count(algo, x_shape, w_
             if algo == "im2col" and index == 2:
                 continue
             np.testing.assert_array_equal(first, second)
+
+
+def test_the_strided_input_gradient_by_stride_phases_matches_the_reference():
+    """small_channels takes a strided input gradient as one stride-1 convolution of grad_y
+    per phase of grad_x, over the taps that reach it: every stride, dilation, padding and
+    group count, phases no tap reaches (1x1 / 2) and taps that skip phases (dilation 2)."""
+    rng = np.random.default_rng(3)
+    checked = 0
+    for (C, K, G), (R, S), stride, dilation, padding in itertools.product(
+        ((4, 4, 4), (3, 6, 1), (2, 4, 2)),
+        ((3, 3), (1, 1), (2, 3), (5, 4)),
+        ((2, 2), (3, 1), (2, 3)),
+        ((1, 1), (2, 1), (2, 3)),
+        ((0, 0), (1, 2)),
+    ):
+        x = rng.standard_normal((2, C, 13, 11))
+        w = rng.standard_normal((K, C // G, R, S))
+        params = {"stride": stride, "dilation": dilation, "padding": padding, "groups": G}
+        try:
+            y = F.conv2d(x, w, **params, backend="reference")
+        except ValueError:  # the padded input smaller than the dilated kernel
+            continue
+        grad_y = rng.standard_normal(y.shape)
+        expected = F.conv2d_backward(grad_y, x, w, **params, backend="reference")[0]
+        actual = F.conv2d_backward(
+            grad_y, x, w, **params, algo=("small_channels", "direct"), backend="cpp"
+        )[0]
+        np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-12 * np.abs(expected).max())
+        checked += 1
+    assert checked > 150

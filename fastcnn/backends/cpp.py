@@ -112,7 +112,7 @@ def _by_forward(g: ConvGeometry, direction: str) -> bool:
 CONV2D_TAKES: dict[str, Callable[[ConvGeometry, str], bool]] = {
     "direct": _every_case,
     "im2col": _every_case,
-    "small_channels": _by_forward,
+    "small_channels": _every_case,
 }
 CONV2D_ALGORITHMS = tuple(CONV2D_TAKES)
 _census.declare(
@@ -120,6 +120,7 @@ _census.declare(
     *(f"conv2d.{a}.{d}" for a in CONV2D_ALGORITHMS for d in CONV2D_DIRECTIONS),
     "conv2d.im2col.pointwise",
     "conv2d.small_channels.weight_gradient.nonfinite_retry",
+    "conv2d.small_channels.input_gradient.phases",
 )
 
 
@@ -153,6 +154,8 @@ def _conv2d_algorithm(name: str):
         _census.record("cpp", f"conv2d.{name}.{direction}")
         if name == "im2col" and _pointwise(g):
             _census.record("cpp", "conv2d.im2col.pointwise")
+        if name == "small_channels" and direction == "input_gradient" and not _unit_stride(g):
+            _census.record("cpp", "conv2d.small_channels.input_gradient.phases")
 
     def forward(x, weight, bias, y, g: ConvGeometry) -> None:
         record("forward", g)
@@ -243,14 +246,25 @@ _SMALL: _Candidate = (
     _few_channels,
     f"<= {SMALL_CHANNELS} channels per group, <= {SMALL_CHANNELS_TAPS} taps",
 )
-_SMALL_STRIDE_1: _Candidate = (
+
+
+def _few_channels_input_gradient(g: ConvGeometry) -> bool:
+    """Stride 1 as the forward pass; a strided input gradient is one convolution of grad_y
+    per stride phase, over its Kg channels a group: few of those (depthwise)."""
+    if _unit_stride(g):
+        return _few_channels(g)
+    Kg = g.K // g.groups
+    return Kg <= SMALL_CHANNELS and Kg * g.R * g.S <= SMALL_CHANNELS_TAPS
+
+
+_SMALL_INPUT_GRADIENT: _Candidate = (
     "small_channels",
-    lambda g: _few_channels(g) and _unit_stride(g),
-    f"stride 1, <= {SMALL_CHANNELS} channels per group, <= {SMALL_CHANNELS_TAPS} taps",
+    _few_channels_input_gradient,
+    f"<= {SMALL_CHANNELS} channels per group and {SMALL_CHANNELS_TAPS} taps (strided: of grad_y's)",
 )
 CONV2D_CANDIDATES: dict[str, tuple[_Candidate, ...]] = {
     "forward": (_SMALL, _IM2COL, _DIRECT),
-    "input_gradient": (_SMALL_STRIDE_1, _IM2COL, _DIRECT),
+    "input_gradient": (_SMALL_INPUT_GRADIENT, _IM2COL, _DIRECT),
     "weight_gradient": (_SMALL, _IM2COL, _DIRECT),
 }
 

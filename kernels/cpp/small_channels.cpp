@@ -65,9 +65,17 @@ struct Plan {
     index_t blocks(const ConvShape &g) const { return (g.P + rows - 1) / rows; }
 };
 
+// Where the forward pass writes: y[n, k, p, q] at data + (n K + k) plane + p row + q column.
+// A plain output is (P Q, Q, 1); one stride phase (a, b) of a strided input gradient writes
+// every sh-th row and sw-th column of grad_x: (H W, sh W, sw), from a W + b.
+template <typename T> struct Output {
+    T *data;
+    index_t plane, row, column;
+};
+
 // This thread's buffer `which`, at least `size` elements, kept between calls.
 template <typename T> T *scratch(int which, std::size_t size) {
-    thread_local std::vector<T> buffers[3];
+    thread_local std::vector<T> buffers[4];
     if (buffers[which].size() < size)
         buffers[which].resize(size);
     return buffers[which].data();
@@ -151,8 +159,9 @@ template <typename T, int M, int NV>
 template <typename T, int M, int NV>
 __attribute__((noinline)) FASTCNN_SIMD void panel_block(const T *a, const T *data,
                                                         const index_t *offsets, index_t taps,
-                                                        index_t used, const T *bias, T *out,
-                                                        index_t PQ, index_t Q, index_t width) {
+                                                        index_t used, const T *bias,
+                                                        Output<T> out, index_t Q,
+                                                        index_t width) {
     constexpr index_t NR = NV * index_t(64 / sizeof(T));
     alignas(64) T tile[M * NR];
     for (index_t j0 = 0; j0 < used; j0 += NR) {
@@ -162,10 +171,14 @@ __attribute__((noinline)) FASTCNN_SIMD void panel_block(const T *a, const T *dat
             const index_t q_lo = std::max<index_t>(0, j0 - i * width);
             const index_t q_hi = std::min(Q, j0 + count - i * width);
             for (index_t kk = 0; kk < M; ++kk) {
-                T *row = out + kk * PQ + i * Q;
+                T *row = out.data + kk * out.plane + i * out.row;
                 const T *in = tile + kk * NR + i * width - j0;
-                for (index_t q = q_lo; q < q_hi; ++q)
-                    row[q] = in[q];
+                if (out.column == 1)
+                    for (index_t q = q_lo; q < q_hi; ++q)
+                        row[q] = in[q];
+                else
+                    for (index_t q = q_lo; q < q_hi; ++q)
+                        row[q * out.column] = in[q];
             }
         }
     }
@@ -174,7 +187,7 @@ __attribute__((noinline)) FASTCNN_SIMD void panel_block(const T *a, const T *dat
 // One task of the forward pass: image n, group `group`, output rows [p0, p0 + rows).
 // panels: per group, Kg channels in panels of MR (the last narrower), each taps x m.
 template <typename T, int NV>
-void forward_task(const T *x, index_t x_size, const T *panels, const T *bias, T *y,
+void forward_task(const T *x, index_t x_size, const T *panels, const T *bias, Output<T> y,
                   const ConvShape &g, const Plan &p, index_t task) {
     constexpr index_t NR = NV * index_t(64 / sizeof(T));
     const index_t Cg = g.C / g.G, Kg = g.K / g.G, blocks = p.blocks(g);
@@ -197,12 +210,13 @@ void forward_task(const T *x, index_t x_size, const T *panels, const T *bias, T 
     for (index_t k0 = 0; k0 < Kg; k0 += MR) {
         const index_t m = std::min<index_t>(MR, Kg - k0), k = group * Kg + k0;
         const T *a = panels + k * p.taps, *b = bias ? bias + k : nullptr;
-        T *out = y + ((n * g.K + k) * g.P + p0) * g.Q;
+        Output<T> out = y;
+        out.data += (n * g.K + k) * y.plane + p0 * y.row;
         using Kernel = decltype(&panel_block<T, 1, NV>);
         static constexpr Kernel kernels[MR] = {
             panel_block<T, 1, NV>, panel_block<T, 2, NV>, panel_block<T, 3, NV>,
             panel_block<T, 4, NV>, panel_block<T, 5, NV>, panel_block<T, 6, NV>};
-        kernels[m - 1](a, data, offsets, p.taps, used, b, out, g.P * g.Q, g.Q, p.width);
+        kernels[m - 1](a, data, offsets, p.taps, used, b, out, g.Q, p.width);
     }
 }
 
@@ -221,7 +235,7 @@ void pack_panels(index_t K, index_t Kg, index_t taps, Weight weight, T *panels) 
 }
 
 template <typename T>
-void forward_tasks(const T *x, const T *panels, const T *bias, T *y, const ConvShape &g,
+void forward_tasks(const T *x, const T *panels, const T *bias, Output<T> y, const ConvShape &g,
                    int threads) {
     const Plan p(g);
     const index_t tasks = g.N * g.G * p.blocks(g), x_size = g.N * g.C * g.H * g.W;
@@ -326,24 +340,125 @@ void conv2d_small_channels(const T *x, const T *w, const T *bias, T *y, const Co
     std::vector<T> panels(std::size_t(g.K * taps));
     pack_panels<T>(g.K, g.K / g.G, taps, [&](index_t k, index_t t) { return w[k * taps + t]; },
                    panels.data());
-    forward_tasks(x, panels.data(), bias, y, g, threads);
+    forward_tasks(x, panels.data(), bias, Output<T>{y, g.P * g.Q, g.Q, 1}, g, threads);
+}
+
+// The taps of one dimension that reach input phase `a` (positions a, a + stride, ...) of a
+// strided convolution, as a stride-1 convolution of grad_y: tap j (0 <= j < count) is the
+// forward's tap first - j step, reading grad_y at i - pad + j dilation for phase position i.
+struct PhaseTaps {
+    index_t count = 0, first = 0, step = 1, pad = 0, dilation = 1;
+};
+
+inline PhaseTaps phase_taps(index_t a, index_t taps, index_t stride, index_t pad,
+                            index_t dilation) {
+    // Tap r reaches phase position i when a + pad - r dilation = (p - i) stride for an
+    // output p: grad_y's row i + e_r, e_r = (a + pad - r dilation) / stride.
+    PhaseTaps t;
+    index_t r0 = 0;
+    while (r0 < taps && (a + pad - r0 * dilation) % stride != 0)
+        ++r0;
+    if (r0 == taps)
+        return t;
+    index_t step = 1;
+    while ((step * dilation) % stride != 0)
+        ++step;
+    t.count = (taps - 1 - r0) / step + 1;
+    t.step = step;
+    t.first = r0 + (t.count - 1) * step;       // flipped: tap j is r = first - j step
+    t.dilation = step * dilation / stride;     // e_r falls by this from one tap to the next
+    const index_t e_first = (a + pad - t.first * dilation) / stride;
+    t.pad = -e_first;  // tap 0 reads grad_y at i + e_first
+    return t;
+}
+
+// grad_x's rows and columns from its stride phases, each (planes, rows, cols) contiguous in
+// `phases` from phase_start[a sw + b]; one plane a call.
+template <typename T>
+FASTCNN_SIMD void merge_phases(const T *phases, const index_t *phase_start, T *grad_x,
+                               const ConvShape &g, index_t plane) {
+    for (index_t ih = 0; ih < g.H; ++ih) {
+        const index_t a = ih % g.sh, i = ih / g.sh, rows = (g.H - a + g.sh - 1) / g.sh;
+        T *out = grad_x + (plane * g.H + ih) * g.W;
+        for (index_t b = 0; b < g.sw; ++b) {
+            const index_t cols = (g.W - b + g.sw - 1) / g.sw;
+            const T *in = phases + phase_start[a * g.sw + b] + (plane * rows + i) * cols;
+            if (g.sw == 1) {
+                for (index_t j = 0; j < cols; ++j)
+                    out[j] = in[j];
+            } else if (g.sw == 2 && b == 0) {  // both phases in one loop: interleaving stores
+                const T *odd = phases + phase_start[a * g.sw + 1] + (plane * rows + i) * (g.W / 2);
+                for (index_t j = 0; j < g.W / 2; ++j) {
+                    out[2 * j] = in[j];
+                    out[2 * j + 1] = odd[j];
+                }
+                if (g.W % 2)
+                    out[g.W - 1] = in[g.W / 2];
+                break;
+            } else {
+                for (index_t j = 0; j < cols; ++j)
+                    out[j * g.sw + b] = in[j];
+            }
+        }
+    }
 }
 
 template <typename T>
 void conv2d_small_channels_input_gradient(const T *grad_y, const T *w, T *grad_x,
                                           const ConvShape &g, int threads) {
-    // grad_x = conv2d(grad_y, w') with w'[c, k, r, s] = w[k, c, R-1-r, S-1-s] per group,
-    // stride 1, padding (R - 1) dilation - pad (negative: a crop), output H x W.
-    const ConvShape t{g.N, g.K, g.P, g.Q, g.C, g.R, g.S, g.H, g.W, 1, 1,
-                      (g.R - 1) * g.dh - g.ph, (g.S - 1) * g.dw - g.pw, g.dh, g.dw, g.G};
-    const index_t Cg = g.C / g.G, Kg = g.K / g.G, RS = g.R * g.S, taps = Kg * RS;
-    std::vector<T> panels(std::size_t(g.C * taps));
-    auto flipped = [&](index_t c, index_t tap) {
-        const index_t group = c / Cg, k = group * Kg + tap / RS, rs = tap % RS;
-        return w[(k * Cg + c % Cg) * RS + RS - 1 - rs];
-    };
-    pack_panels<T>(g.C, Cg, taps, flipped, panels.data());
-    forward_tasks(grad_y, panels.data(), static_cast<const T *>(nullptr), grad_x, t, threads);
+    // Per stride phase (a, b) of grad_x (every input position with ih % sh = a, iw % sw =
+    // b), grad_x there = conv2d(grad_y, w') over the taps that reach it, with
+    // w'[c, k, j, l] = w[k, c, r_j, s_l] (flipped) per group: a stride-1 convolution, the
+    // forward pass of this file. Stride 1 is the one phase, padding (R - 1) dilation - pad
+    // (negative: a crop), written to grad_x directly. Strided, the phases go to a buffer of
+    // grad_x's size, then are merged: written to grad_x in place, every sw-th element a
+    // scalar store, they cost twice the convolution (MobileNet's 3x3/2 depthwise).
+    // A phase no tap reaches is zero.
+    const index_t Cg = g.C / g.G, Kg = g.K / g.G, RS = g.R * g.S;
+    const bool strided = g.sh > 1 || g.sw > 1;
+    std::vector<index_t> phase_start(std::size_t(g.sh * g.sw) + 1, 0);
+    for (index_t a = 0; a < g.sh; ++a)
+        for (index_t b = 0; b < g.sw; ++b) {
+            const index_t rows = (g.H - a + g.sh - 1) / g.sh, cols = (g.W - b + g.sw - 1) / g.sw;
+            phase_start[std::size_t(a * g.sw + b + 1)] =
+                phase_start[std::size_t(a * g.sw + b)] + g.N * g.C * rows * cols;
+        }
+    T *phases = strided ? scratch<T>(3, std::size_t(phase_start.back())) : grad_x;
+    std::vector<T> panels;
+    for (index_t a = 0; a < g.sh; ++a)
+        for (index_t b = 0; b < g.sw; ++b) {
+            const index_t rows = (g.H - a + g.sh - 1) / g.sh, cols = (g.W - b + g.sw - 1) / g.sw;
+            const PhaseTaps tr = phase_taps(a, g.R, g.sh, g.ph, g.dh);
+            const PhaseTaps ts = phase_taps(b, g.S, g.sw, g.pw, g.dw);
+            T *start = phases + phase_start[std::size_t(a * g.sw + b)];
+            const Output<T> out{start, rows * cols, cols, 1};
+            if (tr.count == 0 || ts.count == 0) {
+                for (index_t i = 0; i < g.N * g.C * rows * cols; ++i)
+                    out.data[i] = T(0);
+                continue;
+            }
+            const ConvShape t{g.N, g.K, g.P, g.Q, g.C, tr.count, ts.count, rows, cols, 1, 1,
+                              tr.pad, ts.pad, tr.dilation, ts.dilation, g.G};
+            const index_t taps = Kg * tr.count * ts.count;
+            panels.resize(std::size_t(g.C * taps));
+            auto flipped = [&](index_t c, index_t tap) {
+                const index_t group = c / Cg, k = group * Kg + tap / (tr.count * ts.count);
+                const index_t j = tap / ts.count % tr.count, l = tap % ts.count;
+                const index_t r = tr.first - j * tr.step, s = ts.first - l * ts.step;
+                return w[(k * Cg + c % Cg) * RS + r * g.S + s];
+            };
+            pack_panels<T>(g.C, Cg, taps, flipped, panels.data());
+            forward_tasks(grad_y, panels.data(), static_cast<const T *>(nullptr), out, t,
+                          threads);
+        }
+    if (!strided)
+        return;
+    // Pieces of whole planes, as the pools take them (POOL_CHUNK elements).
+    const index_t grain = std::max<index_t>(1, POOL_CHUNK / std::max<index_t>(1, g.H * g.W));
+    parallel_for(g.N * g.C, grain, threads, [&](index_t begin, index_t end) {
+        for (index_t plane = begin; plane < end; ++plane)
+            merge_phases(phases, phase_start.data(), grad_x, g, plane);
+    });
 }
 
 template <typename T>
