@@ -14,7 +14,7 @@
 // accumulates in registers (per tap NV vector loads for MR x NV FMAs), then the tile goes to
 // y: x is read about once, y written once. Weight gradient: grad_w[k, t] is the dot product
 // of grad_y's rows (staged to the same width, zero in the dropped columns) with tap t's run,
-// 4 channels x 4 taps per sweep (1 x 8 with one output channel a group). Its sums go by
+// 4 channels x 4 taps per sweep (1 x 9 with one output channel a group). Its sums go by
 // fixed runs of tasks (in the vector's lanes, then in double), then the runs in order: the
 // same result on every run and thread count.
 #include <vector>
@@ -83,38 +83,67 @@ template <typename T> T *scratch(int which, std::size_t size) {
 
 // stage[((c sh + a) sw + b) height width + i width + j] =
 // input[c, (p0 + i) sh + a - ph, j sw + b - pw], 0 outside; input is the group's first plane.
+// The outputs j in [lo, hi) of one stage row with 0 <= j stride + shift < size (the rest
+// of [0, width) is padding).
+struct Run {
+    index_t lo, hi;
+};
+
+inline Run inside(index_t shift, index_t stride, index_t size, index_t width) {
+    const index_t lo = std::min(shift >= 0 ? 0 : (-shift + stride - 1) / stride, width);
+    const index_t last = size - 1 - shift;
+    return {lo, std::clamp(last < 0 ? 0 : last / stride + 1, lo, width)};
+}
+
 template <typename T>
-FASTCNN_SIMD void stage_rows(const T *input, const ConvShape &g, const Plan &p,
-                                              index_t p0, T *stage) {
+FASTCNN_SIMD void stage_rows(const T *input, const ConvShape &g, const Plan &p, index_t p0,
+                             T *stage) {
     const index_t Cg = g.C / g.G, plane = p.height * p.width, width = p.width;
     for (index_t c = 0; c < Cg; ++c)
         for (index_t a = 0; a < g.sh; ++a)
             for (index_t i = 0; i < p.height; ++i) {
                 const index_t h = (p0 + i) * g.sh + a - g.ph;
-                for (index_t b = 0; b < g.sw; ++b) {
-                    T *out = stage + ((c * g.sh + a) * g.sw + b) * plane + i * width;
-                    if (h < 0 || h >= g.H) {
+                T *first = stage + ((c * g.sh + a) * g.sw) * plane + i * width;
+                if (h < 0 || h >= g.H) {
+                    for (index_t b = 0; b < g.sw; ++b)
                         for (index_t j = 0; j < width; ++j)
-                            out[j] = T(0);
-                        continue;
+                            first[b * plane + j] = T(0);
+                    continue;
+                }
+                const T *row = input + (c * g.H + h) * g.W;
+                // Stride 2: both column phases from one pass over the row (GCC's vector
+                // deinterleave), where each is inside the row; the ends element by element.
+                index_t both_lo = width, both_hi = width;
+                if (g.sw == 2) {
+                    const Run even = inside(-g.pw, 2, g.W, width);
+                    const Run odd = inside(1 - g.pw, 2, g.W, width);
+                    both_lo = std::max(even.lo, odd.lo);
+                    both_hi = std::max(both_lo, std::min(even.hi, odd.hi));
+                    const T *pairs = row + 2 * both_lo - g.pw;
+                    T *out_even = first + both_lo, *out_odd = first + plane + both_lo;
+                    for (index_t j = 0; j < both_hi - both_lo; ++j) {
+                        out_even[j] = pairs[2 * j];
+                        out_odd[j] = pairs[2 * j + 1];
                     }
+                }
+                for (index_t b = 0; b < g.sw; ++b) {
                     // out[j] = row[j sw + shift] where 0 <= j sw + shift < W
-                    const T *row = input + (c * g.H + h) * g.W;
+                    T *out = first + b * plane;
                     const index_t shift = b - g.pw;
-                    const index_t lo = std::min(shift >= 0 ? 0 : (-shift + g.sw - 1) / g.sw, width);
-                    const index_t last = g.W - 1 - shift;
-                    const index_t hi = std::clamp(last < 0 ? 0 : last / g.sw + 1, lo, width);
-                    for (index_t j = 0; j < lo; ++j)
+                    const Run run = inside(shift, g.sw, g.W, width);
+                    for (index_t j = 0; j < run.lo; ++j)
                         out[j] = T(0);
                     if (g.sw == 1) {
                         const T *in = row + shift;
-                        for (index_t j = lo; j < hi; ++j)
+                        for (index_t j = run.lo; j < run.hi; ++j)
                             out[j] = in[j];
-                    } else {
-                        for (index_t j = lo; j < hi; ++j)
+                    } else {  // around the run both phases took, if any
+                        for (index_t j = run.lo; j < std::min(run.hi, both_lo); ++j)
+                            out[j] = row[j * g.sw + shift];
+                        for (index_t j = std::max(run.lo, both_hi); j < run.hi; ++j)
                             out[j] = row[j * g.sw + shift];
                     }
-                    for (index_t j = hi; j < width; ++j)
+                    for (index_t j = run.hi; j < width; ++j)
                         out[j] = T(0);
                 }
             }
@@ -266,15 +295,15 @@ template <typename T, int A, int B>
     V acc[A][B] = {};
     for (index_t j = 0; j < count; j += L) {
         V gv[A], sv[B];
-#pragma GCC unroll 8
+#pragma GCC unroll 16
         for (int a = 0; a < A; ++a)
             gv[a] = *reinterpret_cast<const U *>(grads[a] + j);
-#pragma GCC unroll 8
+#pragma GCC unroll 16
         for (int b = 0; b < B; ++b)
             sv[b] = *reinterpret_cast<const U *>(data + offsets[b] + j);
-#pragma GCC unroll 8
+#pragma GCC unroll 16
         for (int a = 0; a < A; ++a)
-#pragma GCC unroll 8
+#pragma GCC unroll 16
             for (int b = 0; b < B; ++b)
                 acc[a][b] += gv[a] * sv[b];
     }
@@ -478,7 +507,7 @@ void conv2d_small_channels_weight_gradient(const T *grad_y, const T *x, T *grad_
                     lanes[i] = T(0);
                 for (index_t task = run * tasks / runs; task < (run + 1) * tasks / runs; ++task) {
                     if (g.K == g.G)  // one output channel a group (depthwise): taps wide
-                        weight_gradient_task<T, 1, 8>(grad_y, x, x_size, g, p, task, lanes);
+                        weight_gradient_task<T, 1, 9>(grad_y, x, x_size, g, p, task, lanes);
                     else if (wide)
                         weight_gradient_task<T, 4, 4>(grad_y, x, x_size, g, p, task, lanes);
                     else
