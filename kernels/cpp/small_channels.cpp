@@ -17,6 +17,7 @@
 // 4 channels x 4 taps per sweep (1 x 9 with one output channel a group). Its sums go by
 // fixed runs of tasks (in the vector's lanes, then in double), then the runs in order: the
 // same result on every run and thread count.
+#include <optional>
 #include <vector>
 
 #include "kernels.hpp"
@@ -213,15 +214,15 @@ __attribute__((noinline)) FASTCNN_SIMD void panel_block(const T *a, const T *dat
     }
 }
 
-// One task of the forward pass: image n, group `group`, output rows [p0, p0 + rows).
-// panels: per group, Kg channels in panels of MR (the last narrower), each taps x m.
+// The forward pass of image n, group `group`, output rows [p0, p0 + rows) (rows <= p.rows):
+// y at the group's first channel, row p0. panels: per group, Kg channels in panels of MR
+// (the last narrower), each taps x m.
 template <typename T, int NV>
-void forward_task(const T *x, index_t x_size, const T *panels, const T *bias, Output<T> y,
-                  const ConvShape &g, const Plan &p, index_t task) {
+void forward_block(const T *x, index_t x_size, const T *panels, const T *bias, Output<T> y,
+                   const ConvShape &g, const Plan &p, index_t n, index_t group, index_t p0,
+                   index_t rows) {
     constexpr index_t NR = NV * index_t(64 / sizeof(T));
-    const index_t Cg = g.C / g.G, Kg = g.K / g.G, blocks = p.blocks(g);
-    const index_t n = task / (g.G * blocks), group = task / blocks % g.G;
-    const index_t p0 = task % blocks * p.rows, rows = std::min(p.rows, g.P - p0);
+    const index_t Cg = g.C / g.G, Kg = g.K / g.G;
     const index_t used = (rows - 1) * p.width + g.Q;
     const T *input = x + (n * g.C + group * Cg) * g.H * g.W;
     // The last tile reads NR positions from its start: past x's end only near it.
@@ -240,13 +241,24 @@ void forward_task(const T *x, index_t x_size, const T *panels, const T *bias, Ou
         const index_t m = std::min<index_t>(MR, Kg - k0), k = group * Kg + k0;
         const T *a = panels + k * p.taps, *b = bias ? bias + k : nullptr;
         Output<T> out = y;
-        out.data += (n * g.K + k) * y.plane + p0 * y.row;
+        out.data += k0 * y.plane;
         using Kernel = decltype(&panel_block<T, 1, NV>);
         static constexpr Kernel kernels[MR] = {
             panel_block<T, 1, NV>, panel_block<T, 2, NV>, panel_block<T, 3, NV>,
             panel_block<T, 4, NV>, panel_block<T, 5, NV>, panel_block<T, 6, NV>};
         kernels[m - 1](a, data, offsets, p.taps, used, b, out, g.Q, p.width);
     }
+}
+
+// One task of the forward pass: image n, group `group`, a block of p.rows output rows.
+template <typename T, int NV>
+void forward_task(const T *x, index_t x_size, const T *panels, const T *bias, Output<T> y,
+                  const ConvShape &g, const Plan &p, index_t task) {
+    const index_t blocks = p.blocks(g);
+    const index_t n = task / (g.G * blocks), group = task / blocks % g.G;
+    const index_t p0 = task % blocks * p.rows, rows = std::min(p.rows, g.P - p0);
+    y.data += (n * g.K + group * (g.K / g.G)) * y.plane + p0 * y.row;
+    forward_block<T, NV>(x, x_size, panels, bias, y, g, p, n, group, p0, rows);
 }
 
 // panels[k0 taps + t m + i] = weight(k0 + i, t) for each panel of channels k0 .. k0 + m:
@@ -401,35 +413,72 @@ inline PhaseTaps phase_taps(index_t a, index_t taps, index_t stride, index_t pad
     return t;
 }
 
-// grad_x's rows and columns from its stride phases, each (planes, rows, cols) contiguous in
-// `phases` from phase_start[a sw + b]; one plane a call.
-template <typename T>
-FASTCNN_SIMD void merge_phases(const T *phases, const index_t *phase_start, T *grad_x,
-                               const ConvShape &g, index_t plane) {
-    for (index_t ih = 0; ih < g.H; ++ih) {
-        const index_t a = ih % g.sh, i = ih / g.sh, rows = (g.H - a + g.sh - 1) / g.sh;
-        T *out = grad_x + (plane * g.H + ih) * g.W;
-        for (index_t b = 0; b < g.sw; ++b) {
-            const index_t cols = (g.W - b + g.sw - 1) / g.sw;
-            const T *in = phases + phase_start[a * g.sw + b] + (plane * rows + i) * cols;
-            if (g.sw == 1) {
-                for (index_t j = 0; j < cols; ++j)
-                    out[j] = in[j];
-            } else if (g.sw == 2 && b == 0) {  // both phases in one loop: interleaving stores
-                const T *odd = phases + phase_start[a * g.sw + 1] + (plane * rows + i) * (g.W / 2);
-                for (index_t j = 0; j < g.W / 2; ++j) {
-                    out[2 * j] = in[j];
-                    out[2 * j + 1] = odd[j];
-                }
-                if (g.W % 2)
-                    out[g.W - 1] = in[g.W / 2];
-                break;
-            } else {
-                for (index_t j = 0; j < cols; ++j)
-                    out[j * g.sw + b] = in[j];
-            }
-        }
+// One stride phase of a strided input gradient as a stride-1 convolution of grad_y (see
+// conv2d_small_channels_input_gradient).
+template <typename T> struct Phase {
+    index_t rows, cols;  // grad_x's positions in this phase
+    PhaseTaps along_h, along_w;
+    ConvShape shape;
+    std::optional<Plan> plan;  // none where no tap reaches the phase: zero there
+    std::vector<T> panels;
+
+    Phase(const T *w, const ConvShape &g, index_t a, index_t b)
+        : rows((g.H - a + g.sh - 1) / g.sh), cols((g.W - b + g.sw - 1) / g.sw),
+          along_h(phase_taps(a, g.R, g.sh, g.ph, g.dh)),
+          along_w(phase_taps(b, g.S, g.sw, g.pw, g.dw)),
+          shape{g.N,   g.K,   g.P,   g.Q, g.C, along_h.count, along_w.count, rows, cols, 1, 1,
+                along_h.pad, along_w.pad, along_h.dilation, along_w.dilation, g.G} {
+        if (along_h.count == 0 || along_w.count == 0 || rows <= 0 || cols <= 0)
+            return;
+        plan.emplace(shape);
+        const index_t Cg = g.C / g.G, Kg = g.K / g.G, RS = g.R * g.S;
+        const index_t window = along_h.count * along_w.count, taps = Kg * window;
+        panels.resize(std::size_t(g.C * taps));
+        auto flipped = [&](index_t c, index_t tap) {
+            const index_t group = c / Cg, k = group * Kg + tap / window;
+            const index_t j = tap / along_w.count % along_h.count, l = tap % along_w.count;
+            const index_t r = along_h.first - j * along_h.step;
+            const index_t s = along_w.first - l * along_w.step;
+            return w[(k * Cg + c % Cg) * RS + r * g.S + s];
+        };
+        pack_panels<T>(g.C, Cg, taps, flipped, panels.data());
     }
+};
+
+// A block of rows [i0, i0 + R) of every phase's output (buffers: phase by phase, Cg x R x
+// cols each) into grad_x's rows (i0 + i) sh + a of image n's group.
+template <typename T>
+FASTCNN_SIMD void merge_block(const std::vector<Phase<T>> &phases, const T *buffers,
+                              const index_t *starts, T *grad_x, const ConvShape &g, index_t n,
+                              index_t group, index_t i0, index_t R) {
+    const index_t Cg = g.C / g.G;
+    for (index_t c = 0; c < Cg; ++c)
+        for (index_t i = 0; i < R; ++i)
+            for (index_t a = 0; a < g.sh; ++a) {
+                const index_t ih = (i0 + i) * g.sh + a;
+                if (ih >= g.H)
+                    break;
+                T *out = grad_x + ((n * g.C + group * Cg + c) * g.H + ih) * g.W;
+                auto row = [&](index_t b) {
+                    const index_t phase = a * g.sw + b;
+                    return buffers + starts[phase] + (c * R + i) * phases[phase].cols;
+                };
+                if (g.sw == 2) {  // both column phases in one loop: interleaving stores
+                    const T *even = row(0), *odd = row(1);
+                    for (index_t j = 0; j < g.W / 2; ++j) {
+                        out[2 * j] = even[j];
+                        out[2 * j + 1] = odd[j];
+                    }
+                    if (g.W % 2)
+                        out[g.W - 1] = even[g.W / 2];
+                    continue;
+                }
+                for (index_t b = 0; b < g.sw; ++b) {
+                    const T *in = row(b);
+                    for (index_t j = 0; j < phases[a * g.sw + b].cols; ++j)
+                        out[j * g.sw + b] = in[j];
+                }
+            }
 }
 
 template <typename T>
@@ -439,54 +488,66 @@ void conv2d_small_channels_input_gradient(const T *grad_y, const T *w, T *grad_x
     // b), grad_x there = conv2d(grad_y, w') over the taps that reach it, with
     // w'[c, k, j, l] = w[k, c, r_j, s_l] (flipped) per group: a stride-1 convolution, the
     // forward pass of this file. Stride 1 is the one phase, padding (R - 1) dilation - pad
-    // (negative: a crop), written to grad_x directly. Strided, the phases go to a buffer of
-    // grad_x's size, then are merged: written to grad_x in place, every sw-th element a
-    // scalar store, they cost twice the convolution (MobileNet's 3x3/2 depthwise).
+    // (negative: a crop), written to grad_x directly. Strided, a task computes one block of
+    // rows of every phase into buffers and merges them into grad_x's rows: written to grad_x
+    // phase by phase, every sw-th element a scalar store, they cost twice the convolution
+    // (MobileNet's 3x3/2 depthwise), and a merge of whole phases read them back from memory.
     // A phase no tap reaches is zero.
-    const index_t Cg = g.C / g.G, Kg = g.K / g.G, RS = g.R * g.S;
-    const bool strided = g.sh > 1 || g.sw > 1;
-    std::vector<index_t> phase_start(std::size_t(g.sh * g.sw) + 1, 0);
+    std::vector<Phase<T>> phases;
     for (index_t a = 0; a < g.sh; ++a)
-        for (index_t b = 0; b < g.sw; ++b) {
-            const index_t rows = (g.H - a + g.sh - 1) / g.sh, cols = (g.W - b + g.sw - 1) / g.sw;
-            phase_start[std::size_t(a * g.sw + b + 1)] =
-                phase_start[std::size_t(a * g.sw + b)] + g.N * g.C * rows * cols;
-        }
-    T *phases = strided ? scratch<T>(3, std::size_t(phase_start.back())) : grad_x;
-    std::vector<T> panels;
-    for (index_t a = 0; a < g.sh; ++a)
-        for (index_t b = 0; b < g.sw; ++b) {
-            const index_t rows = (g.H - a + g.sh - 1) / g.sh, cols = (g.W - b + g.sw - 1) / g.sw;
-            const PhaseTaps tr = phase_taps(a, g.R, g.sh, g.ph, g.dh);
-            const PhaseTaps ts = phase_taps(b, g.S, g.sw, g.pw, g.dw);
-            T *start = phases + phase_start[std::size_t(a * g.sw + b)];
-            const Output<T> out{start, rows * cols, cols, 1};
-            if (tr.count == 0 || ts.count == 0) {
-                for (index_t i = 0; i < g.N * g.C * rows * cols; ++i)
-                    out.data[i] = T(0);
-                continue;
-            }
-            const ConvShape t{g.N, g.K, g.P, g.Q, g.C, tr.count, ts.count, rows, cols, 1, 1,
-                              tr.pad, ts.pad, tr.dilation, ts.dilation, g.G};
-            const index_t taps = Kg * tr.count * ts.count;
-            panels.resize(std::size_t(g.C * taps));
-            auto flipped = [&](index_t c, index_t tap) {
-                const index_t group = c / Cg, k = group * Kg + tap / (tr.count * ts.count);
-                const index_t j = tap / ts.count % tr.count, l = tap % ts.count;
-                const index_t r = tr.first - j * tr.step, s = ts.first - l * ts.step;
-                return w[(k * Cg + c % Cg) * RS + r * g.S + s];
-            };
-            pack_panels<T>(g.C, Cg, taps, flipped, panels.data());
-            forward_tasks(grad_y, panels.data(), static_cast<const T *>(nullptr), out, t,
-                          threads);
-        }
-    if (!strided)
+        for (index_t b = 0; b < g.sw; ++b)
+            phases.emplace_back(w, g, a, b);
+    const index_t Cg = g.C / g.G, gy_size = g.N * g.K * g.P * g.Q;
+    const bool wide = wide_registers();
+    if (g.sh == 1 && g.sw == 1) {
+        const Phase<T> &only = phases[0];
+        if (only.plan)
+            forward_tasks(grad_y, only.panels.data(), static_cast<const T *>(nullptr),
+                          Output<T>{grad_x, g.H * g.W, g.W, 1}, only.shape, threads);
+        else  // a padding past the kernel's reach on every side: no tap reaches grad_x
+            for (index_t i = 0; i < g.N * g.C * g.H * g.W; ++i)
+                grad_x[i] = T(0);
         return;
-    // Pieces of whole planes, as the pools take them (POOL_CHUNK elements).
-    const index_t grain = std::max<index_t>(1, POOL_CHUNK / std::max<index_t>(1, g.H * g.W));
-    parallel_for(g.N * g.C, grain, threads, [&](index_t begin, index_t end) {
-        for (index_t plane = begin; plane < end; ++plane)
-            merge_phases(phases, phase_start.data(), grad_x, g, plane);
+    }
+    // Blocks of R rows of every phase: the fewest any phase's plan takes.
+    index_t R = phases[0].rows;
+    std::vector<index_t> starts(phases.size() + 1, 0);
+    for (std::size_t i = 0; i < phases.size(); ++i) {
+        if (phases[i].plan)
+            R = std::min(R, phases[i].plan->rows);
+    }
+    R = std::max<index_t>(R, 1);
+    for (std::size_t i = 0; i < phases.size(); ++i)
+        starts[i + 1] = starts[i] + Cg * R * std::max<index_t>(phases[i].cols, 0);
+    const index_t blocks = (phases[0].rows + R - 1) / R, tasks = g.N * g.G * blocks;
+    if (g.H == 0 || g.W == 0)
+        return;
+    parallel_for(tasks, 1, threads, [&](index_t begin, index_t end) {
+        T *buffers = scratch<T>(3, std::size_t(starts.back()));
+        for (index_t task = begin; task < end; ++task) {
+            const index_t n = task / (g.G * blocks), group = task / blocks % g.G;
+            const index_t i0 = task % blocks * R;
+            for (std::size_t i = 0; i < phases.size(); ++i) {
+                const Phase<T> &phase = phases[i];
+                const index_t rows = std::min(R, phase.rows - i0);
+                if (rows <= 0)
+                    continue;
+                T *out = buffers + starts[i];
+                if (!phase.plan) {
+                    for (index_t j = 0; j < starts[i + 1] - starts[i]; ++j)
+                        out[j] = T(0);
+                    continue;
+                }
+                const Output<T> target{out, R * phase.cols, phase.cols, 1};
+                if (wide)
+                    forward_block<T, 2>(grad_y, gy_size, phase.panels.data(), nullptr, target,
+                                        phase.shape, *phase.plan, n, group, i0, rows);
+                else
+                    forward_block<T, 1>(grad_y, gy_size, phase.panels.data(), nullptr, target,
+                                        phase.shape, *phase.plan, n, group, i0, rows);
+            }
+            merge_block(phases, buffers, starts.data(), grad_x, g, n, group, i0, R);
+        }
     });
 }
 
