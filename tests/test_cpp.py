@@ -4,7 +4,10 @@ strict about its arrays, and open about the SIMD code it runs."""
 from __future__ import annotations
 
 import itertools
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -183,3 +186,26 @@ def test_the_strided_input_gradient_by_stride_phases_matches_the_reference():
         np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-12 * np.abs(expected).max())
         checked += 1
     assert checked > 150
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs Linux's /proc")
+def test_numba_and_cpp_share_one_openmp_runtime(tmp_path):
+    """Two spinning thread pools on 2 cores slow each other several-fold; the numba backend
+    (threading layer omp) and the extension load the same libgomp, so a process has one
+    OpenMP runtime and one pool whichever backend ran last."""
+    pytest.importorskip("numba")
+    script = (
+        "import numpy as np, numba, fastcnn.functional as F\n"
+        "x = np.ones(1 << 20, np.float32)\n"
+        "F.relu(x, backend='numba'); F.relu(x, backend='cpp'); F.relu(x, backend='numba')\n"
+        "maps = open('/proc/self/maps').read().split('\\n')\n"
+        "runtimes = {line.split()[-1] for line in maps if 'libgomp' in line or 'libiomp' in line}\n"
+        "print(numba.threading_layer(), len(runtimes))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, check=True
+    )
+    layer, runtimes = result.stdout.split()
+    if layer != "omp":
+        pytest.skip(f"numba runs its {layer} threading layer here")
+    assert runtimes == "1", result.stdout
