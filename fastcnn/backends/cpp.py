@@ -236,9 +236,13 @@ SMALL_CHANNELS = 8
 SMALL_CHANNELS_TAPS = 256
 
 
+def _few(channels: int, g: ConvGeometry) -> bool:
+    """Few channels a group, and few taps (channels x kernel) an output."""
+    return channels <= SMALL_CHANNELS and channels * g.R * g.S <= SMALL_CHANNELS_TAPS
+
+
 def _few_channels(g: ConvGeometry) -> bool:
-    Cg = g.C // g.groups
-    return Cg <= SMALL_CHANNELS and Cg * g.R * g.S <= SMALL_CHANNELS_TAPS
+    return _few(g.C // g.groups, g)
 
 
 _SMALL: _Candidate = (
@@ -251,10 +255,7 @@ _SMALL: _Candidate = (
 def _few_channels_input_gradient(g: ConvGeometry) -> bool:
     """Stride 1 as the forward pass; a strided input gradient is one convolution of grad_y
     per stride phase, over its Kg channels a group: few of those (depthwise)."""
-    if _unit_stride(g):
-        return _few_channels(g)
-    Kg = g.K // g.groups
-    return Kg <= SMALL_CHANNELS and Kg * g.R * g.S <= SMALL_CHANNELS_TAPS
+    return _few_channels(g) if _unit_stride(g) else _few(g.K // g.groups, g)
 
 
 _SMALL_INPUT_GRADIENT: _Candidate = (

@@ -150,6 +150,28 @@ FASTCNN_SIMD void stage_rows(const T *input, const ConvShape &g, const Plan &p, 
             }
 }
 
+// Where the taps of one block (image n, group, output rows from p0) read: x itself when the
+// plan reads in place and the block's `reads` positions from its start stay inside x, else
+// the stage, filled here, with `tail` zeros past it for the reads past the last position.
+template <typename T> struct Source {
+    const T *data;
+    const index_t *offsets;
+};
+
+template <typename T>
+Source<T> block_source(const T *x, index_t x_size, const ConvShape &g, const Plan &p, index_t n,
+                       index_t group, index_t p0, index_t reads, index_t tail) {
+    const T *input = x + (n * g.C + group * (g.C / g.G)) * g.H * g.W;
+    const T *data = input + p0 * g.W;
+    if (p.in_place && (data - x) + reads + p.reach <= x_size)
+        return {data, p.x_offsets.data()};
+    T *stage = scratch<T>(0, std::size_t(p.stage + tail));
+    for (index_t j = p.stage; j < p.stage + tail; ++j)
+        stage[j] = T(0);
+    stage_rows(input, g, p, p0, stage);
+    return {stage, p.offsets.data()};
+}
+
 // tile[i][0 .. NR) = sum over t of a[t M + i] * data[offsets[t] + j0 ..] (+ bias[i]), i < M.
 template <typename T, int M, int NV>
 [[gnu::always_inline]] inline void tap_tile(const T *a, const T *data, const index_t *offsets,
@@ -222,21 +244,11 @@ void forward_block(const T *x, index_t x_size, const T *panels, const T *bias, O
                    const ConvShape &g, const Plan &p, index_t n, index_t group, index_t p0,
                    index_t rows) {
     constexpr index_t NR = NV * index_t(64 / sizeof(T));
-    const index_t Cg = g.C / g.G, Kg = g.K / g.G;
+    const index_t Kg = g.K / g.G;
     const index_t used = (rows - 1) * p.width + g.Q;
-    const T *input = x + (n * g.C + group * Cg) * g.H * g.W;
-    // The last tile reads NR positions from its start: past x's end only near it.
-    const T *data = input + p0 * g.W;
-    const index_t *offsets = p.x_offsets.data();
-    const index_t end = (data - x) + (used + NR - 1) / NR * NR + p.reach;
-    if (!p.in_place || end > x_size) {
-        T *stage = scratch<T>(0, std::size_t(p.stage + NR));
-        for (index_t j = p.stage; j < p.stage + NR; ++j)
-            stage[j] = T(0);
-        stage_rows(input, g, p, p0, stage);
-        data = stage;
-        offsets = p.offsets.data();
-    }
+    // The last tile reads NR positions from its start.
+    const auto [data, offsets] =
+        block_source(x, x_size, g, p, n, group, p0, (used + NR - 1) / NR * NR, NR);
     for (index_t k0 = 0; k0 < Kg; k0 += MR) {
         const index_t m = std::min<index_t>(MR, Kg - k0), k = group * Kg + k0;
         const T *a = panels + k * p.taps, *b = bias ? bias + k : nullptr;
@@ -330,21 +342,11 @@ FASTCNN_SIMD void weight_gradient_task(const T *grad_y, const T *x, index_t x_si
                                        const ConvShape &g, const Plan &p, index_t task,
                                        T *lanes) {
     constexpr index_t L = 64 / sizeof(T);
-    const index_t Cg = g.C / g.G, Kg = g.K / g.G, blocks = p.blocks(g);
+    const index_t Kg = g.K / g.G, blocks = p.blocks(g);
     const index_t n = task / (g.G * blocks), group = task / blocks % g.G;
     const index_t p0 = task % blocks * p.rows, rows = std::min(p.rows, g.P - p0);
     const index_t used = (rows - 1) * p.width + g.Q, count = (used + L - 1) / L * L;
-    const T *input = x + (n * g.C + group * Cg) * g.H * g.W;
-    const T *data = input + p0 * g.W;
-    const index_t *offsets = p.x_offsets.data();
-    if (!p.in_place || (data - x) + count + p.reach > x_size) {
-        T *stage = scratch<T>(0, std::size_t(p.stage + L));
-        for (index_t j = p.stage; j < p.stage + L; ++j)
-            stage[j] = T(0);
-        stage_rows(input, g, p, p0, stage);
-        data = stage;
-        offsets = p.offsets.data();
-    }
+    const auto [data, offsets] = block_source(x, x_size, g, p, n, group, p0, count, L);
     // grad_y's rows at the block's width, zero in the dropped columns and past `used`.
     T *grads = scratch<T>(1, std::size_t(Kg * count));
     for (index_t kk = 0; kk < Kg; ++kk) {
