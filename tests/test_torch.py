@@ -375,3 +375,24 @@ def test_cuda_tensors_run_on_the_cuda_backend_on_torchs_stream(generator):
     torch.testing.assert_close(y, expected(x), rtol=1e-4, atol=1e-4)
     for mine, theirs in zip(model.parameters(), expected.parameters(), strict=True):
         torch.testing.assert_close(mine.grad, theirs.grad, rtol=1e-3, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------- the example
+
+
+def test_the_torch_example_trains(capsys):
+    """examples/torch_lenet.py: a short run learns well above chance (about 10 s)."""
+    pytest.importorskip("sklearn")
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "torch_lenet.py"
+    spec = importlib.util.spec_from_file_location("torch_lenet", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    result = example.train(example.parse_arguments(["--steps", "100", "--log-every", "50"]))
+    output = capsys.readouterr().out
+    assert output.count("step ") == 2 and "test accuracy" in output
+    first, last = result["losses"]
+    assert last < 0.5 * first  # about 1.9 and 0.37 (chance: ln 10 = 2.30)
+    assert result["test_accuracy"] > 0.7  # about 0.9
