@@ -9,7 +9,9 @@ its own (see the guide's two thread pools):
   kernels as custom ops, PyTorch's autograd, loss and optimizer);
 - ``fastcnn.nn``: fastcnn's own layers, loss and optimizer (no PyTorch).
 
-Then the overhead of one custom-op call: ``relu`` of a one-element tensor through
+In the ``fastcnn.torch`` process fastcnn's kernels run on ``--threads`` and PyTorch's
+own ops (loss, update, autograd's sums) on ``--torch-threads`` (1 by default). Then the
+overhead of one custom-op call: ``relu`` of a one-element tensor through
 ``fastcnn.torch`` (with and without a tensor that requires grad) against calling the
 kernel through ``fastcnn.functional`` on a NumPy array, and ``torch.relu``::
 
@@ -99,7 +101,11 @@ def _child(arguments) -> dict:
     import fastcnn
 
     fastcnn.set_num_threads(arguments.threads)
-    torch.set_num_threads(arguments.threads)
+    # fastcnn.torch: fastcnn's kernels do the work on --threads; PyTorch's own pool (the
+    # loss, the update, autograd's sums) on --torch-threads, one by default: two OpenMP
+    # pools spin-waiting on the same cores slow the step 2-3x (BENCHMARKS.md).
+    fastcnn_torch = arguments.library == "fastcnn.torch"
+    torch.set_num_threads(arguments.torch_threads if fastcnn_torch else arguments.threads)
     if arguments.library == "overhead":
         return time_overhead(arguments.backend)
     return time_step(
@@ -110,6 +116,9 @@ def _child(arguments) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--torch-threads", type=int, default=1, help="PyTorch's threads beside fastcnn.torch"
+    )
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     parser.add_argument("--backend", default="numba", help="fastcnn's CPU backend")
@@ -129,7 +138,8 @@ def main(argv: list[str] | None = None) -> dict:
         results[library] = json.loads(output.strip().splitlines()[-1])
     peer = results["torch.nn"]["median_s"]
     print(f"LeNet-5 training step, batch {arguments.batch}, {arguments.dtype}, "
-          f"{arguments.threads} threads, fastcnn backend {arguments.backend}")  # fmt: skip
+          f"{arguments.threads} threads (PyTorch's beside fastcnn.torch: "
+          f"{arguments.torch_threads}), fastcnn backend {arguments.backend}")  # fmt: skip
     print("| library | step (ms) | vs torch.nn |")
     print("|---|---:|---:|")
     for library in LIBRARIES:
