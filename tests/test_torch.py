@@ -81,59 +81,74 @@ def test_the_device_decides_the_backend():
 
 
 def _cases(generator, backend):
-    """(name, function, inputs) of every op, small enough for gradcheck."""
-    g, r = generator, _randn
+    """(name, function, PyTorch's function or None, inputs) of every op, small enough for
+    gradcheck."""
+    g, r, nnf = generator, _randn, torch.nn.functional
+    running_mean, running_var = r(g, 2, grad=False), r(g, 2, grad=False).square() + 0.5
+    labels = torch.tensor([0, 1, 3, 1, 2, 0])
+    class_weight = r(g, 4, grad=False).abs() + 0.1
+    probabilities = torch.softmax(r(g, 6, 4, grad=False), 1)
     return [
         ("conv2d", lambda x, w, b: ft.conv2d(x, w, b, 2, 1, backend=backend),
+         lambda x, w, b: nnf.conv2d(x, w, b, 2, 1),
          (r(g, 2, 3, 7, 6), r(g, 4, 3, 3, 3), r(g, 4))),
         ("conv2d grouped", lambda x, w: ft.conv2d(x, w, None, 2, "same", 2, 2, backend=backend),
-         (r(g, 1, 4, 7, 7), r(g, 2, 2, 3, 2))),
+         None, (r(g, 1, 4, 7, 7), r(g, 2, 2, 3, 2))),
         ("max_pool2d", lambda x: ft.max_pool2d(x, 3, 2, 1, ceil_mode=True, backend=backend),
-         (r(g, 2, 2, 7, 6),)),
+         lambda x: nnf.max_pool2d(x, 3, 2, 1, ceil_mode=True), (r(g, 2, 2, 7, 6),)),
         ("avg_pool2d", lambda x: ft.avg_pool2d(x, 3, 2, 1, False, False, backend=backend),
-         (r(g, 2, 2, 7, 6),)),
+         lambda x: nnf.avg_pool2d(x, 3, 2, 1, False, False), (r(g, 2, 2, 7, 6),)),
         ("avg_pool2d divisor", lambda x: ft.avg_pool2d(x, 2, divisor_override=3, backend=backend),
-         (r(g, 1, 2, 4, 4),)),
-        ("relu", lambda x: ft.relu(x, backend=backend), (r(g, 3, 5),)),
-        ("leaky_relu", lambda x: ft.leaky_relu(x, -0.3, backend=backend), (r(g, 3, 5),)),
-        ("sigmoid", lambda x: ft.sigmoid(x, backend=backend), (r(g, 3, 5),)),
-        ("tanh", lambda x: ft.tanh(x, backend=backend), (r(g, 3, 5),)),
-        ("linear", lambda x, w, b: ft.linear(x, w, b, backend=backend),
+         lambda x: nnf.avg_pool2d(x, 2, divisor_override=3), (r(g, 1, 2, 4, 4),)),
+        ("relu", lambda x: ft.relu(x, backend=backend), torch.relu, (r(g, 3, 5),)),
+        ("leaky_relu", lambda x: ft.leaky_relu(x, -0.3, backend=backend),
+         lambda x: nnf.leaky_relu(x, -0.3), (r(g, 3, 5),)),
+        ("sigmoid", lambda x: ft.sigmoid(x, backend=backend), torch.sigmoid, (r(g, 3, 5),)),
+        ("tanh", lambda x: ft.tanh(x, backend=backend), torch.tanh, (r(g, 3, 5),)),
+        ("linear", lambda x, w, b: ft.linear(x, w, b, backend=backend), nnf.linear,
          (r(g, 2, 3, 5), r(g, 4, 5), r(g, 4))),
+        ("batch_norm training",
+         lambda x, w, b: ft.batch_norm(x, None, None, w, b, True, backend=backend),
+         lambda x, w, b: nnf.batch_norm(x, None, None, w, b, True),
+         (r(g, 3, 2, 4, 3), r(g, 2), r(g, 2))),
+        ("batch_norm eval",
+         lambda x, w: ft.batch_norm(x, running_mean, running_var, w, None, backend=backend),
+         lambda x, w: nnf.batch_norm(x, running_mean, running_var, w),
+         (r(g, 3, 2, 4, 3), r(g, 2))),
+        ("cross_entropy",
+         lambda z: ft.cross_entropy(z, labels, class_weight, 1, label_smoothing=0.1,
+                                    backend=backend),
+         lambda z: nnf.cross_entropy(z, labels, class_weight, None, 1, None, "mean", 0.1),
+         (r(g, 6, 4),)),
+        ("cross_entropy none", lambda z: ft.cross_entropy(z, labels, reduction="none",
+                                                          backend=backend),
+         lambda z: nnf.cross_entropy(z, labels, reduction="none"), (r(g, 6, 4),)),
+        ("cross_entropy soft", lambda z: ft.cross_entropy(z, probabilities, reduction="sum",
+                                                          backend=backend),
+         lambda z: nnf.cross_entropy(z, probabilities, reduction="sum"), (r(g, 6, 4),)),
     ]  # fmt: skip
-
-
-TORCH_OPS = {
-    "conv2d": lambda x, w, b: torch.nn.functional.conv2d(x, w, b, 2, 1),
-    "max_pool2d": lambda x: torch.nn.functional.max_pool2d(x, 3, 2, 1, ceil_mode=True),
-    "avg_pool2d": lambda x: torch.nn.functional.avg_pool2d(x, 3, 2, 1, count_include_pad=False),
-    "avg_pool2d divisor": lambda x: torch.nn.functional.avg_pool2d(x, 2, divisor_override=3),
-    "relu": torch.relu,
-    "leaky_relu": lambda x: torch.nn.functional.leaky_relu(x, -0.3),
-    "sigmoid": torch.sigmoid,
-    "tanh": torch.tanh,
-    "linear": torch.nn.functional.linear,
-}
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_every_op_passes_gradcheck_in_float64_and_matches_torch(backend, generator):
-    for name, function, inputs in _cases(generator, backend):
+    for name, function, reference, inputs in _cases(generator, backend):
         assert torch.autograd.gradcheck(function, inputs), name
-        if name in TORCH_OPS:
-            torch.testing.assert_close(function(*inputs), TORCH_OPS[name](*inputs), msg=name)
+        if reference is not None:
+            torch.testing.assert_close(function(*inputs), reference(*inputs), msg=name)
 
 
 def test_every_op_passes_opcheck(generator):
     """Schema, autograd registration, fake tensors and AOT dispatch with dynamic shapes
     (the forward ops with inputs that require grad, so their backward ops run too)."""
     seen = set()
-    for _, function, inputs in _cases(generator, None):
+    for _, function, _, inputs in _cases(generator, None):
         calls = _op_calls(function, inputs)
         for op, args in calls:
             torch.library.opcheck(op, args)
             seen.add(op.name())
-    assert {f"fastcnn::{op}" for op in TORCH_OPS if " " not in op} <= seen
+    names = ("conv2d", "max_pool2d", "avg_pool2d", "relu", "leaky_relu", "sigmoid", "tanh",
+             "linear", "batch_norm", "cross_entropy")  # fmt: skip
+    assert {f"fastcnn::{name}" for name in names} == seen
 
 
 def _op_calls(function, inputs):
@@ -229,12 +244,12 @@ def _resnet_block(dtype):
     ).to(dtype)  # fmt: skip
 
 
-def _train(model, images, labels, steps: int):
+def _train(model, criterion, images, labels, steps: int):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     losses = []
     for step in range(steps):
         optimizer.zero_grad()
-        loss = torch.nn.functional.cross_entropy(model(images[step]), labels[step])
+        loss = criterion(model(images[step]), labels[step])
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
@@ -251,8 +266,10 @@ def test_training_gives_the_losses_and_weights_of_torch_nn(build, image, dtype, 
     expected = build(dtype)
     model = ft.convert(copy.deepcopy(expected), backend=backend)
     assert any(type(m).__module__ == "fastcnn.torch.modules" for m in model.modules())
-    expected_losses = _train(expected, images, labels, steps)
-    losses = _train(model, images, labels, steps)
+    criterion = ft.convert(torch.nn.CrossEntropyLoss(), backend=backend)
+    assert type(criterion) is ft.CrossEntropyLoss
+    expected_losses = _train(expected, torch.nn.CrossEntropyLoss(), images, labels, steps)
+    losses = _train(model, criterion, images, labels, steps)
     tight = dtype == torch.float64
     tolerance = {"rtol": 1e-10, "atol": 1e-10} if tight else {"rtol": 2e-3, "atol": 2e-4}
     torch.testing.assert_close(losses, expected_losses, **tolerance)
@@ -274,6 +291,8 @@ def test_modules_mirror_torch_nn():
         (ft.LeakyReLU(0.2), torch.nn.LeakyReLU(0.2)),
         (ft.Sigmoid(backend="reference"), torch.nn.Sigmoid()),
         (ft.Tanh(), torch.nn.Tanh()),
+        (ft.BatchNorm2d(4, momentum=None), torch.nn.BatchNorm2d(4, momentum=None)),
+        (ft.CrossEntropyLoss(label_smoothing=0.1), torch.nn.CrossEntropyLoss(label_smoothing=0.1)),
     ]  # fmt: skip
     for mine, theirs in pairs:
         assert isinstance(mine, type(theirs))
@@ -281,6 +300,24 @@ def test_modules_mirror_torch_nn():
             k: v.shape for k, v in theirs.state_dict().items()
         }
     assert "algo='im2col'" in repr(pairs[0][0]) and "backend='reference'" in repr(pairs[6][0])
+
+
+@pytest.mark.parametrize(
+    "options", [{"momentum": None}, {"track_running_stats": False}, {"affine": False}]
+)
+def test_batch_norm_keeps_torchs_running_statistics(options, generator):
+    expected = torch.nn.BatchNorm2d(3, **options, dtype=torch.float64)
+    layer = ft.convert(copy.deepcopy(expected))
+    assert type(layer) is ft.BatchNorm2d
+    for _ in range(3):
+        x = _randn(generator, 4, 3, 5, 5)
+        torch.testing.assert_close(layer(x), expected(x))
+    torch.testing.assert_close(layer.state_dict(), expected.state_dict())
+    layer.eval(), expected.eval()
+    x = _randn(generator, 2, 3, 5, 5)
+    torch.testing.assert_close(layer(x), expected(x))
+    grad, expected_grad = (torch.autograd.grad(m(x).sum(), x)[0] for m in (layer, expected))
+    torch.testing.assert_close(grad, expected_grad)
 
 
 def test_convert_keeps_the_parameters_and_leaves_subclasses(generator):
@@ -314,7 +351,8 @@ def _small_model():
     torch.manual_seed(0)
     nn = torch.nn
     return nn.Sequential(
-        nn.Conv2d(1, 4, 3, padding=1), nn.LeakyReLU(0.1), nn.MaxPool2d(2), nn.Conv2d(4, 4, 3),
+        nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.LeakyReLU(0.1), nn.MaxPool2d(2),
+        nn.Conv2d(4, 4, 3),
         nn.Tanh(), nn.AvgPool2d(2), nn.Flatten(), nn.Linear(16, 8), nn.Sigmoid(), nn.ReLU(),
         nn.Linear(8, 3),
     ).double()  # fmt: skip

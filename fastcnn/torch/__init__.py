@@ -27,7 +27,9 @@ if not hasattr(torch.library, "custom_op") or not hasattr(torch.library, "regist
 
 from fastcnn.torch.modules import (
     AvgPool2d,
+    BatchNorm2d,
     Conv2d,
+    CrossEntropyLoss,
     LeakyReLU,
     Linear,
     MaxPool2d,
@@ -39,7 +41,9 @@ from fastcnn.torch.modules import (
 from fastcnn.torch.ops import (
     avg_pool2d,
     backend_for,
+    batch_norm,
     conv2d,
+    cross_entropy,
     leaky_relu,
     linear,
     max_pool2d,
@@ -50,7 +54,9 @@ from fastcnn.torch.ops import (
 
 __all__ = [
     "AvgPool2d",
+    "BatchNorm2d",
     "Conv2d",
+    "CrossEntropyLoss",
     "LeakyReLU",
     "Linear",
     "MaxPool2d",
@@ -59,8 +65,10 @@ __all__ = [
     "Tanh",
     "avg_pool2d",
     "backend_for",
+    "batch_norm",
     "conv2d",
     "convert",
+    "cross_entropy",
     "leaky_relu",
     "linear",
     "max_pool2d",

@@ -22,7 +22,9 @@ from fastcnn.torch import ops
 
 __all__ = [
     "AvgPool2d",
+    "BatchNorm2d",
     "Conv2d",
+    "CrossEntropyLoss",
     "LeakyReLU",
     "Linear",
     "MaxPool2d",
@@ -166,6 +168,43 @@ class Tanh(_Backend, torch.nn.Tanh):
         return ops.tanh(input, backend=self.backend)
 
 
+class BatchNorm2d(_Backend, torch.nn.BatchNorm2d):
+    """``torch.nn.BatchNorm2d`` on ``fastcnn::batch_norm``: the same running statistics,
+    ``num_batches_tracked`` and ``momentum=None`` (a cumulative average) as PyTorch's."""
+
+    def __init__(self, *args, backend: str | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.backend = backend
+
+    def forward(self, input: Tensor) -> Tensor:
+        self._check_input_dim(input)
+        factor = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:
+                factor = 1.0 / float(self.num_batches_tracked)
+        batch_statistics = self.training or (self.running_mean is None and self.running_var is None)
+        keep = not self.training or self.track_running_stats
+        return ops.batch_norm(
+            input, self.running_mean if keep else None, self.running_var if keep else None,
+            self.weight, self.bias, batch_statistics, factor, self.eps, backend=self.backend,
+        )  # fmt: skip
+
+
+class CrossEntropyLoss(_Backend, torch.nn.CrossEntropyLoss):
+    """``torch.nn.CrossEntropyLoss`` on ``fastcnn::cross_entropy``."""
+
+    def __init__(self, *args, backend: str | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.backend = backend
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        return ops.cross_entropy(
+            input, target, self.weight, self.ignore_index, self.reduction, self.label_smoothing,
+            backend=self.backend,
+        )  # fmt: skip
+
+
 #: The torch.nn class each fastcnn module replaces in :func:`convert`.
 REPLACES: dict[type, type] = {
     torch.nn.Conv2d: Conv2d,
@@ -176,6 +215,8 @@ REPLACES: dict[type, type] = {
     torch.nn.LeakyReLU: LeakyReLU,
     torch.nn.Sigmoid: Sigmoid,
     torch.nn.Tanh: Tanh,
+    torch.nn.BatchNorm2d: BatchNorm2d,
+    torch.nn.CrossEntropyLoss: CrossEntropyLoss,
 }
 
 
@@ -195,7 +236,8 @@ def convert(
     model: torch.nn.Module, *, backend: str | None = None, algo: str = "auto"
 ) -> torch.nn.Module:
     """Swap the ``torch.nn`` layers of ``model`` that fastcnn has (Conv2d, Linear,
-    MaxPool2d, AvgPool2d, ReLU, LeakyReLU, Sigmoid, Tanh; exact types, not subclasses)
+    MaxPool2d, AvgPool2d, ReLU, LeakyReLU, Sigmoid, Tanh, BatchNorm2d, CrossEntropyLoss;
+    exact types, not subclasses)
     for fastcnn's, in place, and return the model (a new module when ``model`` is itself
     such a layer).
 

@@ -44,7 +44,9 @@ from fastcnn.backends import BACKENDS, record
 __all__ = [
     "avg_pool2d",
     "backend_for",
+    "batch_norm",
     "conv2d",
+    "cross_entropy",
     "leaky_relu",
     "linear",
     "max_pool2d",
@@ -683,3 +685,232 @@ def linear(
     """``torch.nn.functional.linear`` on fastcnn's kernels (op ``fastcnn::linear``):
     ``x @ weight.T + bias`` over x's last axis."""
     return torch.ops.fastcnn.linear(x, weight, bias, backend)
+
+
+# ---------------------------------------------------------------------------- batch norm
+# Custom ops with autograd must be functional, so the op returns the batch statistics and
+# batch_norm() below updates the running statistics with PyTorch's in-place ops.
+
+
+@torch.library.custom_op("fastcnn::batch_norm", mutates_args=())
+def _batch_norm(
+    x: Tensor,
+    mean: Tensor | None,
+    var: Tensor | None,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    training: bool,
+    eps: float,
+    backend: str | None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    if training:  # normalised by the batch's statistics, which come back for the update
+        y, batch_mean, batch_var = _run(
+            F.batch_norm, x, _array(x), None, None, _array(weight), _array(bias), True,
+            eps=eps, return_stats=True, backend=backend,
+        )  # fmt: skip
+        return _tensor(y), _tensor(batch_mean), _tensor(batch_var)
+    y = _run(
+        F.batch_norm, x, _array(x), _array(mean), _array(var), _array(weight), _array(bias),
+        False, eps=eps, backend=backend,
+    )  # fmt: skip
+    return _tensor(y), _nothing(x), _nothing(x)
+
+
+@_batch_norm.register_fake
+def _(x, mean, var, weight, bias, training, eps, backend):
+    channels = (x.shape[1],) if training else (0,)
+    return x.new_empty(x.shape), x.new_empty(channels), x.new_empty(channels)
+
+
+@torch.library.custom_op("fastcnn::batch_norm_backward", mutates_args=())
+def _batch_norm_backward(
+    grad_y: Tensor,
+    x: Tensor,
+    mean: Tensor | None,
+    var: Tensor | None,
+    weight: Tensor | None,
+    training: bool,
+    eps: float,
+    input_grad: bool,
+    backend: str | None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    grads = _run(
+        F.batch_norm_backward, x, _array(grad_y), _array(x), _array(mean), _array(var),
+        _array(weight), training, eps, input_grad=input_grad, backend=backend,
+    )  # fmt: skip
+    return tuple(_nothing(x) if grad is None else _tensor(grad) for grad in grads)
+
+
+@_batch_norm_backward.register_fake
+def _(grad_y, x, mean, var, weight, training, eps, input_grad, backend):
+    grad_x = x.new_empty(x.shape) if input_grad else _nothing(x)
+    if weight is None:
+        return grad_x, _nothing(x), _nothing(x)
+    return grad_x, weight.new_empty(weight.shape), weight.new_empty(weight.shape)
+
+
+def _batch_norm_setup(ctx, inputs, output) -> None:
+    x, mean, var, weight, _, training, eps, backend = inputs
+    # In training the backward recomputes the batch's statistics from x.
+    ctx.save_for_backward(x, None if training else mean, None if training else var, weight)
+    ctx.training, ctx.eps, ctx.backend = training, eps, backend
+
+
+def _batch_norm_gradients(ctx, grad_y, grad_mean, grad_var):
+    x, mean, var, weight = ctx.saved_tensors
+    need_x, _, _, need_weight, need_bias = ctx.needs_input_grad[:5]
+    grad_x, grad_weight, grad_bias = torch.ops.fastcnn.batch_norm_backward(
+        grad_y, x, mean, var, weight, ctx.training, ctx.eps, need_x, ctx.backend
+    )
+    affine = weight is not None
+    return (
+        grad_x if need_x else None,
+        None,
+        None,
+        grad_weight if need_weight and affine else None,
+        grad_bias if need_bias and affine else None,
+        None,
+        None,
+        None,
+    )
+
+
+_batch_norm.register_autograd(_batch_norm_gradients, setup_context=_batch_norm_setup)
+
+
+def batch_norm(
+    x: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    training: bool = False,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+    *,
+    backend: str | None = None,
+) -> Tensor:
+    """``torch.nn.functional.batch_norm`` on fastcnn's kernels (op ``fastcnn::batch_norm``).
+
+    Parameters
+    ----------
+    x, running_mean, running_var, weight, bias, training, momentum, eps : as PyTorch's;
+        in training the running statistics given are updated in place (PyTorch's rule,
+        the batch variance unbiased), by PyTorch's ops on the statistics the op returns
+    backend : a fastcnn backend, or None
+    """
+    if not training and (running_mean is None or running_var is None):
+        raise ValueError("running_mean and running_var are needed when training=False")
+    y, mean, var = torch.ops.fastcnn.batch_norm(
+        x, running_mean, running_var, weight, bias, training, float(eps), backend
+    )
+    if training and (running_mean is not None or running_var is not None):
+        count = x.numel() // x.shape[1]
+        with torch.no_grad():
+            if running_mean is not None:
+                running_mean.mul_(1 - momentum).add_(mean.detach(), alpha=momentum)
+            if running_var is not None:
+                unbiased = var.detach() * (count / max(count - 1, 1))
+                running_var.mul_(1 - momentum).add_(unbiased, alpha=momentum)
+    return y
+
+
+# ---------------------------------------------------------------------------- cross-entropy
+
+
+@torch.library.custom_op("fastcnn::cross_entropy", mutates_args=())
+def _cross_entropy(
+    logits: Tensor,
+    target: Tensor,
+    weight: Tensor | None,
+    ignore_index: int,
+    reduction: str,
+    label_smoothing: float,
+    backend: str | None,
+) -> Tensor:
+    loss = _run(
+        F.cross_entropy, logits, _array(logits), _array(target), _array(weight), ignore_index,
+        reduction, label_smoothing, backend=backend,
+    )  # fmt: skip
+    return _tensor(loss)
+
+
+@_cross_entropy.register_fake
+def _(logits, target, weight, ignore_index, reduction, label_smoothing, backend):
+    if reduction != "none":
+        return logits.new_empty(())
+    if target.dtype.is_floating_point:  # class probabilities: the logits' shape less C
+        return logits.new_empty((*logits.shape[:1], *logits.shape[2:]))
+    return logits.new_empty(target.shape)
+
+
+@torch.library.custom_op("fastcnn::cross_entropy_backward", mutates_args=())
+def _cross_entropy_backward(
+    grad_output: Tensor,
+    logits: Tensor,
+    target: Tensor,
+    weight: Tensor | None,
+    ignore_index: int,
+    reduction: str,
+    label_smoothing: float,
+    backend: str | None,
+) -> Tensor:
+    grad = _run(
+        F.cross_entropy_backward, logits, _array(logits), _array(target), _array(weight),
+        ignore_index, reduction, label_smoothing, grad_output=_array(grad_output),
+        backend=backend,
+    )  # fmt: skip
+    return _tensor(grad)
+
+
+@_cross_entropy_backward.register_fake
+def _(grad_output, logits, target, weight, ignore_index, reduction, label_smoothing, backend):
+    return logits.new_empty(logits.shape)
+
+
+def _cross_entropy_setup(ctx, inputs, output) -> None:
+    logits, target, weight, *arguments = inputs
+    ctx.save_for_backward(logits, target, weight)
+    ctx.arguments = arguments
+
+
+def _cross_entropy_gradients(ctx, grad_output):
+    logits, target, weight = ctx.saved_tensors
+    grad = torch.ops.fastcnn.cross_entropy_backward(
+        grad_output, logits, target, weight, *ctx.arguments
+    )
+    return grad, None, None, None, None, None, None
+
+
+_cross_entropy.register_autograd(_cross_entropy_gradients, setup_context=_cross_entropy_setup)
+
+
+def cross_entropy(
+    logits: Tensor,
+    target: Tensor,
+    weight: Tensor | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    *,
+    backend: str | None = None,
+) -> Tensor:
+    """``torch.nn.functional.cross_entropy`` on fastcnn's kernels (op
+    ``fastcnn::cross_entropy``); the gradient flows to the logits only.
+
+    Parameters
+    ----------
+    logits, target, weight, ignore_index, reduction, label_smoothing : as PyTorch's
+        (class indices or class probabilities; see :func:`fastcnn.functional.cross_entropy`)
+    backend : a fastcnn backend, or None
+    """
+    if target.requires_grad:
+        raise ValueError(
+            "target requires grad, and fastcnn's cross_entropy gives a gradient to the logits "
+            "only: pass target.detach()"
+        )
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f'reduction must be "mean", "sum" or "none", got {reduction!r}')
+    return torch.ops.fastcnn.cross_entropy(
+        logits, target, weight, ignore_index, reduction, float(label_smoothing), backend
+    )
