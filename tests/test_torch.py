@@ -398,6 +398,40 @@ def test_the_cuda_kernels_train_through_the_ops_on_the_emulator(generator):
         torch.testing.assert_close(mine.grad, theirs.grad)
 
 
+def test_cuda_work_goes_on_torchs_current_stream(monkeypatch):
+    """Without a GPU: a CUDA tensor's calls enter CuPy's Device and an ExternalStream of
+    PyTorch's current stream (CuPy and the stream are stand-ins here); a CPU tensor's
+    enter nothing."""
+    import contextlib
+    import types
+
+    from fastcnn.torch import ops
+
+    entered = []
+
+    @contextlib.contextmanager
+    def record(kind, *args):
+        entered.append((kind, *args))
+        yield
+
+    cupy = types.SimpleNamespace(
+        cuda=types.SimpleNamespace(
+            Device=lambda index: record("Device", index),
+            ExternalStream=lambda pointer, index: record("ExternalStream", pointer, index),
+        )
+    )
+    monkeypatch.setitem(sys.modules, "cupy", cupy)
+    monkeypatch.setattr(
+        torch.cuda, "current_stream", lambda device: types.SimpleNamespace(cuda_stream=4242)
+    )
+    with ops._stream(torch.ones(1)):
+        pass
+    assert entered == []
+    with ops._stream(types.SimpleNamespace(device=torch.device("cuda", 1))):
+        pass
+    assert entered == [("Device", 1), ("ExternalStream", 4242, 1)]
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_tensors_run_on_the_cuda_backend_on_torchs_stream(generator):
     pytest.importorskip("cupy")

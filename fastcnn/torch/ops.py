@@ -30,6 +30,7 @@ torch.Size([2, 3, 8, 8])
 # No ``from __future__ import annotations``: torch.library reads the annotations below
 # to infer each op's schema.
 
+import contextlib
 import functools
 from collections.abc import Callable, Sequence
 
@@ -104,19 +105,43 @@ def _tensor(array) -> Tensor:
 
 
 def _run(function: Callable, like: Tensor, *args, backend: str | None, **kwargs):
-    """``function(*args, **kwargs)`` on ``like``'s device: CUDA work goes on PyTorch's
-    current stream, without a host synchronisation."""
+    """``function`` of fastcnn on ``like``'s device: the tensors among the arguments go in
+    as arrays and the arrays it returns come back as tensors (a ``None`` as an empty
+    placeholder), all without copies; CUDA work runs on PyTorch's current stream."""
     backend = backend_for(like.device.type, backend)
-    if like.device.type == "cpu":
-        return function(*args, backend=backend, **kwargs)
+    with _stream(like):
+        args = [_array(value) if isinstance(value, Tensor) else value for value in args]
+        for name, value in kwargs.items():
+            if isinstance(value, Tensor):
+                kwargs[name] = _array(value)
+        result = function(*args, backend=backend, **kwargs)
+        if isinstance(result, tuple):
+            return tuple(_nothing(like) if item is None else _tensor(item) for item in result)
+        return _tensor(result)
+
+
+_ON_THE_CPU = contextlib.nullcontext()
+
+
+def _stream(like: Tensor):
+    """Where CuPy runs while fastcnn reads and writes ``like``'s tensors: nothing to set on
+    the CPU; on a CUDA device, PyTorch's current stream (so the DLPack exchanges and the
+    kernels are ordered with PyTorch's work, and nothing waits for the host)."""
+    if like.device.type != "cuda":
+        return _ON_THE_CPU
+    return _torch_stream(like.device)
+
+
+@contextlib.contextmanager
+def _torch_stream(device: torch.device):
     import cupy
 
-    stream = torch.cuda.current_stream(like.device)
+    stream = torch.cuda.current_stream(device)
     with (
-        cupy.cuda.Device(like.device.index),
-        cupy.cuda.ExternalStream(stream.cuda_stream, like.device.index),
+        cupy.cuda.Device(device.index),
+        cupy.cuda.ExternalStream(stream.cuda_stream, device.index),
     ):
-        return function(*args, backend=backend, **kwargs)
+        yield
 
 
 def _nothing(like: Tensor) -> Tensor:
@@ -163,9 +188,9 @@ def _conv2d(
     y = _run(
         F.conv2d,
         x,
-        _array(x),
-        _array(weight),
-        _array(bias),
+        x,
+        weight,
+        bias,
         stride,
         "same" if same else padding,
         dilation,
@@ -173,7 +198,7 @@ def _conv2d(
         algo=algo,
         backend=backend,
     )
-    return _tensor(y)
+    return y
 
 
 @_conv2d.register_fake
@@ -205,9 +230,9 @@ def _conv2d_backward(
     grads = _run(
         F.conv2d_backward,
         x,
-        _array(grad_y),
-        _array(x),
-        _array(weight),
+        grad_y,
+        x,
+        weight,
         stride,
         "same" if same else padding,
         dilation,
@@ -217,7 +242,7 @@ def _conv2d_backward(
         algo=(input_gradient_algo, weight_gradient_algo),
         backend=backend,
     )
-    return tuple(_nothing(x) if grad is None else _tensor(grad) for grad in grads)
+    return grads
 
 
 @_conv2d_backward.register_fake
@@ -337,7 +362,7 @@ def _max_pool2d(
     y, indices = _run(
         F.max_pool2d,
         x,
-        _array(x),
+        x,
         kernel_size,
         stride,
         padding,
@@ -346,7 +371,7 @@ def _max_pool2d(
         return_indices=True,
         backend=backend,
     )
-    return _tensor(y), _tensor(indices)
+    return y, indices
 
 
 def _pooled_shape(x, kernel_size, stride, padding, dilation, ceil_mode) -> tuple:
@@ -377,17 +402,17 @@ def _max_pool2d_backward(
     grad_x = _run(
         F.max_pool2d_backward,
         x,
-        _array(grad_y),
-        _array(x),
+        grad_y,
+        x,
         kernel_size,
         stride,
         padding,
         dilation,
         ceil_mode,
-        indices=_array(indices),
+        indices=indices,
         backend=backend,
     )
-    return _tensor(grad_x)
+    return grad_x
 
 
 @_max_pool2d_backward.register_fake
@@ -452,7 +477,7 @@ def _avg_pool2d(
     y = _run(
         F.avg_pool2d,
         x,
-        _array(x),
+        x,
         kernel_size,
         stride,
         padding,
@@ -461,7 +486,7 @@ def _avg_pool2d(
         divisor_override,
         backend=backend,
     )
-    return _tensor(y)
+    return y
 
 
 @_avg_pool2d.register_fake
@@ -484,8 +509,8 @@ def _avg_pool2d_backward(
     grad_x = _run(
         F.avg_pool2d_backward,
         x,
-        _array(grad_y),
-        _array(x),
+        grad_y,
+        x,
         kernel_size,
         stride,
         padding,
@@ -494,7 +519,7 @@ def _avg_pool2d_backward(
         divisor_override,
         backend=backend,
     )
-    return _tensor(grad_x)
+    return grad_x
 
 
 @_avg_pool2d_backward.register_fake
@@ -548,11 +573,11 @@ def _register_activation(name: str, saved: str, scalars: str = "") -> None:
 
     def run_forward(x, *arguments):
         *values, backend = arguments
-        return _tensor(_run(forward, x, _array(x), *values, backend=backend))
+        return _run(forward, x, x, *values, backend=backend)
 
     def run_backward(grad_y, kept, *arguments):
         *values, backend = arguments
-        return _tensor(_run(backward, kept, _array(grad_y), _array(kept), *values, backend=backend))
+        return _run(backward, kept, grad_y, kept, *values, backend=backend)
 
     def fake(x, *arguments):
         return x.new_empty(x.shape)
@@ -624,7 +649,7 @@ def tanh(x: Tensor, *, backend: str | None = None) -> Tensor:
 
 @torch.library.custom_op("fastcnn::linear", mutates_args=())
 def _linear(x: Tensor, weight: Tensor, bias: Tensor | None, backend: str | None) -> Tensor:
-    return _tensor(_run(F.linear, x, _array(x), _array(weight), _array(bias), backend=backend))
+    return _run(F.linear, x, x, weight, bias, backend=backend)
 
 
 @_linear.register_fake
@@ -639,14 +664,14 @@ def _linear_backward(
     grads = _run(
         F.linear_backward,
         x,
-        _array(grad_y),
-        _array(x),
-        _array(weight),
+        grad_y,
+        x,
+        weight,
         bias=bias,
         input_grad=input_grad,
         backend=backend,
     )
-    return tuple(_nothing(x) if grad is None else _tensor(grad) for grad in grads)
+    return grads
 
 
 @_linear_backward.register_fake
@@ -705,15 +730,15 @@ def _batch_norm(
 ) -> tuple[Tensor, Tensor, Tensor]:
     if training:  # normalised by the batch's statistics, which come back for the update
         y, batch_mean, batch_var = _run(
-            F.batch_norm, x, _array(x), None, None, _array(weight), _array(bias), True,
+            F.batch_norm, x, x, None, None, weight, bias, True,
             eps=eps, return_stats=True, backend=backend,
         )  # fmt: skip
-        return _tensor(y), _tensor(batch_mean), _tensor(batch_var)
+        return y, batch_mean, batch_var
     y = _run(
-        F.batch_norm, x, _array(x), _array(mean), _array(var), _array(weight), _array(bias),
+        F.batch_norm, x, x, mean, var, weight, bias,
         False, eps=eps, backend=backend,
     )  # fmt: skip
-    return _tensor(y), _nothing(x), _nothing(x)
+    return y, _nothing(x), _nothing(x)
 
 
 @_batch_norm.register_fake
@@ -735,10 +760,10 @@ def _batch_norm_backward(
     backend: str | None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     grads = _run(
-        F.batch_norm_backward, x, _array(grad_y), _array(x), _array(mean), _array(var),
-        _array(weight), training, eps, input_grad=input_grad, backend=backend,
+        F.batch_norm_backward, x, grad_y, x, mean, var,
+        weight, training, eps, input_grad=input_grad, backend=backend,
     )  # fmt: skip
-    return tuple(_nothing(x) if grad is None else _tensor(grad) for grad in grads)
+    return grads
 
 
 @_batch_norm_backward.register_fake
@@ -829,10 +854,10 @@ def _cross_entropy(
     backend: str | None,
 ) -> Tensor:
     loss = _run(
-        F.cross_entropy, logits, _array(logits), _array(target), _array(weight), ignore_index,
+        F.cross_entropy, logits, logits, target, weight, ignore_index,
         reduction, label_smoothing, backend=backend,
     )  # fmt: skip
-    return _tensor(loss)
+    return loss
 
 
 @_cross_entropy.register_fake
@@ -856,11 +881,11 @@ def _cross_entropy_backward(
     backend: str | None,
 ) -> Tensor:
     grad = _run(
-        F.cross_entropy_backward, logits, _array(logits), _array(target), _array(weight),
-        ignore_index, reduction, label_smoothing, grad_output=_array(grad_output),
+        F.cross_entropy_backward, logits, logits, target, weight,
+        ignore_index, reduction, label_smoothing, grad_output=grad_output,
         backend=backend,
     )  # fmt: skip
-    return _tensor(grad)
+    return grad
 
 
 @_cross_entropy_backward.register_fake
