@@ -2,7 +2,7 @@
 
 Times one training step of ``fastcnn bench``'s LeNet-5 (forward, cross-entropy,
 backward, SGD with momentum; batch 256, float32) three ways, each library in a process of
-its own (see the guide's two thread pools):
+its own, with ``fastcnn bench``'s allocator settings (a warm heap on both sides):
 
 - ``torch.nn``: PyTorch's own layers;
 - ``fastcnn.torch``: the same ``torch.nn`` model after ``fastcnn.torch.convert`` (fastcnn's
@@ -128,7 +128,11 @@ def main(argv: list[str] | None = None) -> dict:
     if arguments.library:  # one measurement, in this process
         print(json.dumps(_child(arguments)))
         return {}
-    environment = {**os.environ, "NUMBA_NUM_THREADS": str(arguments.threads)}
+    from fastcnn.bench.runner import ALLOCATOR_ENVIRONMENT
+
+    # fastcnn bench's allocator settings (no fresh output page-faults in), unless given.
+    environment = {**ALLOCATOR_ENVIRONMENT, **os.environ}
+    environment["NUMBA_NUM_THREADS"] = str(arguments.threads)
     results = {}
     for library in (*LIBRARIES, "overhead"):
         command = [sys.executable, __file__, *(argv or sys.argv[1:]), "--library", library]
