@@ -206,6 +206,15 @@ def test_strided_and_unbatched_inputs(generator):
         ft.conv2d(x, w[:, :2])
 
 
+@pytest.mark.parametrize("name", [n for n in ft.__all__ if not isinstance(getattr(ft, n), type)])
+def test_every_function_argument_is_documented(name):
+    import inspect
+
+    function = getattr(ft, name)
+    doc = inspect.getdoc(function) or ""
+    assert [p for p in inspect.signature(function).parameters if p not in doc] == []
+
+
 # ---------------------------------------------------------------------------- modules
 
 

@@ -61,7 +61,8 @@ __all__ = [
 
 
 def backend_for(device: str, backend: str | None) -> str | None:
-    """The ``backend=`` a call on tensors of ``device`` passes to fastcnn.
+    """The ``backend=`` a call on tensors of ``device`` (``"cpu"`` or ``"cuda"``) passes to
+    fastcnn, from the ``backend`` asked for.
 
     ``None`` lets the array type choose: the fastest CPU backend for CPU tensors,
     ``cuda`` for CUDA tensors. A named backend must run where the tensors are
@@ -322,6 +323,11 @@ def conv2d(
     backward_algo : the gradients' algorithm, or a pair (input gradient, weight gradient)
     backend : a fastcnn backend that runs where the tensors are, or None (see
         :func:`backend_for`)
+
+    Examples
+    --------
+    >>> conv2d(torch.ones(1, 2, 5, 5), torch.ones(3, 2, 3, 3), padding="same").shape
+    torch.Size([1, 3, 5, 5])
     """
     if isinstance(padding, str):
         if padding not in ("same", "valid"):
@@ -454,8 +460,14 @@ def max_pool2d(
     *,
     backend: str | None = None,
 ) -> Tensor | tuple[Tensor, Tensor]:
-    """``torch.nn.functional.max_pool2d`` on fastcnn's kernels (op ``fastcnn::max_pool2d``;
-    the indices it returns are the ones PyTorch's ``return_indices`` gives)."""
+    """``torch.nn.functional.max_pool2d`` on fastcnn's kernels (op ``fastcnn::max_pool2d``).
+
+    Parameters
+    ----------
+    x, kernel_size, stride, padding, dilation, ceil_mode : as PyTorch's
+    return_indices : bool, also return the positions of the maxima, as PyTorch's
+    backend : a fastcnn backend, or None (see :func:`backend_for`)
+    """
     kernel, stride, padding = _window(kernel_size, stride, padding)
     y, indices = torch.ops.fastcnn.max_pool2d(
         x, kernel, stride, padding, _pair("dilation", dilation, 1), ceil_mode, backend
@@ -555,7 +567,14 @@ def avg_pool2d(
     *,
     backend: str | None = None,
 ) -> Tensor:
-    """``torch.nn.functional.avg_pool2d`` on fastcnn's kernels (op ``fastcnn::avg_pool2d``)."""
+    """``torch.nn.functional.avg_pool2d`` on fastcnn's kernels (op ``fastcnn::avg_pool2d``).
+
+    Parameters
+    ----------
+    x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override : as
+        PyTorch's
+    backend : a fastcnn backend, or None (see :func:`backend_for`)
+    """
     kernel, stride, padding = _window(kernel_size, stride, padding)
     return torch.ops.fastcnn.avg_pool2d(
         x, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override, backend
@@ -621,26 +640,40 @@ _register_activation("tanh", "y")
 
 
 def relu(x: Tensor, inplace: bool = False, *, backend: str | None = None) -> Tensor:
-    """``torch.relu`` on fastcnn's kernel (op ``fastcnn::relu``). ``inplace`` is taken for
-    PyTorch's signature; the result is always a new tensor (custom ops do not alias)."""
+    """``torch.relu`` on fastcnn's kernel (op ``fastcnn::relu``).
+
+    Parameters
+    ----------
+    x : tensor
+    inplace : taken for PyTorch's signature; the result is always a new tensor (a
+        custom op's output does not alias its input)
+    backend : a fastcnn backend, or None (see :func:`backend_for`)
+    """
     return torch.ops.fastcnn.relu(x, backend)
 
 
 def leaky_relu(
     x: Tensor, negative_slope: float = 0.01, inplace: bool = False, *, backend: str | None = None
 ) -> Tensor:
-    """``torch.nn.functional.leaky_relu`` on fastcnn's kernel (op ``fastcnn::leaky_relu``);
-    ``inplace`` as :func:`relu`."""
+    """``torch.nn.functional.leaky_relu`` on fastcnn's kernel (op ``fastcnn::leaky_relu``).
+
+    Parameters
+    ----------
+    x, negative_slope : as PyTorch's
+    inplace, backend : as :func:`relu`
+    """
     return torch.ops.fastcnn.leaky_relu(x, _shapes.real("negative_slope", negative_slope), backend)
 
 
 def sigmoid(x: Tensor, *, backend: str | None = None) -> Tensor:
-    """``torch.sigmoid`` on fastcnn's kernel (op ``fastcnn::sigmoid``)."""
+    """``torch.sigmoid`` on fastcnn's kernel (op ``fastcnn::sigmoid``); x a tensor,
+    backend as :func:`relu`."""
     return torch.ops.fastcnn.sigmoid(x, backend)
 
 
 def tanh(x: Tensor, *, backend: str | None = None) -> Tensor:
-    """``torch.tanh`` on fastcnn's kernel (op ``fastcnn::tanh``)."""
+    """``torch.tanh`` on fastcnn's kernel (op ``fastcnn::tanh``); x a tensor, backend as
+    :func:`relu`."""
     return torch.ops.fastcnn.tanh(x, backend)
 
 
@@ -708,7 +741,13 @@ def linear(
     x: Tensor, weight: Tensor, bias: Tensor | None = None, *, backend: str | None = None
 ) -> Tensor:
     """``torch.nn.functional.linear`` on fastcnn's kernels (op ``fastcnn::linear``):
-    ``x @ weight.T + bias`` over x's last axis."""
+    ``x @ weight.T + bias`` over x's last axis.
+
+    Parameters
+    ----------
+    x, weight, bias : as PyTorch's
+    backend : a fastcnn backend, or None (see :func:`backend_for`)
+    """
     return torch.ops.fastcnn.linear(x, weight, bias, backend)
 
 
