@@ -191,7 +191,13 @@ def _device(name: str, value) -> tuple[int, int]:
             "would be silently detached): use fastcnn.torch's ops, which have autograd, or "
             f"pass {name}.detach()"
         )
-    return tuple(int(part) for part in value.__dlpack_device__())
+    try:
+        return tuple(int(part) for part in value.__dlpack_device__())
+    except (BufferError, TypeError, RuntimeError, ValueError) as error:
+        raise TypeError(
+            f"{name} ({_type_name(value)}) lives on a device fastcnn cannot run on ({error}); "
+            "fastcnn runs on the CPU (NumPy) and on CUDA devices (CuPy)"
+        ) from error
 
 
 def _import(name: str, value, device: tuple[int, int]) -> Any:

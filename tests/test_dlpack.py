@@ -116,6 +116,8 @@ def test_mixed_types_and_grad_requiring_tensors_are_refused(rng):
         F.relu(x.requires_grad_())
     with pytest.raises(TypeError, match="cannot be imported through DLPack"):
         F.relu(torch.ones(3, dtype=torch.bfloat16))
+    with pytest.raises(TypeError, match=r"x \(torch.Tensor\) lives on a device fastcnn cannot"):
+        F.relu(torch.ones(3, device="meta"))
 
 
 def test_every_op_takes_dlpack_arrays():

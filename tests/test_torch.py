@@ -477,3 +477,17 @@ def test_the_torch_example_trains(capsys):
     first, last = result["losses"]
     assert last < 0.5 * first  # about 1.9 and 0.37 (chance: ln 10 = 2.30)
     assert result["test_accuracy"] > 0.7  # about 0.9
+
+
+def test_the_interop_benchmark_times_each_library():
+    """benchmarks/torch_interop.py's measurements, in this process, at batch 4."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "torch_interop.py"
+    spec = importlib.util.spec_from_file_location("torch_interop", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    for library in bench.LIBRARIES:
+        result = bench.time_step(library, 4, "float32", FAST[0], min_time=0.0)
+        assert result["median_s"] > 0 and result["runs"] >= 3, library
