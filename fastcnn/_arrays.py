@@ -228,11 +228,17 @@ def _namespace(value) -> Any:
     return array_api_compat.array_namespace(value)
 
 
-def _call_foreign(function: Callable, signature: inspect.Signature, args, kwargs):
-    """Run ``function`` on DLPack imports of its array arguments; give back the caller's type."""
-    bound = signature.bind(*args, **kwargs)
+def _call_foreign(function: Callable, positional: tuple[str, ...], args, kwargs):
+    """Run ``function`` on DLPack imports of its array arguments; give back the caller's type.
+
+    ``positional`` names the parameters that ``args`` fill, in order (every parameter of
+    an op can also be passed by keyword, which is how ``function`` is called here)."""
+    if len(args) > len(positional) or any(name in kwargs for name in positional[: len(args)]):
+        return function(*args, **kwargs)  # let the op raise its own TypeError
+    arguments = dict(zip(positional, args, strict=False))
+    arguments.update(kwargs)
     found: dict[str, Any] = {}
-    for name, value in bound.arguments.items():
+    for name, value in arguments.items():
         if isinstance(value, (tuple, list)):
             found.update({f"{name}[{i}]": v for i, v in enumerate(value) if _is_array(v)})
         elif _is_array(value):
@@ -249,12 +255,12 @@ def _call_foreign(function: Callable, signature: inspect.Signature, args, kwargs
         )
         raise TypeError(f"arrays on different devices are mixed in one call ({listing})")
     imported = {name: _import(name, value, devices[name]) for name, value in found.items()}
-    for name, value in list(bound.arguments.items()):
+    for name, value in list(arguments.items()):
         if isinstance(value, (tuple, list)):
             items = [imported.get(f"{name}[{i}]", item) for i, item in enumerate(value)]
-            bound.arguments[name] = type(value)(items)
+            arguments[name] = type(value)(items)
         elif name in imported:
-            bound.arguments[name] = imported[name]
+            arguments[name] = imported[name]
     # An imported array coming back (out=, inplace=True) is the caller's own object.
     originals = {id(imported[name]): found[name] for name in imported}
     namespace = _namespace(next(iter(found.values())))
@@ -270,7 +276,7 @@ def _call_foreign(function: Callable, signature: inspect.Signature, args, kwargs
             return namespace.from_dlpack(result)
         return result
 
-    return back(function(*bound.args, **bound.kwargs))
+    return back(function(**arguments))
 
 
 def accepts_dlpack(function: Callable) -> Callable:
@@ -291,12 +297,16 @@ def accepts_dlpack(function: Callable) -> Callable:
     >>> F.relu(torch.tensor([-1.0, 2.0]))  # doctest: +SKIP
     tensor([0., 2.])
     """
-    signature = inspect.signature(function)
+    positional = tuple(
+        name
+        for name, parameter in inspect.signature(function).parameters.items()
+        if parameter.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+    )
 
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
         if not any(_holds_foreign(value) for value in itertools.chain(args, kwargs.values())):
             return function(*args, **kwargs)
-        return _call_foreign(function, signature, args, kwargs)
+        return _call_foreign(function, positional, args, kwargs)
 
     return wrapper

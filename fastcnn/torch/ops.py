@@ -13,8 +13,10 @@ How tensors reach the kernels:
   fastest available, or the one named by ``backend=``).
 - CUDA tensors: ``cupy.from_dlpack`` and ``torch.from_dlpack`` back (no copies), with
   CuPy's current stream set to PyTorch's current stream (``cupy.cuda.ExternalStream``):
-  the kernels run in order with PyTorch's work and nothing waits for the host. They run
-  on ``cuda``.
+  the kernels run in order with PyTorch's work and nothing waits for the host, except
+  where fastcnn checks integer inputs on the host before a kernel (max-pooling's backward
+  reads the range of the saved indices; cross-entropy that of the labels, and its mean's
+  divisor). They run on ``cuda``.
 - A non-contiguous tensor is made contiguous first: that is a copy.
 
 The functions here take PyTorch's ``torch.nn.functional`` arguments and call the ops:
