@@ -54,19 +54,25 @@ def test_a_cuda_array_without_cupy_says_what_to_install(monkeypatch):
     assert _arrays.module_for_device((1, 0)) is np
 
 
-torch = pytest.importorskip("torch")
+try:
+    import torch
+except ImportError:  # the optional extra: the tests below need it
+    torch = None
+
+needs_torch = pytest.mark.skipif(torch is None, reason="needs torch (the optional extra)")
 
 
-def _tensor(rng, *shape, dtype=torch.float64):
-    return torch.from_numpy(rng.standard_normal(shape)).to(dtype)
+def _tensor(rng, *shape, dtype="float64"):
+    return torch.from_numpy(rng.standard_normal(shape)).to(getattr(torch, dtype))
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@needs_torch
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_torch_tensors_in_torch_tensors_out(rng, dtype):
     x, w, b = _tensor(rng, 2, 3, 9, 9, dtype=dtype), _tensor(rng, 4, 3, 3, 3, dtype=dtype), None
-    tolerance = {"rtol": 1e-4, "atol": 1e-4} if dtype == torch.float32 else {}
+    tolerance = {"rtol": 1e-4, "atol": 1e-4} if dtype == "float32" else {}
     y = F.conv2d(x, w, b, padding=1)
-    assert isinstance(y, torch.Tensor) and y.dtype == dtype
+    assert isinstance(y, torch.Tensor) and y.dtype == getattr(torch, dtype)
     torch.testing.assert_close(y, torch.nn.functional.conv2d(x, w, padding=1), **tolerance)
     grad_x, grad_w, grad_b = F.conv2d_backward(torch.ones_like(y), x, w, padding=1)
     assert all(isinstance(t, torch.Tensor) for t in (grad_x, grad_w, grad_b))
@@ -84,6 +90,7 @@ def test_torch_tensors_in_torch_tensors_out(rng, dtype):
     assert mask.dtype == torch.bool and torch.equal(dropped, y * mask * 2)
 
 
+@needs_torch
 def test_the_result_shares_no_copy_and_out_is_the_callers_tensor(rng):
     x = _tensor(rng, 4, 5)
     out = torch.empty(4, 5, dtype=torch.float64)
@@ -97,6 +104,7 @@ def test_the_result_shares_no_copy_and_out_is_the_callers_tensor(rng):
     assert result[0] is grads[0] and result[1] is grads[1] and result[2] is None
 
 
+@needs_torch
 def test_strided_input_is_copied_and_strided_out_refused(rng):
     x = _tensor(rng, 2, 3, 8, 8).transpose(2, 3)
     assert not x.is_contiguous()
@@ -106,6 +114,7 @@ def test_strided_input_is_copied_and_strided_out_refused(rng):
         F.relu(x, out=out)
 
 
+@needs_torch
 def test_mixed_types_and_grad_requiring_tensors_are_refused(rng):
     x, w = _tensor(rng, 2, 3, 5, 5), rng.standard_normal((4, 3, 3, 3))
     with pytest.raises(TypeError, match=r"mixed .*x: torch.Tensor, weight: numpy.ndarray"):
@@ -136,6 +145,7 @@ def _to_numpy(value):
     return value
 
 
+@needs_torch
 @pytest.mark.parametrize("spec", SPECS, ids=lambda spec: spec.name)
 def test_every_spec_gives_the_same_result_for_tensors_as_for_arrays(spec, rng):
     """Each op's first spec case, forward and backward, on torch tensors: the results come
