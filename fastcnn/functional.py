@@ -1,5 +1,10 @@
 """The functional API: PyTorch's semantics, NumPy (or CuPy) arrays in and out.
 
+Any other DLPack array (a PyTorch tensor, a JAX array) is taken too, without a copy, and
+the result comes back in its type (see ``fastcnn._arrays.accepts_dlpack``): a CPU tensor
+runs on the CPU backends, a CUDA tensor on ``cuda``. Gradients are the ``*_backward``
+functions; for PyTorch's autograd use ``fastcnn.torch``.
+
 Every function follows the same four steps: check the arguments and compute the
 output shape (``fastcnn._shapes``), pick the backend (``fastcnn.backends.select``),
 allocate the outputs, run the kernel. Layout is NCHW; dtypes are float32 and
@@ -26,7 +31,14 @@ from types import ModuleType
 import numpy as np
 
 from fastcnn import _shapes
-from fastcnn._arrays import array_module, contiguous, empty, float_dtype, integer_indices
+from fastcnn._arrays import (
+    accepts_dlpack,
+    array_module,
+    contiguous,
+    empty,
+    float_dtype,
+    integer_indices,
+)
 from fastcnn._random import generator
 from fastcnn.backends import algorithm_table, select
 
@@ -230,6 +242,7 @@ def _unbatched(inputs: tuple[str, ...], outputs: tuple[int, ...] | None = None):
 # ---------------------------------------------------------------------------- convolution
 
 
+@accepts_dlpack
 @_unbatched(("x",))
 def conv2d(
     x,
@@ -298,6 +311,7 @@ def conv2d(
     return y
 
 
+@accepts_dlpack
 @_unbatched(("grad_y", "x"), outputs=(0,))
 def conv2d_backward(
     grad_y,
@@ -377,6 +391,7 @@ def conv2d_backward(
 # ---------------------------------------------------------------------------- pooling
 
 
+@accepts_dlpack
 @_unbatched(("x",))
 def max_pool2d(
     x,
@@ -441,6 +456,7 @@ def max_pool2d(
     return (y, indices) if return_indices else y
 
 
+@accepts_dlpack
 @_unbatched(("grad_y", "x", "indices"))
 def max_pool2d_backward(
     grad_y,
@@ -485,6 +501,7 @@ def max_pool2d_backward(
     return grad_x
 
 
+@accepts_dlpack
 @_unbatched(("x",))
 def avg_pool2d(
     x,
@@ -532,6 +549,7 @@ def avg_pool2d(
     return y
 
 
+@accepts_dlpack
 @_unbatched(("grad_y", "x"))
 def avg_pool2d_backward(
     grad_y,
@@ -619,6 +637,7 @@ def _elementwise_backward(op: str, grad_y, saved, saved_name: str, out, backend,
     return grad_x
 
 
+@accepts_dlpack
 def relu(x, inplace: bool = False, *, out=None, backend: str | None = None):
     """max(x, 0) elementwise; relu(NaN) is NaN.
 
@@ -637,6 +656,7 @@ def relu(x, inplace: bool = False, *, out=None, backend: str | None = None):
     return _elementwise("relu", x, out, backend, inplace=inplace)
 
 
+@accepts_dlpack
 def relu_backward(grad_y, x, *, out=None, backend: str | None = None):
     """Gradient of :func:`relu`: grad_y where x > 0, else 0.
 
@@ -650,6 +670,7 @@ def relu_backward(grad_y, x, *, out=None, backend: str | None = None):
     return _elementwise_backward("relu_backward", grad_y, x, "x", out, backend)
 
 
+@accepts_dlpack
 def leaky_relu(
     x, negative_slope=0.01, inplace: bool = False, *, out=None, backend: str | None = None
 ):
@@ -669,6 +690,7 @@ def leaky_relu(
     return _elementwise("leaky_relu", x, out, backend, _slope(negative_slope), inplace=inplace)
 
 
+@accepts_dlpack
 def leaky_relu_backward(grad_y, x, negative_slope=0.01, *, out=None, backend: str | None = None):
     """Gradient of :func:`leaky_relu`: grad_y where x > 0, else negative_slope * grad_y.
 
@@ -685,6 +707,7 @@ def leaky_relu_backward(grad_y, x, negative_slope=0.01, *, out=None, backend: st
     )
 
 
+@accepts_dlpack
 def sigmoid(x, inplace: bool = False, *, out=None, backend: str | None = None):
     """1 / (1 + exp(-x)) elementwise, without overflow for large |x|.
 
@@ -701,6 +724,7 @@ def sigmoid(x, inplace: bool = False, *, out=None, backend: str | None = None):
     return _elementwise("sigmoid", x, out, backend, inplace=inplace)
 
 
+@accepts_dlpack
 def sigmoid_backward(grad_y, y, *, out=None, backend: str | None = None):
     """Gradient of :func:`sigmoid`: grad_y * y * (1 - y).
 
@@ -714,6 +738,7 @@ def sigmoid_backward(grad_y, y, *, out=None, backend: str | None = None):
     return _elementwise_backward("sigmoid_backward", grad_y, y, "y", out, backend)
 
 
+@accepts_dlpack
 def tanh(x, inplace: bool = False, *, out=None, backend: str | None = None):
     """Hyperbolic tangent elementwise.
 
@@ -730,6 +755,7 @@ def tanh(x, inplace: bool = False, *, out=None, backend: str | None = None):
     return _elementwise("tanh", x, out, backend, inplace=inplace)
 
 
+@accepts_dlpack
 def tanh_backward(grad_y, y, *, out=None, backend: str | None = None):
     """Gradient of :func:`tanh`: grad_y * (1 - y**2).
 
@@ -786,6 +812,7 @@ def _update_running(xp, running_mean, running_var, mean, var, count: int, moment
         running_var[...] = (1 - momentum) * running_var + momentum * unbiased
 
 
+@accepts_dlpack
 def batch_norm(
     x,
     running_mean=None,
@@ -858,6 +885,7 @@ def batch_norm(
     return (y, mean, var) if return_stats else y
 
 
+@accepts_dlpack
 def batch_norm_backward(
     grad_y,
     x,
@@ -934,6 +962,7 @@ def _check_mask(xp, mask, shape) -> None:
         raise ValueError(f"mask must have x's shape {tuple(shape)}, got {mask.shape}")
 
 
+@accepts_dlpack
 def dropout(
     x,
     p: float = 0.5,
@@ -996,6 +1025,7 @@ def dropout(
     return (y, mask) if return_mask else y
 
 
+@accepts_dlpack
 def dropout_backward(grad_y, mask, p: float = 0.5, *, out=None, backend: str | None = None):
     """Gradient of :func:`dropout` with respect to x: ``grad_y * mask / (1 - p)``.
 
@@ -1025,6 +1055,7 @@ def dropout_backward(grad_y, mask, p: float = 0.5, *, out=None, backend: str | N
 # ---------------------------------------------------------------------------- linear
 
 
+@accepts_dlpack
 def linear(x, weight, bias=None, *, out=None, backend: str | None = None):
     """``x @ weight.T + bias`` over x's last axis, as ``torch.nn.functional.linear``.
 
@@ -1058,6 +1089,7 @@ def linear(x, weight, bias=None, *, out=None, backend: str | None = None):
     return y
 
 
+@accepts_dlpack
 def linear_backward(
     grad_y,
     x,
@@ -1159,6 +1191,7 @@ def _softmax_family(op: str, x, axis, dim, dtype, out, backend):
     return y
 
 
+@accepts_dlpack
 def softmax(
     x, axis: int | None = None, *, dim=None, dtype=None, out=None, backend: str | None = None
 ):
@@ -1181,6 +1214,7 @@ def softmax(
     return _softmax_family("softmax", x, axis, dim, dtype, out, backend)
 
 
+@accepts_dlpack
 def log_softmax(
     x, axis: int | None = None, *, dim=None, dtype=None, out=None, backend: str | None = None
 ):
@@ -1285,6 +1319,7 @@ def _class_labels(xp, target, classes: int, ignore_index: int, rows: int):
     return labels, kept
 
 
+@accepts_dlpack
 def cross_entropy(
     logits,
     target,
@@ -1346,6 +1381,7 @@ def cross_entropy(
     return result
 
 
+@accepts_dlpack
 def cross_entropy_backward(
     logits,
     target,

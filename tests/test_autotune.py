@@ -10,6 +10,7 @@ import pytest
 
 import fastcnn
 import fastcnn.functional as F
+from fastcnn._shapes import conv2d_geometry
 from fastcnn.autotune import cache_path, clear_memory, is_enabled
 
 pytest.importorskip("numba")
@@ -165,3 +166,29 @@ def test_cuda_backends_tune_per_device(tuning):
         assert key.startswith("cuda-emu|") and RUNTIME.device_name() in key
         assert name in ("direct", "implicit_gemm")
     np.testing.assert_allclose(y, F.conv2d(x, w, padding=1, backend="reference"), atol=1e-4)
+
+
+def test_the_cpp_backend_tunes_its_own_algorithms(tuning, monkeypatch):
+    """cpp times each of its algorithms that takes the case, once per shape, keyed by
+    backend, and the second call runs the winner alone."""
+    cpp = pytest.importorskip("fastcnn.backends.cpp")
+    ran = []
+    for name, (forward, *gradients) in list(cpp._ALGORITHMS.items()):
+
+        def spy(*args, _run=forward, _name=name):
+            ran.append(_name)
+            return _run(*args)
+
+        monkeypatch.setitem(cpp._ALGORITHMS, name, (spy, *gradients))
+    x, w = _inputs((2, 3, 12, 12), (8, 3, 3, 3))
+    expected = F.conv2d(x, w, padding=1, backend="reference")
+    first = F.conv2d(x, w, padding=1, backend="cpp")
+    np.testing.assert_allclose(first, expected, atol=1e-4 * np.abs(expected).max())
+    g = conv2d_geometry(x.shape, w.shape, None, 1, 1, 1, 1)
+    takes = {name for name in cpp.CONV2D_ALGORITHMS if cpp.CONV2D_TAKES[name](g, "forward")}
+    assert set(ran) == takes  # every algorithm that takes the forward pass was timed
+    ran.clear()
+    F.conv2d(x, w, padding=1, backend="cpp")
+    stored = json.loads(tuning.read_text())
+    ((key, winner),) = stored.items()
+    assert key.startswith("cpp|") and ran == [winner]

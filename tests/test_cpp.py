@@ -3,12 +3,17 @@ strict about its arrays, and open about the SIMD code it runs."""
 
 from __future__ import annotations
 
+import itertools
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import fastcnn
+import fastcnn.functional as F
 from fastcnn import _config
 from fastcnn.backends import has_op
 from fastcnn.testing.harness import truth
@@ -112,6 +117,100 @@ def test_the_thread_count_follows_set_num_threads(monkeypatch):
         fastcnn.set_num_threads(before)
 
 
+@pytest.mark.parametrize("algo", ["small_channels", "im2col", "direct"])
+@pytest.mark.parametrize(
+    ("x_shape", "w_shape", "params"),
+    [
+        ((5, 3, 17, 19), (8, 3, 3, 3), {"padding": 1}),  # staged: padding
+        ((4, 2, 20, 9), (7, 2, 5, 3), {}),  # in place: the last block is staged
+        ((3, 4, 15, 16), (4, 1, 3, 3), {"stride": 2, "padding": 1, "groups": 4}),
+    ],
+)
+def test_convolutions_are_bitwise_the_same_on_any_thread_count(algo, x_shape, w_shape, params):
+    """conv2d.cpp and small_channels.cpp sum every element in a fixed order: the thread
+    count changes which thread computes it, not how (the weight gradient of im2col splits
+    images over threads, so it is held only to the reference)."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    w = rng.standard_normal(w_shape).astype(np.float32)
+    y = F.conv2d(x, w, **params, backend="reference")
+    grad_y = rng.standard_normal(y.shape).astype(np.float32)
+    expected = F.conv2d_backward(grad_y, x, w, **params, backend="reference")
+    input_algo = algo if params.get("stride", 1) == 1 or algo != "small_channels" else "im2col"
+    before = _config.num_threads()
+    results = []
+    try:
+        for threads in (1, 2, 3):
+            fastcnn.set_num_threads(threads)
+            forward = F.conv2d(x, w, **params, algo=algo, backend="cpp")
+            grads = F.conv2d_backward(
+                grad_y, x, w, **params, algo=(input_algo, algo), backend="cpp"
+            )
+            results.append((forward, *grads))
+    finally:
+        fastcnn.set_num_threads(before)
+    for actual, reference in zip(results[0], (y, *expected), strict=True):
+        np.testing.assert_allclose(actual, reference, atol=1e-4 * np.abs(reference).max())
+    for other in results[1:]:
+        for index, (first, second) in enumerate(zip(results[0], other, strict=True)):
+            if algo == "im2col" and index == 2:
+                continue
+            np.testing.assert_array_equal(first, second)
+
+
+def test_the_strided_input_gradient_by_stride_phases_matches_the_reference():
+    """small_channels takes a strided input gradient as one stride-1 convolution of grad_y
+    per phase of grad_x, over the taps that reach it: every stride, dilation, padding and
+    group count, phases no tap reaches (1x1 / 2) and taps that skip phases (dilation 2)."""
+    rng = np.random.default_rng(3)
+    checked = 0
+    for (C, K, G), (R, S), stride, dilation, padding in itertools.product(
+        ((4, 4, 4), (3, 6, 1), (2, 4, 2)),
+        ((3, 3), (1, 1), (2, 3), (5, 4)),
+        ((2, 2), (3, 1), (2, 3)),
+        ((1, 1), (2, 1), (2, 3)),
+        ((0, 0), (1, 2)),
+    ):
+        x = rng.standard_normal((2, C, 13, 11))
+        w = rng.standard_normal((K, C // G, R, S))
+        params = {"stride": stride, "dilation": dilation, "padding": padding, "groups": G}
+        try:
+            y = F.conv2d(x, w, **params, backend="reference")
+        except ValueError:  # the padded input smaller than the dilated kernel
+            continue
+        grad_y = rng.standard_normal(y.shape)
+        expected = F.conv2d_backward(grad_y, x, w, **params, backend="reference")[0]
+        actual = F.conv2d_backward(
+            grad_y, x, w, **params, algo=("small_channels", "direct"), backend="cpp"
+        )[0]
+        np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-12 * np.abs(expected).max())
+        checked += 1
+    assert checked > 150
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs Linux's /proc")
+def test_numba_and_cpp_share_one_openmp_runtime(tmp_path):
+    """Two spinning thread pools on 2 cores slow each other several-fold; the numba backend
+    (threading layer omp) and the extension load the same libgomp, so a process has one
+    OpenMP runtime and one pool whichever backend ran last."""
+    pytest.importorskip("numba")
+    script = (
+        "import numpy as np, numba, fastcnn.functional as F\n"
+        "x = np.ones(1 << 20, np.float32)\n"
+        "F.relu(x, backend='numba'); F.relu(x, backend='cpp'); F.relu(x, backend='numba')\n"
+        "maps = open('/proc/self/maps').read().split('\\n')\n"
+        "runtimes = {line.split()[-1] for line in maps if 'libgomp' in line or 'libiomp' in line}\n"
+        "print(numba.threading_layer(), len(runtimes))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, check=True
+    )
+    layer, runtimes = result.stdout.split()
+    if layer != "omp":
+        pytest.skip(f"numba runs its {layer} threading layer here")
+    assert runtimes == "1", result.stdout
+
+
 # Winograd F(4x4, 3x3): (x shape, weight shape, padding, groups). Partial tiles at the right
 # and bottom, outputs under one tile, blocks of tiles across images and tile rows, output
 # channels not a multiple of the micro-kernel's 6, input channels past the filter
@@ -147,7 +246,6 @@ def _winograd_gradient(grad_y, w, grad_x, padding, groups):
 def test_winograd_matches_the_float64_reference_writing_every_output(
     x_shape, w_shape, padding, groups, dtype
 ):
-    F = fastcnn.functional
     rng = np.random.default_rng(7)
     x = rng.standard_normal(x_shape).astype(dtype)
     w = rng.standard_normal(w_shape).astype(dtype)
@@ -170,7 +268,6 @@ def test_winograd_matches_the_float64_reference_writing_every_output(
 
 
 def test_winograd_is_bitwise_the_same_on_any_thread_count():
-    F = fastcnn.functional
     rng = np.random.default_rng(3)
     x = rng.standard_normal((3, 16, 30, 26)).astype(np.float32)
     w = rng.standard_normal((20, 16, 3, 3)).astype(np.float32)
@@ -192,7 +289,6 @@ def test_winograd_is_bitwise_the_same_on_any_thread_count():
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
 def test_winograd_puts_nan_and_inf_where_the_reference_does():
-    F = fastcnn.functional
     rng = np.random.default_rng(5)
     x = rng.standard_normal((2, 8, 13, 13)).astype(np.float32)
     w = rng.standard_normal((5, 8, 3, 3)).astype(np.float32)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from pathlib import Path
 
@@ -20,5 +21,8 @@ def test_readme_examples_run(tmp_path, monkeypatch):
         pytest.skip("README not present (installed package)")
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
+    has_torch = importlib.util.find_spec("torch") is not None
     for block in blocks:
+        if "torch" in block and not has_torch:
+            continue  # the "Use with PyTorch" blocks need the optional torch
         exec(compile(block, str(README), "exec"), namespace)

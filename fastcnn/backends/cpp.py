@@ -123,6 +123,7 @@ def _winograd_takes(g: ConvGeometry, direction: str) -> bool:
 CONV2D_TAKES: dict[str, Callable[[ConvGeometry, str], bool]] = {
     "direct": _every_case,
     "im2col": _every_case,
+    "small_channels": _every_case,
     "winograd": _winograd_takes,
 }
 CONV2D_ALGORITHMS = tuple(CONV2D_TAKES)
@@ -138,6 +139,8 @@ _census.declare(
     "cpp",
     *(f"conv2d.{a}.{d}" for a in CONV2D_ALGORITHMS for d in CONV2D_DIRECTIONS if _has_kernel(a, d)),
     "conv2d.im2col.pointwise",
+    "conv2d.small_channels.weight_gradient.nonfinite_retry",
+    "conv2d.small_channels.input_gradient.phases",
     "conv2d.winograd.few_tiles",
     "conv2d.winograd.stored_filter",
 )
@@ -179,6 +182,8 @@ def _conv2d_algorithm(name: str):
         _census.record("cpp", f"conv2d.{name}.{direction}")
         if name == "im2col" and _pointwise(g):
             _census.record("cpp", "conv2d.im2col.pointwise")
+        if name == "small_channels" and direction == "input_gradient" and not _unit_stride(g):
+            _census.record("cpp", "conv2d.small_channels.input_gradient.phases")
         if name == "winograd":  # kernels/cpp/winograd.cpp's choice
             few = _winograd_tiles(g, direction) <= _cpp.WINOGRAD_FEW_TILES
             _census.record("cpp", f"conv2d.winograd.{'few_tiles' if few else 'stored_filter'}")
@@ -205,6 +210,25 @@ def _conv2d_algorithm(name: str):
 
 
 _ALGORITHMS = {name: _conv2d_algorithm(name) for name in CONV2D_ALGORITHMS}
+
+
+def _redo_if_nan(name: str):
+    """``name``'s weight gradient, for one that sums over the dropped columns of its rows
+    too (grad_y zero there, x whatever the row holds): 0 x inf is NaN where the true sum
+    may be finite. A NaN in the result is recomputed by ``direct``, which reads only the
+    real positions (and gives NaN again where x really makes one)."""
+    forward, input_gradient, weight_gradient = _ALGORITHMS[name]
+
+    def checked(grad_y, x, grad_weight, g: ConvGeometry) -> None:
+        weight_gradient(grad_y, x, grad_weight, g)
+        if np.isnan(grad_weight).any():
+            _census.record("cpp", f"conv2d.{name}.weight_gradient.nonfinite_retry")
+            _ALGORITHMS["direct"][2](grad_y, x, grad_weight, g)
+
+    return forward, input_gradient, checked
+
+
+_ALGORITHMS["small_channels"] = _redo_if_nan("small_channels")
 _conv2d_bias_gradient = _by_dtype("conv2d_bias_gradient")
 
 #: What autotuning times: one direction of one algorithm, on arrays it made.
@@ -263,10 +287,42 @@ def _winograd_pays(g: ConvGeometry) -> bool:
 _WINOGRAD: _Candidate = ("winograd", _winograd_pays, "dense 3x3 stride 1 with enough 4x4 tiles")
 _IM2COL: _Candidate = ("im2col", _deep, f"GEMM depth (C/groups)*R*S >= {IM2COL_DEPTH}")
 _DIRECT: _Candidate = ("direct", _always, f"few channels a group (depth < {IM2COL_DEPTH})")
+#: small_channels pays up to this many input channels per group and taps per output.
+SMALL_CHANNELS = 8
+SMALL_CHANNELS_TAPS = 256
+
+
+def _few(channels: int, g: ConvGeometry) -> bool:
+    """Few channels a group, and few taps (channels x kernel) an output."""
+    return channels <= SMALL_CHANNELS and channels * g.R * g.S <= SMALL_CHANNELS_TAPS
+
+
+def _few_channels(g: ConvGeometry) -> bool:
+    return _few(g.C // g.groups, g)
+
+
+_SMALL: _Candidate = (
+    "small_channels",
+    _few_channels,
+    f"<= {SMALL_CHANNELS} channels per group, <= {SMALL_CHANNELS_TAPS} taps",
+)
+
+
+def _few_channels_input_gradient(g: ConvGeometry) -> bool:
+    """Stride 1 as the forward pass; a strided input gradient is one convolution of grad_y
+    per stride phase, over its Kg channels a group: few of those (depthwise)."""
+    return _few_channels(g) if _unit_stride(g) else _few(g.K // g.groups, g)
+
+
+_SMALL_INPUT_GRADIENT: _Candidate = (
+    "small_channels",
+    _few_channels_input_gradient,
+    f"<= {SMALL_CHANNELS} channels per group and {SMALL_CHANNELS_TAPS} taps (strided: of grad_y's)",
+)
 CONV2D_CANDIDATES: dict[str, tuple[_Candidate, ...]] = {
-    "forward": (_WINOGRAD, _IM2COL, _DIRECT),
-    "input_gradient": (_WINOGRAD, _IM2COL, _DIRECT),
-    "weight_gradient": (_IM2COL, _DIRECT),
+    "forward": (_SMALL, _WINOGRAD, _IM2COL, _DIRECT),
+    "input_gradient": (_SMALL_INPUT_GRADIENT, _WINOGRAD, _IM2COL, _DIRECT),
+    "weight_gradient": (_SMALL, _IM2COL, _DIRECT),
 }
 
 
@@ -321,6 +377,7 @@ _census.declare(
     "cpp",
     "max_pool2d.2x2",
     "max_pool2d.2x2_indices",
+    "max_pool2d.2x2_indices_short_rows",
     "max_pool2d.separable",
     "max_pool2d.taps_indices",
     "max_pool2d_backward.2x2",
@@ -380,6 +437,8 @@ def max_pool2d(x, y, indices, g: PoolGeometry) -> None:
         _max_pool[kernel][x.dtype](x.reshape(-1), y.reshape(-1), _pool_ints(g), _pool_threads(g))
     else:
         path, kernel = ("2x2_indices", "2x2_indices") if window else ("taps_indices", "indices")
+        if window and g.Q < _cpp.POOL_SHORT_ROW:  # rows shorter than a chunk: across rows
+            path = "2x2_indices_short_rows"
         _census.record("cpp", f"max_pool2d.{path}")
         _max_pool[kernel][x.dtype](
             x.reshape(-1), y.reshape(-1), indices.reshape(-1), _pool_ints(g), _pool_threads(g)

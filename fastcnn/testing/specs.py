@@ -545,6 +545,10 @@ MAX_POOL2D = OpSpec(
         _pool(
             "2x2 with indices", (2, 3, 8, 8), kernel_size=2, return_indices=True, use_indices=True
         ),
+        # cpp takes rows of fewer than 16 windows a chunk across rows (and planes' ends)
+        _pool("2x2 with indices, odd sizes", (2, 2, 7, 9), kernel_size=2, return_indices=True),
+        _pool("2x2 with indices, rows of 15", (2, 2, 6, 30), kernel_size=2, return_indices=True),
+        _pool("2x2 with indices, rows of 16", (2, 2, 6, 32), kernel_size=2, return_indices=True),
         _pool(
             "unbatched with indices",
             (3, 8, 8),

@@ -192,6 +192,9 @@ template <typename T> void bind_conv2d(nb::module_ &m, const std::string &dtype)
     bind_conv2d_algorithm<T>(m, "im2col", dtype, fastcnn::conv2d_im2col<T>,
                              fastcnn::conv2d_im2col_input_gradient<T>,
                              fastcnn::conv2d_im2col_weight_gradient<T>);
+    bind_conv2d_algorithm<T>(m, "small_channels", dtype, fastcnn::conv2d_small_channels<T>,
+                             fastcnn::conv2d_small_channels_input_gradient<T>,
+                             fastcnn::conv2d_small_channels_weight_gradient<T>);
     bind_conv2d_algorithm<T>(m, "winograd", dtype, fastcnn::conv2d_winograd<T>,
                              fastcnn::conv2d_winograd_input_gradient<T>, nullptr);
     m.def(("conv2d_bias_gradient_" + dtype).c_str(),
@@ -507,6 +510,7 @@ NB_MODULE(_cpp, m) {
     bind_conv2d<double>(m, "float64");
     m.attr("WINOGRAD_FEW_TILES") = fastcnn::WINOGRAD_FEW_TILES;
     m.attr("POOL_CHUNK") = fastcnn::POOL_CHUNK;
+    m.attr("POOL_SHORT_ROW") = fastcnn::POOL_SHORT_ROW;
     bind_pool2d<float>(m, "float32");
     bind_pool2d<double>(m, "float64");
     m.attr("SOFTMAX_BLOCK") = fastcnn::SOFTMAX_BLOCK;

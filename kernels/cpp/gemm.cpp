@@ -9,9 +9,10 @@
 // micro-panel (KC x NR) stays in L1 while A micro-panels stream from the A block (MC x KC,
 // in L2); the B block (KC x NC) is in L2 as well.
 #include "gemm.hpp"
+#include "vector.hpp"
 
 #include <algorithm>
-#include <cstring>
+#include <type_traits>
 #include <vector>
 
 namespace fastcnn {
@@ -33,6 +34,37 @@ template <typename T> T *workspace(int which, std::size_t size) {
     return buffers[which].data();
 }
 
+typedef float float8 __attribute__((vector_size(32)));
+typedef float float8_unaligned __attribute__((vector_size(32), aligned(alignof(float)), may_alias));
+typedef int int8 __attribute__((vector_size(32)));
+
+// out[j][i] = in[i][j] for an 8 x 8 block of floats (rows `in_stride` / `out_stride` apart):
+// unpack, shuffle and 128-bit permutes (24 shuffles for 64 elements, AVX's vunpcklps /
+// vshufps / vperm2f128), where the element loop stores one float at a time.
+[[gnu::always_inline]] inline void transpose_8x8(const float *in, index_t in_stride, float *out,
+                                                 index_t out_stride) {
+    float8 r[8], t[8];
+    for (int i = 0; i < 8; ++i)
+        r[i] = *reinterpret_cast<const float8_unaligned *>(in + i * in_stride);
+    for (int i = 0; i < 8; i += 2) {
+        t[i] = __builtin_shuffle(r[i], r[i + 1], int8{0, 8, 1, 9, 4, 12, 5, 13});
+        t[i + 1] = __builtin_shuffle(r[i], r[i + 1], int8{2, 10, 3, 11, 6, 14, 7, 15});
+    }
+    for (int i = 0; i < 8; i += 4)  // r[i + c]: columns c and c + 4 of rows i .. i + 3
+        for (int j = 0; j < 2; ++j) {
+            r[i + 2 * j] =
+                __builtin_shuffle(t[i + j], t[i + j + 2], int8{0, 1, 8, 9, 4, 5, 12, 13});
+            r[i + 2 * j + 1] =
+                __builtin_shuffle(t[i + j], t[i + j + 2], int8{2, 3, 10, 11, 6, 7, 14, 15});
+        }
+    for (int i = 0; i < 4; ++i) {
+        *reinterpret_cast<float8_unaligned *>(out + i * out_stride) =
+            __builtin_shuffle(r[i], r[i + 4], int8{0, 1, 2, 3, 8, 9, 10, 11});
+        *reinterpret_cast<float8_unaligned *>(out + (i + 4) * out_stride) =
+            __builtin_shuffle(r[i], r[i + 4], int8{4, 5, 6, 7, 12, 13, 14, 15});
+    }
+}
+
 // pack and micro_kernel (gemm.hpp) are inlined into the FASTCNN_SIMD clone that calls them
 // (else they compile for the baseline target only, as one function called per tile).
 //
@@ -47,6 +79,11 @@ template <typename T, int W>
         T *panel = dst + p * kc;
         if (lanes == W && k_stride == 1) {  // W rows along k: a transpose, in 8 x W blocks
             index_t k = 0;
+            if constexpr (std::is_same_v<T, float> && W % 8 == 0)
+                for (; k + 8 <= kc; k += 8)
+                    for (index_t r = 0; r < W; r += 8)
+                        transpose_8x8(base + r * lane_stride + k, lane_stride, panel + k * W + r,
+                                      W);
             for (; k + 8 <= kc; k += 8)
                 for (index_t r = 0; r < W; ++r)
 #pragma GCC unroll 8
@@ -123,8 +160,7 @@ template <typename T, int NV> void gemm_tiles(const Product<T> &p, int threads) 
 template <typename T> void gemm(const Product<T> &p, int threads) {
     if (p.M == 0 || p.N == 0)
         return;
-    static const bool wide = std::strcmp(simd_path(), "avx512") == 0;
-    if (wide)
+    if (wide_registers())
         gemm_tiles<T, 2>(p, threads);
     else
         gemm_tiles<T, 1>(p, threads);

@@ -2,6 +2,7 @@
 #pragma once
 
 #include "common.hpp"
+#include "vector.hpp"
 
 namespace fastcnn {
 
@@ -26,25 +27,6 @@ template <typename T> void gemm(const Product<T> &p, int threads);
 // The register-tile micro-kernel of the blocked GEMM, shared with the kernels that pack their
 // own panels (winograd.cpp's 36 products). Inlined into the FASTCNN_SIMD clone that calls it.
 namespace gemm_kernel {
-
-// GCC / Clang vectors of 64 bytes, 16 floats or 8 doubles: one AVX-512 register, two AVX2
-// ones, four SSE ones. The unaligned twins (as immintrin.h's __m512_u) load and store.
-typedef float float_vector __attribute__((vector_size(64)));
-typedef double double_vector __attribute__((vector_size(64)));
-typedef float float_vector_unaligned
-    __attribute__((vector_size(64), aligned(alignof(float)), may_alias));
-typedef double double_vector_unaligned
-    __attribute__((vector_size(64), aligned(alignof(double)), may_alias));
-
-template <typename T> struct Vector;
-template <> struct Vector<float> {
-    using type = float_vector;
-    using unaligned = float_vector_unaligned;
-};
-template <> struct Vector<double> {
-    using type = double_vector;
-    using unaligned = double_vector_unaligned;
-};
 
 constexpr int MR = 6;  // rows of the register tile
 

@@ -45,6 +45,16 @@ void conv2d_im2col_input_gradient(const T *grad_y, const T *w, T *grad_x, const 
 template <typename T>
 void conv2d_im2col_weight_gradient(const T *grad_y, const T *x, T *grad_w, const ConvShape &g,
                                    int threads);
+// small_channels.cpp: few channels per group; the input gradient of stride 1 only.
+template <typename T>
+void conv2d_small_channels(const T *x, const T *w, const T *bias, T *y, const ConvShape &g,
+                           int threads);
+template <typename T>
+void conv2d_small_channels_input_gradient(const T *grad_y, const T *w, T *grad_x,
+                                          const ConvShape &g, int threads);
+template <typename T>
+void conv2d_small_channels_weight_gradient(const T *grad_y, const T *x, T *grad_w,
+                                           const ConvShape &g, int threads);
 // winograd.cpp: 3x3, stride 1, dilation 1 only (cpp.py's CONV2D_TAKES); no weight gradient.
 // Up to WINOGRAD_FEW_TILES 4x4 output tiles (N ceil(P / 4) ceil(Q / 4)), each task transforms
 // the part of the filter it uses instead of reading one transform stored for the call.
@@ -61,6 +71,8 @@ void conv2d_bias_gradient(const T *grad_y, T *grad_bias, const ConvShape &g, int
 // positions in the H x W plane, -1 for a window wholly in the padding). Pieces of about
 // POOL_CHUNK input elements (whole planes) run on one thread: small inputs start no pool.
 constexpr index_t POOL_CHUNK = index_t(1) << 15;
+// The 2x2 pools with indices take rows of fewer outputs than this a chunk across rows.
+constexpr index_t POOL_SHORT_ROW = 16;
 struct PoolGeometry {
     index_t planes, H, W, P, Q, R, S, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w;
 };

@@ -36,6 +36,7 @@
 
 #include "gemm.hpp"
 #include "kernels.hpp"
+#include "vector.hpp"
 
 namespace fastcnn {
 namespace {
@@ -237,8 +238,8 @@ template <> struct Lanes<double> {
 template <typename T>
 [[gnu::always_inline]] inline void deinterleave(const T *row, T *o0, T *o1, T *o2, T *o3, T *o4,
                                                 T *o5) {
-    using V = typename gemm_kernel::Vector<T>::type;
-    using U = typename gemm_kernel::Vector<T>::unaligned;
+    using V = typename Vector<T>::type;
+    using U = typename Vector<T>::unaligned;
     // Of two vectors, phases 0 and 1 (pick0) or 2 and 3 (pick2) of their 2 L elements in 4;
     // of two such, both low halves (low) or both high halves (high).
     constexpr int L = int(chunk<T>()), H = L / 2;
@@ -286,8 +287,8 @@ struct RowSpan {
 template <typename T, index_t NT>
 [[gnu::always_inline]] inline void copy_rows(const T *x, index_t plane, const RowSpan *spans,
                                              index_t count, bool ahead, T *lines) {
-    using V = typename gemm_kernel::Vector<T>::type;
-    using U = typename gemm_kernel::Vector<T>::unaligned;
+    using V = typename Vector<T>::type;
+    using U = typename Vector<T>::unaligned;
     constexpr index_t L = chunk<T>(), LS = line_stride<T, NT>();
     for (index_t i = 0; i < count; ++i) {
         const RowSpan &span = spans[i];
@@ -576,8 +577,7 @@ template <typename T>
 void winograd(const T *x, const Filter<T> &f, const T *bias, T *y, const ConvShape &g,
               int threads) {
     // The micro-kernel's width as the GEMM's: 2 vectors with AVX-512, else 1.
-    static const bool wide = std::strcmp(simd_path(), "avx512") == 0;
-    if (wide)
+    if (wide_registers())
         winograd<T, 2>(x, f, bias, y, g, threads);
     else
         winograd<T, 1>(x, f, bias, y, g, threads);
